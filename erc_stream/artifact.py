@@ -1,0 +1,264 @@
+"""The model artifact and the model store.
+
+    <store>/CURRENT                     the version being served (replaced atomically)
+    <store>/<version>/manifest.json     labels, prompt, temperature, encoder, anchors, metrics, sha256 of every file
+    <store>/<version>/encoder/          fine-tuned encoder + tokenizer (safetensors, JSON, vocab text)
+    <store>/<version>/head.safetensors  projection MLP ("head.*") and adapted anchors ("anchors", (C, D))
+    <store>/<version>/report/           metrics.json and plots
+
+Only safetensors and JSON (plus the tokenizer's vocabulary text) are read: no pickle.
+A version is written to a temporary directory inside the store, verified, renamed into
+place, and only then is CURRENT replaced, so a reader never sees half a version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from erc_stream.errors import ArtifactError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CURRENT_FILE",
+    "read_current",
+    "set_current",
+    "version_path",
+    "list_versions",
+    "publish_version",
+    "verify_version",
+    "load_version_files",
+    "new_version_name",
+    "sha256_file",
+]
+
+FORMAT_VERSION = 1
+CURRENT_FILE = "CURRENT"
+MANIFEST_FILE = "manifest.json"
+HEAD_FILE = "head.safetensors"
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Files that would be unpickled by some loader: never accepted inside a version.
+_FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".joblib")
+_REQUIRED_KEYS = ("format_version", "version", "created_at", "dataset", "labels", "prompt", "temperature", "encoder", "anchors", "files")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def new_version_name(dataset: str) -> str:
+    """A sortable, unique version name, e.g. ``meld-20261122T041500Z-1a2b3c``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{dataset}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def version_path(store: Path, version: str) -> Path:
+    """The folder of ``version`` inside ``store``; refuses names that could escape the store."""
+    if not isinstance(version, str) or not _VERSION_RE.match(version) or version in (".", ".."):
+        raise ArtifactError(
+            f"invalid model version name {version!r}: use letters, digits, '.', '_' and '-' only"
+        )
+    store = Path(store).resolve()
+    path = (store / version).resolve()
+    if path.parent != store:
+        raise ArtifactError(f"model version {version!r} resolves outside the store {store}")
+    return path
+
+
+def read_current(store: Path) -> str | None:
+    """The version named by ``<store>/CURRENT``, or None when there is none yet."""
+    try:
+        text = (Path(store) / CURRENT_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    if not text:
+        return None
+    version_path(store, text)  # validates the name
+    return text
+
+
+def set_current(store: Path, version: str) -> None:
+    """Point CURRENT at ``version`` atomically (write, fsync, rename)."""
+    version_path(store, version)
+    store = Path(store)
+    tmp = store / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(version + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, store / CURRENT_FILE)
+    _fsync_dir(store)
+
+
+def list_versions(store: Path) -> list[str]:
+    store = Path(store)
+    if not store.is_dir():
+        return []
+    return sorted(p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != MANIFEST_FILE:
+            out[p.relative_to(root).as_posix()] = sha256_file(p)
+    return out
+
+
+def publish_version(
+    store: Path,
+    *,
+    version: str,
+    encoder,
+    tokenizer,
+    head_state: dict[str, torch.Tensor],
+    anchors: torch.Tensor,
+    manifest: dict,
+    report_dir: Path | None = None,
+    make_current: bool = True,
+) -> Path:
+    """Write a complete version into ``store`` atomically and (by default) make it CURRENT.
+
+    ``manifest`` holds everything but ``format_version``, ``version``, ``created_at``,
+    ``files`` and the encoder checksum, which are filled in here.
+    """
+    store = Path(store)
+    final = version_path(store, version)
+    if final.exists():
+        raise ArtifactError(f"model version {version} already exists in {store}; versions are immutable")
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = store / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        enc_dir = tmp / "encoder"
+        encoder.save_pretrained(enc_dir, safe_serialization=True)
+        tokenizer.save_pretrained(enc_dir)
+        tensors = {f"head.{k}": v.detach().float().cpu().contiguous() for k, v in head_state.items()}
+        tensors["anchors"] = anchors.detach().float().cpu().contiguous()
+        save_file(tensors, str(tmp / HEAD_FILE))
+        if report_dir is not None and Path(report_dir).is_dir():
+            shutil.copytree(report_dir, tmp / "report")
+        files = _file_hashes(tmp)
+        weights = [f for f in files if f.startswith("encoder/") and f.endswith(".safetensors")]
+        full = dict(manifest)
+        full.update(
+            format_version=FORMAT_VERSION,
+            version=version,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            files=files,
+        )
+        full["encoder"] = {**manifest.get("encoder", {}), "weights_sha256": {w: files[w] for w in weights}}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True), encoding="utf-8")
+        verify_version(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(store)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if make_current:
+        set_current(store, version)
+    return final
+
+
+def _read_manifest(version_dir: Path) -> dict:
+    mpath = version_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{version_dir} has no {MANIFEST_FILE}: not a published model version") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{mpath} is not valid JSON ({exc}); republish this version") from exc
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{mpath} must hold a JSON object")
+    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{mpath} lacks {', '.join(missing)}; republish this version")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{mpath} has format_version {manifest['format_version']!r}; this erc-stream reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def verify_version(version_dir: Path) -> dict:
+    """Check a version folder against its manifest; returns the manifest or raises ArtifactError."""
+    version_dir = Path(version_dir)
+    if not version_dir.is_dir():
+        raise ArtifactError(f"model version folder {version_dir} does not exist")
+    manifest = _read_manifest(version_dir)
+    files: dict = manifest["files"]
+    root = version_dir.resolve()
+    for rel, digest in files.items():
+        path = (root / rel).resolve()
+        if root not in path.parents:
+            raise ArtifactError(f"manifest of {version_dir.name} lists {rel!r}, which is outside the version folder")
+        if not path.is_file():
+            raise ArtifactError(f"{version_dir.name} is incomplete: {rel} is missing")
+        if sha256_file(path) != digest:
+            raise ArtifactError(f"{version_dir.name} was modified after publishing: checksum mismatch on {rel}")
+    present = _file_hashes(version_dir)
+    extra = sorted(set(present) - set(files))
+    if extra:
+        raise ArtifactError(f"{version_dir.name} holds files its manifest does not list: {', '.join(extra[:5])}")
+    bad = [f for f in present if f.endswith(_FORBIDDEN_SUFFIXES)]
+    if bad:
+        raise ArtifactError(f"{version_dir.name} holds pickle-capable files ({', '.join(bad)}); only safetensors and JSON are loaded")
+    if HEAD_FILE not in files:
+        raise ArtifactError(f"{version_dir.name} lacks {HEAD_FILE}")
+    if not any(f.startswith("encoder/") and f.endswith(".safetensors") for f in files):
+        raise ArtifactError(f"{version_dir.name} lacks encoder weights in safetensors format")
+    labels = manifest["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ArtifactError(f"{version_dir.name}: manifest labels must be a non-empty list of strings")
+    return manifest
+
+
+def load_version_files(version_dir: Path, *, verify: bool = True):
+    """(manifest, encoder, tokenizer, head tensors) of a version; verified against its checksums."""
+    from transformers import AutoModel, AutoTokenizer
+
+    version_dir = Path(version_dir)
+    manifest = verify_version(version_dir) if verify else _read_manifest(version_dir)
+    enc_dir = version_dir / "encoder"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(enc_dir, local_files_only=True)
+        encoder = AutoModel.from_pretrained(enc_dir, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot load the encoder of {version_dir.name}: {exc}") from exc
+    try:
+        head = load_file(str(version_dir / HEAD_FILE))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ArtifactError(f"cannot read {version_dir.name}/{HEAD_FILE}: {exc}") from exc
+    anchors = head.get("anchors")
+    if anchors is None or anchors.ndim != 2 or anchors.shape[0] != len(manifest["labels"]):
+        raise ArtifactError(
+            f"{version_dir.name}: anchors must be ({len(manifest['labels'])}, D), got "
+            f"{None if anchors is None else tuple(anchors.shape)}"
+        )
+    return manifest, encoder, tokenizer, head

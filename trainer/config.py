@@ -1,0 +1,109 @@
+"""TrainConfig: every setting of one `erc-train fit` run, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from erc_stream.errors import ConfigError
+from erc_stream.prompt import DEFAULT_TEMPLATE
+
+__all__ = ["TrainConfig", "QUICK_OVERRIDES"]
+
+# --quick: a few-minute run that still exercises every stage and publishes a real artifact.
+QUICK_OVERRIDES = dict(epochs=1, stage2_epochs=2, max_train_conversations=80, max_dev_conversations=40)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run. Defaults follow the EACL paper scaled to a 2-core CPU."""
+
+    dataset: str = "meld"
+    data_dir: Path | None = None
+    store: Path = Path("var/models")
+    encoder: Path | None = None  # None: the packaged all-MiniLM-L6-v2
+    context_turns: int = 5
+    max_length: int = 256
+    template: str = DEFAULT_TEMPLATE
+    proj_dim: int = 256
+    # Stage 1
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    lambda1: float = 0.9
+    lambda2: float = 0.1
+    temperature: float = 0.1
+    # Stage 2 (anchor adaptation on frozen representations)
+    stage2: bool = True
+    stage2_epochs: int = 20
+    stage2_lr: float = 1e-2
+    # Anchors
+    anchors: str = "file"
+    descriptions: Path | None = None
+    llm_model: str | None = None
+    llm_base_url: str | None = None
+    embeddings_model: str | None = None
+    # Runtime
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 42
+    eval_batch_size: int = 64
+    max_train_conversations: int | None = None
+    max_dev_conversations: int | None = None
+    version: str | None = None
+    make_current: bool = True
+    tags: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("context_turns", self.context_turns >= 0),
+            ("max_length", 16 <= self.max_length <= 4096),
+            ("proj_dim", self.proj_dim >= 2),
+            ("epochs", self.epochs >= 0),
+            ("batch_size", self.batch_size >= 2),
+            ("lr", self.lr > 0),
+            ("head_lr", self.head_lr > 0),
+            ("weight_decay", self.weight_decay >= 0),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1),
+            ("max_grad_norm", self.max_grad_norm > 0),
+            ("lambda1", 0 <= self.lambda1 <= 1),
+            ("lambda2", self.lambda2 >= 0),
+            ("temperature", self.temperature > 0),
+            ("stage2_epochs", self.stage2_epochs >= 0),
+            ("stage2_lr", self.stage2_lr > 0),
+            ("anchors", self.anchors in ("plain", "llm", "file")),
+            ("device", self.device in ("auto", "cpu", "cuda")),
+            ("dtype", self.dtype in ("auto", "fp32", "bf16", "fp16")),
+            ("eval_batch_size", self.eval_batch_size >= 1),
+            ("max_train_conversations", self.max_train_conversations is None or self.max_train_conversations >= 1),
+            ("max_dev_conversations", self.max_dev_conversations is None or self.max_dev_conversations >= 1),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"TrainConfig.{name} has an invalid value: {getattr(self, name)!r}")
+        if self.encoder is not None and not Path(self.encoder).is_dir():
+            raise ConfigError(
+                f"encoder={str(self.encoder)!r} is not a folder; pass a local Hugging Face encoder folder "
+                "(config.json, tokenizer and weights); nothing is downloaded at run time"
+            )
+        if self.descriptions is not None and not Path(self.descriptions).is_file():
+            raise ConfigError(f"descriptions={str(self.descriptions)!r} does not exist; pass a JSON descriptions file")
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def uses_contrastive(self) -> bool:
+        return self.lambda1 > 0
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, Path) else v
+        return out

@@ -1,0 +1,296 @@
+"""Losses of Emotion-Anchored Contrastive Learning (EACL, Yu et al. 2024).
+
+Stage 1 trains the encoder, the projection MLP and the emotion anchors together::
+
+    L_stage1 = lambda1 * (L_sup + lambda2 * L_angle) + (1 - lambda1) * L_CE
+
+* ``L_sup`` -- supervised contrastive loss (Khosla et al. 2020, the "L_out" form) over the union
+  of the utterance representations and the anchors; anchor ``c`` carries label ``c``.
+* ``L_angle`` -- pushes the anchors apart by penalising each anchor's nearest neighbour.
+* ``L_CE`` -- cross-entropy over ``cos(r, a_c) / tau``, the same scores used at prediction time.
+
+Stage 2 freezes the encoder and adapts only the anchors with ``L_CE`` (``anchor_adaptation_loss``).
+
+Every function computes in float32 with autocast disabled, whatever the input dtype (bf16 or fp16
+representations are cast up first): cosines divided by a temperature of 0.1 reach 10, and their
+exponentials and log-sum-exps lose too much precision in bf16. The returned losses are float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from erc_stream.errors import ConfigError
+
+__all__ = [
+    "LossWeights",
+    "cosine_logits",
+    "supcon_loss",
+    "angle_loss",
+    "stage1_loss",
+    "anchor_adaptation_loss",
+]
+
+# F.normalize divides by max(||x||, eps): a zero vector becomes zero (cosine 0), never NaN.
+_NORM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights and temperature of the EACL losses.
+
+    Defaults are the EACL authors' published run settings (their ``run.sh``, used for the paper's
+    MELD/EmoryNLP/IEMOCAP results): temperature 0.1, angle-loss weight 0.1 and a cross-entropy
+    weight of 0.1, which in this formulation is ``lambda1 = 1 - 0.1 = 0.9``.
+
+    Attributes:
+        lambda1: share of the contrastive part ``L_sup + lambda2 * L_angle``; ``1 - lambda1``
+            goes to ``L_CE``. In [0, 1].
+        lambda2: weight of ``L_angle`` inside the contrastive part. >= 0.
+        temperature: tau dividing every cosine, in stage 1 and stage 2. > 0.
+    """
+
+    lambda1: float = 0.9
+    lambda2: float = 0.1
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("lambda1", "lambda2", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be finite, got {value!r}")
+        if not 0.0 <= self.lambda1 <= 1.0:
+            raise ConfigError(f"lambda1 must be in [0, 1], got {self.lambda1!r}")
+        if self.lambda2 < 0.0:
+            raise ConfigError(f"lambda2 must be >= 0, got {self.lambda2!r}")
+        if self.temperature <= 0.0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
+
+
+def cosine_logits(reps: Tensor, anchors: Tensor, temperature: float) -> Tensor:
+    """Cosine similarity of every representation to every anchor, divided by ``temperature``.
+
+    Args:
+        reps: (B, D) utterance representations.
+        anchors: (C, D) emotion anchors.
+        temperature: tau > 0.
+
+    Returns:
+        (B, C) float32 logits ``cos(r_i, a_c) / tau``.
+    """
+    _check_temperature(temperature)
+    _check_matrix("reps", reps)
+    _check_matrix("anchors", anchors)
+    _check_same_dim(reps, anchors)
+    with _fp32_math(reps):
+        r = F.normalize(reps.float(), dim=-1, eps=_NORM_EPS)  # (B, D)
+        a = F.normalize(anchors.float(), dim=-1, eps=_NORM_EPS)  # (C, D)
+        return (r @ a.T) / temperature  # (B, C)
+
+
+def supcon_loss(reps: Tensor, labels: Tensor, anchors: Tensor, temperature: float) -> Tensor:
+    """Supervised contrastive loss over utterances and anchors (Khosla et al. 2020, L_out).
+
+    The B representations and the C anchors form one set of N = B + C items; anchor ``c`` has
+    label ``c``. With ``s_ij = cos(x_i, x_j) / tau`` and ``P(i)`` the other items sharing the
+    label of item i::
+
+        l_i = -1/|P(i)| * sum_{p in P(i)} log( exp(s_ip) / sum_{a != i} exp(s_ia) )
+
+    The loss is the mean of ``l_i`` over items with ``|P(i)| > 0``; an anchor whose emotion is
+    absent from the batch has no positive and is left out (it still appears in the other items'
+    denominators). Every utterance has at least its own anchor as a positive.
+
+    Args:
+        reps: (B, D) utterance representations, B >= 1.
+        labels: (B,) integer labels in [0, C).
+        anchors: (C, D) emotion anchors, C >= 1.
+        temperature: tau > 0.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    _check_temperature(temperature)
+    _check_batch(reps, labels, anchors)
+    num_anchors = anchors.shape[0]
+    with _fp32_math(reps):
+        feats = torch.cat([reps.float(), anchors.float()], dim=0)  # (N, D), N = B + C
+        feats = F.normalize(feats, dim=-1, eps=_NORM_EPS)
+        item_labels = torch.cat(
+            [labels.long(), torch.arange(num_anchors, device=labels.device)]
+        )  # (N,)
+        n = feats.shape[0]
+        sims = (feats @ feats.T) / temperature  # (N, N)
+        self_mask = torch.eye(n, dtype=torch.bool, device=feats.device)  # (N, N)
+        # -inf on the diagonal removes exp(s_ii) from the denominator exactly.
+        sims = sims.masked_fill(self_mask, float("-inf"))
+        log_prob = sims - torch.logsumexp(sims, dim=1, keepdim=True)  # (N, N)
+        pos_mask = (item_labels[:, None] == item_labels[None, :]) & ~self_mask  # (N, N)
+        num_pos = pos_mask.sum(dim=1)  # (N,)
+        # where(), not multiplication: the diagonal of log_prob is -inf and -inf * 0 is NaN.
+        pos_log_prob = torch.where(pos_mask, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+        per_item = -pos_log_prob / num_pos.clamp(min=1)  # (N,)
+        has_pos = (num_pos > 0).to(per_item.dtype)  # (N,)
+        # Masked mean rather than boolean indexing: no host sync. has_pos.sum() >= B >= 1.
+        return (per_item * has_pos).sum() / has_pos.sum()
+
+
+def angle_loss(anchors: Tensor) -> Tensor:
+    """Mean over anchors of the cosine to their nearest other anchor.
+
+    ``(1/C) * sum_i max_{j != i} cos(a_i, a_j)``. Minimising it widens the smallest angles between
+    anchors; the gradient reaches only each anchor's nearest neighbour pair.
+
+    Args:
+        anchors: (C, D) emotion anchors, C >= 2.
+
+    Returns:
+        Scalar float32 loss in [-1, 1].
+    """
+    _check_matrix("anchors", anchors)
+    if anchors.shape[0] < 2:
+        raise ValueError(
+            f"angle_loss needs at least 2 anchors, got anchors of shape {tuple(anchors.shape)}"
+        )
+    with _fp32_math(anchors):
+        a = F.normalize(anchors.float(), dim=-1, eps=_NORM_EPS)  # (C, D)
+        cos = a @ a.T  # (C, C)
+        self_mask = torch.eye(cos.shape[0], dtype=torch.bool, device=cos.device)
+        nearest = cos.masked_fill(self_mask, float("-inf")).amax(dim=1)  # (C,)
+        return nearest.mean()
+
+
+def stage1_loss(
+    reps: Tensor,
+    labels: Tensor,
+    anchors: Tensor,
+    *,
+    temperature: float,
+    lambda1: float,
+    lambda2: float,
+) -> tuple[Tensor, dict[str, float]]:
+    """Stage-1 objective ``lambda1 * (L_sup + lambda2 * L_angle) + (1 - lambda1) * L_CE``.
+
+    Args:
+        reps: (B, D) utterance representations.
+        labels: (B,) integer labels in [0, C).
+        anchors: (C, D) emotion anchors (C >= 2 when ``lambda1 * lambda2 > 0``).
+        temperature, lambda1, lambda2: see ``LossWeights``.
+
+    Returns:
+        ``(total, parts)``: the scalar float32 loss to back-propagate, and detached floats
+        ``{"loss", "sup", "angle", "ce"}`` for logging. A component whose weight is zero is not
+        computed at all (it would cost a forward pass for nothing) and is reported as ``0.0``.
+    """
+    weights = LossWeights(lambda1=lambda1, lambda2=lambda2, temperature=temperature)
+    _check_batch(reps, labels, anchors)
+    zero = torch.zeros((), dtype=torch.float32, device=reps.device)
+    sup = angle = ce = zero
+    if weights.lambda1 > 0.0:
+        sup = supcon_loss(reps, labels, anchors, weights.temperature)
+        if weights.lambda2 > 0.0:
+            angle = angle_loss(anchors)
+    if weights.lambda1 < 1.0:
+        ce = F.cross_entropy(cosine_logits(reps, anchors, weights.temperature), labels.long())
+    total = weights.lambda1 * (sup + weights.lambda2 * angle) + (1.0 - weights.lambda1) * ce
+    # One device-to-host copy for all four numbers.
+    values = torch.stack([total, sup, angle, ce]).detach().cpu().tolist()
+    return total, dict(zip(("loss", "sup", "angle", "ce"), values, strict=True))
+
+
+def anchor_adaptation_loss(
+    reps: Tensor, labels: Tensor, anchors: Tensor, temperature: float
+) -> Tensor:
+    """Stage-2 loss: cross-entropy of ``cos(r, a_c) / tau`` with the encoder frozen.
+
+    ``reps`` is detached here, so only the anchors receive a gradient even if the caller
+    computed the representations with autograd on.
+
+    Args:
+        reps: (B, D) utterance representations from the frozen encoder.
+        labels: (B,) integer labels in [0, C).
+        anchors: (C, D) emotion anchors being adapted.
+        temperature: tau > 0.
+
+    Returns:
+        Scalar float32 loss (mean over the batch).
+    """
+    _check_temperature(temperature)
+    _check_batch(reps, labels, anchors)
+    return F.cross_entropy(cosine_logits(reps.detach(), anchors, temperature), labels.long())
+
+
+@contextlib.contextmanager
+def _fp32_math(like: Tensor) -> Iterator[None]:
+    """Turn autocast off so the float32 casts inside are not cast back down to bf16/fp16."""
+    if like.device.type in ("cuda", "cpu"):
+        with torch.autocast(device_type=like.device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
+def _check_temperature(temperature: float) -> None:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def _check_matrix(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, D), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(x.shape)}")
+
+
+def _check_same_dim(reps: Tensor, anchors: Tensor) -> None:
+    if reps.shape[1] != anchors.shape[1]:
+        raise ValueError(
+            f"reps and anchors must have the same dimension D, got reps {tuple(reps.shape)} "
+            f"and anchors {tuple(anchors.shape)}; project both with the same MLP"
+        )
+    if reps.device != anchors.device:
+        raise ValueError(f"reps are on {reps.device} but anchors on {anchors.device}")
+
+
+def _check_batch(reps: Tensor, labels: Tensor, anchors: Tensor) -> None:
+    _check_matrix("reps", reps)
+    _check_matrix("anchors", anchors)
+    _check_same_dim(reps, anchors)
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dim() != 1 or labels.shape[0] != reps.shape[0]:
+        raise ValueError(
+            f"labels must have shape (B,) = ({reps.shape[0]},) to match reps "
+            f"{tuple(reps.shape)}, got shape {tuple(labels.shape)}"
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor of class ids, got dtype {labels.dtype}")
+    if labels.device != reps.device:
+        raise ValueError(f"labels are on {labels.device} but reps on {reps.device}")
+    # Out-of-range ids would be a device-side assert on CUDA; one host sync buys a clear message.
+    low, high = (int(v) for v in torch.aminmax(labels))
+    num_classes = anchors.shape[0]
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"labels must be class ids in [0, {num_classes}) (one per anchor), got {bad}; "
+            f"check that the label vocabulary matches the {num_classes} anchors"
+        )
