@@ -8,6 +8,7 @@ from pathlib import Path
 
 from erc_stream.errors import ConfigError
 from erc_stream.prompt import DEFAULT_TEMPLATE
+from trainer.datasets import DATASETS
 
 __all__ = ["TrainConfig", "QUICK_OVERRIDES"]
 
@@ -60,6 +61,10 @@ class TrainConfig:
     tags: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(
+                f"TrainConfig.dataset has an invalid value: {self.dataset!r}; valid names: {', '.join(DATASETS)}"
+            )
         checks = [
             ("context_turns", self.context_turns >= 0),
             ("max_length", 16 <= self.max_length <= 4096),

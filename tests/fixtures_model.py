@@ -1,0 +1,100 @@
+"""Shared test helper: publish a small, untrained model version with the real encoder.
+
+``publish_test_model`` writes a complete, verifiable version into a model store in a
+couple of seconds: the packaged all-MiniLM-L6-v2 encoder and tokenizer as they are, a
+projection head with seeded random weights and seeded random anchors. No training, so
+its predictions mean nothing, but every byte goes through the real artifact code
+(``erc_stream.artifact.publish_version``) and loads through ``Predictor.load``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from erc_stream.artifact import publish_version
+from erc_stream.model import ProjectionHead, default_encoder_path
+from erc_stream.prompt import DEFAULT_TEMPLATE
+
+__all__ = ["MELD_LABELS", "TEST_PROJ_DIM", "TEST_TEMPERATURE", "load_default_encoder", "publish_test_model"]
+
+MELD_LABELS: tuple[str, ...] = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
+TEST_PROJ_DIM = 64
+TEST_TEMPERATURE = 0.1
+
+
+@functools.lru_cache(maxsize=1)
+def load_default_encoder():
+    """(tokenizer, encoder) of the packaged default encoder, loaded once per test process.
+
+    Publishing only reads them (``save_pretrained``), so sharing one copy is safe.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    path = default_encoder_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    encoder = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    return tokenizer, encoder
+
+
+def random_head(hidden_size: int, labels_count: int, *, seed: int, proj_dim: int = TEST_PROJ_DIM):
+    """(head state dict, anchors (C, D)) drawn from ``seed`` without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = ProjectionHead(hidden_size, proj_dim)
+        anchors = torch.randn(labels_count, proj_dim)  # (C, D)
+    return head.state_dict(), anchors
+
+
+def publish_test_model(
+    store: Path,
+    version: str = "test-v1",
+    labels: tuple[str, ...] | list[str] = MELD_LABELS,
+    context_turns: int = 2,
+    max_length: int = 128,
+    seed: int = 0,
+    *,
+    dataset: str = "meld",
+    template: str = DEFAULT_TEMPLATE,
+    temperature: float = TEST_TEMPERATURE,
+    make_current: bool = True,
+) -> Path:
+    """Publish an untrained version (real encoder, seeded random head and anchors); returns its folder."""
+    tokenizer, encoder = load_default_encoder()
+    labels = list(labels)
+    head_state, anchors = random_head(encoder.config.hidden_size, len(labels), seed=seed)
+    enc_path = default_encoder_path()
+    manifest = {
+        "dataset": dataset,
+        "labels": labels,
+        "prompt": {
+            "template": template,
+            "context_turns": context_turns,
+            "max_length": max_length,
+            "normalization": "erc_stream.prompt.normalize_text v1",
+        },
+        "temperature": temperature,
+        "encoder": {"id": enc_path.parent.name, "source": str(enc_path)},
+        "head": {"proj_dim": TEST_PROJ_DIM, "activation": "gelu"},
+        "anchors": {
+            "mode": "random",
+            "seed": seed,
+            "descriptions": {label: label for label in labels},
+            "note": "untrained test model from tests/fixtures_model.py",
+        },
+        "metrics": {},
+    }
+    return publish_version(
+        Path(store),
+        version=version,
+        encoder=encoder,
+        tokenizer=tokenizer,
+        head_state=head_state,
+        anchors=anchors,
+        manifest=manifest,
+        make_current=make_current,
+    )
