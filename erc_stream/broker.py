@@ -223,6 +223,7 @@ class LocalBroker:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         if self.running:
             return
+        self._cleanup_process()  # a process that died on its own: reap it, close its log
         attempts = 3 if self._auto_port else 1
         for attempt in range(attempts):
             try:
@@ -378,10 +379,8 @@ class LocalBroker:
 
     @staticmethod
     def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)  # pgid == pid thanks to start_new_session
-        except ProcessLookupError:
-            pass
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -414,9 +413,7 @@ async def _probe_metadata(bootstrap: str, advertised: str) -> None:
         await client.close()
     endpoints = {f"{b.host}:{b.port}" for b in brokers}
     if advertised not in endpoints:
-        raise BrokerError(
-            f"the broker at {bootstrap} advertises {sorted(endpoints)}, expected {advertised}"
-        )
+        raise BrokerError(f"the broker at {bootstrap} advertises {sorted(endpoints)}, expected {advertised}")
 
 
 def _bootstrap_servers(bootstrap: str) -> list[str]:
@@ -506,7 +503,7 @@ async def acreate_topics(
 
     try:
         await asyncio.wait_for(create(), timeout=timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise BrokerError(
             f"topics {sorted(topics)} were not ready on {bootstrap} within {timeout_s} s: "
             "check that the broker is running and reachable"

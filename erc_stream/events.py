@@ -152,9 +152,7 @@ def _turn_id(value: object) -> str:
         if not value:
             raise _schema_error("turn_id must not be empty")
         if len(value) > MAX_TURN_ID_CHARS:
-            raise _schema_error(
-                f"turn_id has {len(value)} characters, at most {MAX_TURN_ID_CHARS} allowed"
-            )
+            raise _schema_error(f"turn_id has {len(value)} characters, at most {MAX_TURN_ID_CHARS} allowed")
         return value
     if isinstance(value, float) and value.is_integer():
         value = int(value)

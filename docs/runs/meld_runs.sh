@@ -18,7 +18,7 @@ if [[ $what == main || $what == all ]]; then
   run meld-main --epochs 2
 fi
 if [[ $what == ablation || $what == all ]]; then
-  B=(--epochs 1 --max-train-conversations 300)
+  B=(--epochs 1 --max-train-conversations 150)
   run abl-full "${B[@]}"
   run abl-no-angle "${B[@]}" --lambda2 0
   run abl-no-ce "${B[@]}" --lambda1 1.0

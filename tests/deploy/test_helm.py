@@ -454,7 +454,8 @@ def test_bad_values_are_rejected_by_the_schema(helm: Path, sets: list[str], mess
     ("sets", "message"),
     [
         (["kafka.securityProtocol=SASL_SSL", "kafka.sasl.passwordSecret.name=s"], "kafka.securityProtocol=SASL_SSL needs kafka.sasl.mechanism"),
-        (["kafka.securityProtocol=SASL_PLAINTEXT", "kafka.sasl.mechanism=PLAIN"], "needs kafka.sasl.passwordSecret.name"),
+        (["kafka.securityProtocol=SASL_PLAINTEXT", "kafka.sasl.mechanism=PLAIN"], "kafka.securityProtocol=SASL_PLAINTEXT needs kafka.sasl.username"),
+        (["kafka.securityProtocol=SASL_PLAINTEXT", "kafka.sasl.mechanism=PLAIN", "kafka.sasl.username=u"], "needs kafka.sasl.passwordSecret.name"),
         (["kafka.sasl.mechanism=PLAIN"], "kafka.securityProtocol=PLAINTEXT does not use SASL"),
         (["kafka.tls.secretName=t"], "kafka.securityProtocol=PLAINTEXT does not use TLS"),
         (["kafka.securityProtocol=SSL", "kafka.tls.secretName=t", "kafka.tls.certKey=tls.crt"], "set both or neither"),

@@ -140,8 +140,7 @@ def test_rebalance_timings(broker: LocalBroker, topic_factory: Callable[..., str
             parts = sorted(tp.partition for tp in tps)  # type: ignore[attr-defined]
             assigned[self.name].append((time.monotonic(), parts))
 
-    async def until(pred: Callable[[], bool], consumers: list[AIOKafkaConsumer]) -> float:
-        t0 = time.monotonic()
+    async def until(pred: Callable[[], bool], consumers: list[AIOKafkaConsumer], t0: float) -> float:
         while not pred():
             assert time.monotonic() - t0 < 60, f"no rebalance within 60 s: {dict(assigned)}"
             # Polling drives the group coordinator's join/sync in aiokafka.
@@ -154,18 +153,21 @@ def test_rebalance_timings(broker: LocalBroker, topic_factory: Callable[..., str
         b = _consumer(broker.bootstrap, group)
         b.subscribe([topic], listener=Listener("b"))
         timings: dict[str, float] = {}
-        await a.start()
+        t0 = time.monotonic()
+        await a.start()  # may already wait for the first assignment
         try:
-            timings["first_join_s"] = await until(lambda: bool(assigned["a"]), [a])
+            timings["first_join_s"] = await until(lambda: bool(assigned["a"]), [a], t0)
             assert assigned["a"][-1][1] == [0, 1, 2, 3]
-            await b.start()
+            t0 = time.monotonic()
+            await asyncio.gather(b.start(), a.getmany(timeout_ms=100))
             timings["second_join_s"] = await until(
-                lambda: bool(assigned["b"]) and len(assigned["a"]) == 2, [a, b]
+                lambda: bool(assigned["b"]) and len(assigned["a"]) == 2, [a, b], t0
             )
             split = sorted(assigned["a"][-1][1] + assigned["b"][-1][1])
             assert split == [0, 1, 2, 3] and len(assigned["b"][-1][1]) == 2
+            t0 = time.monotonic()
             await a.stop()
-            timings["leave_s"] = await until(lambda: len(assigned["b"]) == 2, [b])
+            timings["leave_s"] = await until(lambda: len(assigned["b"]) == 2, [b], t0)
             assert assigned["b"][-1][1] == [0, 1, 2, 3]
         finally:
             await a.stop()

@@ -101,6 +101,9 @@ Cross-field checks the JSON schema cannot express clearly. Included by the Deplo
 {{- if not $v.kafka.sasl.mechanism }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)" $v.kafka.securityProtocol) }}
 {{- end }}
+{{- if not $v.kafka.sasl.username }}
+{{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.username" $v.kafka.securityProtocol) }}
+{{- end }}
 {{- if not $v.kafka.sasl.passwordSecret.name }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.passwordSecret.name: an existing Secret holding the SASL password" $v.kafka.securityProtocol) }}
 {{- end }}
