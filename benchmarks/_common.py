@@ -1,0 +1,238 @@
+"""Shared pieces of the benchmark scripts: the model under test, MELD dev prompts,
+machine facts, FLOP counting and writing results (JSON + markdown) into docs/benchmarks/.
+
+Every script records the machine it ran on (CPU model, ISA flags that matter for bf16/int8,
+torch version and threads, load average before and after) next to its numbers, because on
+a shared 2-core machine the load average decides how far a figure can be trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+__all__ = [
+    "ROOT",
+    "DOCS_DIR",
+    "BENCH_STORE",
+    "EncoderShape",
+    "MINILM_L6",
+    "encoder_flops_per_token",
+    "machine_info",
+    "resolve_model",
+    "meld_dev_examples",
+    "write_results",
+    "md_table",
+    "command_line",
+]
+
+DOCS_DIR = ROOT / "docs" / "benchmarks"
+BENCH_STORE = ROOT / "var" / "bench" / "store"
+# Where a trained model is looked for when --store is not given, in this order.
+_DEFAULT_STORES = (ROOT / "var" / "models", ROOT / "var" / "runs" / "store")
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """The dimensions that set an encoder's cost."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+
+
+MINILM_L6 = EncoderShape(layers=6, hidden=384, intermediate=1536)
+
+
+def encoder_flops_per_token(seq_len: int, shape: EncoderShape = MINILM_L6) -> int:
+    """Forward FLOPs per token of a BERT-style encoder over a sequence of ``seq_len`` tokens.
+
+    Per layer and token (a multiply-add counts 2):
+      Q, K, V and output projections   4 * 2*H*H  = 8*H^2
+      feed-forward (H->I->H)           2 * 2*H*I  = 4*H*I
+      attention scores Q.K^T and A.V   2 * 2*T*H  = 4*T*H
+    Embeddings, layer norms, softmax, GELU and the projection head are left out
+    (under 1% at these sizes).
+    """
+    h, i = shape.hidden, shape.intermediate
+    return shape.layers * (8 * h * h + 4 * h * i + 4 * seq_len * h)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
+                return [f for f in wanted if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on; call at the start and again at the end of a run."""
+    import torch
+
+    from erc_stream.model import cpu_has_native_bf16
+
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "git": _git_commit(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def resolve_model(store: Path | None) -> Path:
+    """Folder of the model version to benchmark.
+
+    ``store`` given: its CURRENT version. Otherwise the first of var/models and
+    var/runs/store with a CURRENT; failing that, a benchmark model is published once into
+    var/bench/store: the packaged all-MiniLM-L6-v2 with a seeded random head and the
+    training defaults' prompt (5 context turns, 256 tokens). Speed depends on the
+    architecture and prompt settings, not on trained weights, so it times the same work.
+    """
+    from erc_stream.artifact import read_current, version_path
+
+    candidates = [Path(store)] if store is not None else [*_DEFAULT_STORES, BENCH_STORE]
+    for s in candidates:
+        version = read_current(s) if s.is_dir() else None
+        if version:
+            return version_path(s, version)
+    if store is not None:
+        raise SystemExit(f"model store {store} has no CURRENT version; publish one with `erc-train fit --store {store}`")
+    return _publish_bench_model(BENCH_STORE)
+
+
+def _publish_bench_model(store: Path) -> Path:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from erc_stream.artifact import publish_version
+    from erc_stream.model import ProjectionHead, default_encoder_path
+    from trainer.config import TrainConfig
+    from trainer.datasets import DATASETS
+
+    cfg = TrainConfig()
+    path = default_encoder_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    encoder = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    labels = list(DATASETS["meld"].labels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        head = ProjectionHead(encoder.config.hidden_size, cfg.proj_dim)
+        anchors = torch.randn(len(labels), cfg.proj_dim)  # (C, D)
+    manifest = {
+        "dataset": "meld",
+        "labels": labels,
+        "prompt": {"template": cfg.template, "context_turns": cfg.context_turns, "max_length": cfg.max_length,
+                   "normalization": "erc_stream.prompt.normalize_text v1"},
+        "temperature": cfg.temperature,
+        "encoder": {"id": path.parent.name, "source": str(path)},
+        "head": {"proj_dim": cfg.proj_dim, "activation": "gelu"},
+        "anchors": {"mode": "random", "seed": 0, "descriptions": {l: l for l in labels},
+                    "note": "untrained benchmark model (benchmarks/_common.py): times the work, predicts nothing useful"},
+        "metrics": {},
+    }
+    return publish_version(store, version="bench-untrained-v1", encoder=encoder, tokenizer=tokenizer,
+                           head_state=head.state_dict(), anchors=anchors, manifest=manifest)
+
+
+def meld_dev_examples(builder, labels, limit: int | None = None):
+    """(prompt, label id) for every MELD dev utterance in conversation order, built exactly as
+    the evaluator and the worker build them; also returns the conversations."""
+    from trainer.datasets import load_split
+    from trainer.evaluate import build_examples
+
+    convs = load_split("meld", "dev")
+    if limit is not None:
+        convs = convs[:limit]
+    return build_examples(builder, convs, {l: i for i, l in enumerate(labels)}), convs
+
+
+def command_line() -> str:
+    """The exact command that produced a result, for the markdown."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(ROOT)
+    except ValueError:
+        pass
+    return " ".join([".venv/bin/python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:,.3g}" if abs(v) < 10 else f"{v:,.1f}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(headers))) + "|"]
+    out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def write_results(name: str, payload: dict, markdown: str, out_dir: Path = DOCS_DIR) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.md`` and print the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    jpath.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    mpath.write_text(markdown.rstrip() + "\n", encoding="utf-8")
+    print(markdown)
+    print(f"\nwrote {jpath.relative_to(ROOT) if jpath.is_relative_to(ROOT) else jpath} and {mpath.name}")
+    return jpath, mpath
+
+
+def machine_md(before: dict, after: dict) -> str:
+    """One paragraph on the machine and its load during the run."""
+    load_note = ""
+    if max(before["loadavg_1_5_15"][0], after["loadavg_1_5_15"][0]) > 0.5 * (before["logical_cpus"] or 1):
+        load_note = (f" **Measured under load**: 1-minute load average {before['loadavg_1_5_15'][0]} before, "
+                     f"{after['loadavg_1_5_15'][0]} after on {before['logical_cpus']} logical CPUs; other processes "
+                     "shared the cores, so absolute figures are low and noisy.")
+    return (f"Machine: {before['cpu_model']}, {before['logical_cpus']} logical CPUs, flags "
+            f"{', '.join(before['cpu_flags']) or 'none of interest'} (native bf16: {before['cpu_native_bf16']}); "
+            f"torch {before['torch']} ({before['torch_cpu_capability']}), {before['torch_threads']} threads; "
+            f"git {before['git']}; {before['time_utc']}. Load average (1/5/15 min) before "
+            f"{before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']}.{load_note}")
