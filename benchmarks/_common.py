@@ -25,6 +25,8 @@ if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Same default as the Makefile: the datasets folder next to the checkout.
+os.environ.setdefault("ERC_DATA_DIR", str(ROOT.parent / "shared" / "datasets"))
 
 __all__ = [
     "ROOT",
@@ -39,6 +41,7 @@ __all__ = [
     "write_results",
     "md_table",
     "command_line",
+    "machine_md",
 ]
 
 DOCS_DIR = ROOT / "docs" / "benchmarks"

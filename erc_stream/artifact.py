@@ -213,6 +213,8 @@ def verify_version(version_dir: Path) -> dict:
         raise ArtifactError(f"model version folder {version_dir} does not exist")
     manifest = _read_manifest(version_dir)
     files: dict = manifest["files"]
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise ArtifactError(f"{version_dir.name}: manifest 'files' must map relative paths to sha256 hex strings; republish this version")
     root = version_dir.resolve()
     for rel, digest in files.items():
         path = (root / rel).resolve()

@@ -165,5 +165,145 @@ def broker(
         b.stop()
 
 
+# -- local tools: replay, tail, demo ------------------------------------------------------
+# replay and demo load datasets (and demo may train) through the trainer package, imported
+# lazily inside erc_stream.replay / erc_stream.demo: the one deliberate exception to
+# "erc_stream never imports trainer", confined to these local tools (see those modules).
+
+
+def _run_until_signal(make_coro):
+    """Run ``make_coro(stop)``; the first SIGINT/SIGTERM sets ``stop``, a second one cancels."""
+
+    async def runner():
+        stop = asyncio.Event()
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                task.cancel()
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            return await make_coro(stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        return asyncio.run(runner())
+    except asyncio.CancelledError:
+        err.print("[yellow]interrupted[/]")
+        return None
+
+
+@app.command()
+def replay(
+    dataset: str = typer.Option("meld", help="meld, emorynlp, dailydialog or iemocap"),
+    split: str = typer.Option("dev", help="train, dev or test"),
+    data_dir: Optional[Path] = typer.Option(None, envvar="ERC_DATA_DIR", help="folder holding the dataset folders"),
+    bootstrap_servers: str = typer.Option("127.0.0.1:9092", envvar="ERC_BOOTSTRAP_SERVERS"),
+    topic: str = typer.Option("chat.turns", envvar="ERC_INPUT_TOPIC"),
+    rate: float = typer.Option(0.0, help="turns per second over all conversations; 0 = as fast as possible"),
+    conversations: Optional[int] = typer.Option(None, help="replay only the first N conversations of the split"),
+    interleave: int = typer.Option(8, help="conversations open at once, taking turns round-robin"),
+) -> None:
+    """Publish a dataset split turn by turn as live, interleaved chats (gold label in metadata.gold)."""
+    _env_setup("WARNING")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from erc_stream.replay import ReplayConfig, load_conversations
+    from erc_stream.replay import replay as run_replay
+
+    try:
+        cfg = ReplayConfig(dataset=dataset, split=split, bootstrap_servers=bootstrap_servers, topic=topic,
+                           rate_per_s=rate, conversations=conversations, interleave=interleave, data_dir=data_dir)
+        convs = load_conversations(cfg)
+    except (ErcError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    total = sum(len(c.utterances) for c in convs)
+    progress = Progress(TextColumn("sent"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err)
+    with progress:
+        bar = progress.add_task("sent", total=total)
+        try:
+            result = _run_until_signal(
+                lambda stop: run_replay(cfg, convs, on_sent=lambda _: progress.advance(bar), stop=stop))
+        except ErcError as exc:
+            _fail(exc, code=1)
+    if result is None:
+        raise typer.Exit(code=130)
+    err.print(f"sent {result.turns_sent} turns of {result.conversations} conversations to {topic} on "
+              f"{bootstrap_servers} in {result.wall_s:.1f} s" + (" (interrupted)" if result.interrupted else ""))
+
+
+@app.command()
+def tail(
+    bootstrap_servers: str = typer.Option("127.0.0.1:9092", envvar="ERC_BOOTSTRAP_SERVERS"),
+    topic: str = typer.Option("chat.emotions", envvar="ERC_OUTPUT_TOPIC"),
+    input_topic: str = typer.Option("chat.turns", envvar="ERC_INPUT_TOPIC",
+                                    help="input topic read for the turns' text; '' shows events without text"),
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="start at the oldest event, not the newest"),
+    max_events: Optional[int] = typer.Option(None, help="exit after showing N events"),
+    text_width: int = typer.Option(40, help="characters of turn text per line"),
+) -> None:
+    """Show emotion events live: conversation, speaker, text, emotion, confidence, top-3 scores. Ctrl-C stops."""
+    _env_setup("WARNING")
+    from erc_stream.tail import TailConfig
+    from erc_stream.tail import tail as run_tail
+
+    try:
+        cfg = TailConfig(bootstrap_servers=bootstrap_servers, topic=topic, input_topic=input_topic or None,
+                         from_beginning=from_beginning, max_events=max_events, text_width=text_width)
+    except (ErcError, ValueError) as exc:
+        _fail(exc)
+    out = Console(highlight=False)
+    try:
+        shown = _run_until_signal(lambda stop: run_tail(cfg, console=out, stop=stop))
+    except ErcError as exc:
+        _fail(exc, code=1)
+    err.print(f"{shown or 0} events shown")
+
+
+@app.command()
+def demo(
+    store: Path = typer.Option(Path("var/models"), envvar="ERC_MODEL_STORE",
+                               help="model store; a quick model is trained into it when it has none"),
+    dataset: str = typer.Option("meld", help="dataset to replay (and to train on if needed)"),
+    split: str = typer.Option("dev", help="split to replay"),
+    data_dir: Optional[Path] = typer.Option(None, envvar="ERC_DATA_DIR", help="folder holding the dataset folders"),
+    conversations: Optional[int] = typer.Option(None, help="replay only the first N conversations (default: all)"),
+    interleave: int = typer.Option(8, help="conversations open at once"),
+    rate: float = typer.Option(40.0, help="turns per second; 0 = as fast as possible"),
+    partitions: int = typer.Option(4, help="partitions of the input and output topics"),
+    device: str = typer.Option("auto", envvar="ERC_DEVICE", help="auto, cpu or cuda"),
+    show_events: bool = typer.Option(True, "--show-events/--quiet", help="print every event as it arrives"),
+    summary_json: Optional[Path] = typer.Option(None, help="also write the summary as JSON here"),
+) -> None:
+    """Everything locally in one command: broker, model (trained if missing), worker, replay, live events, scores."""
+    _env_setup("WARNING")
+    from erc_stream.demo import DemoConfig, print_summary, run_demo
+
+    out = Console(highlight=False)
+    try:
+        cfg = DemoConfig(store=store, dataset=dataset, split=split, data_dir=data_dir, conversations=conversations,
+                         interleave=interleave, rate_per_s=rate, partitions=partitions, device=device,
+                         show_events=show_events)
+    except (ErcError, ValueError) as exc:
+        _fail(exc)
+    try:
+        summary = run_demo(cfg, out)
+    except (ErcError, ValueError, FileNotFoundError) as exc:
+        _fail(exc, code=2 if isinstance(exc, (ValueError, FileNotFoundError)) else 1)
+    except KeyboardInterrupt:  # Ctrl-C before streaming began (e.g. while training): nothing was published
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(code=130)
+    print_summary(summary, out)
+    if summary_json is not None:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(summary.to_json() + "\n", encoding="utf-8")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

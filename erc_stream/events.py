@@ -51,6 +51,7 @@ __all__ = [
     "MAX_TURN_ID_CHARS",
     "MAX_SPEAKER_CHARS",
     "MAX_DETAIL_CHARS",
+    "MAX_DLQ_ORIGINAL_BYTES",
 ]
 
 MAX_CONVERSATION_ID_CHARS = 256
@@ -59,6 +60,10 @@ MAX_SPEAKER_CHARS = 128
 MAX_TURN_ID_INT = 2**63 - 1
 MAX_TS_S = 1e11  # year 5138; larger epoch values are milliseconds or nanoseconds
 MAX_DETAIL_CHARS = 1000
+# Original key/value bytes kept in a dead letter. Base64 grows them by 4/3, so a dead letter
+# stays below ~700 KB, under Kafka's default 1 MB message.max.bytes and aiokafka's
+# max_request_size: a megabyte input must not make its own dead letter unproducible.
+MAX_DLQ_ORIGINAL_BYTES = 256 * 1024
 _COSINE_LIMIT = 1.0001  # cosines in float32 can exceed 1 by rounding; the schema allows this
 
 _REQUIRED = ("conversation_id", "turn_id", "speaker", "text")
@@ -333,10 +338,23 @@ def dead_letter(
     """Serialize a dead letter (``schemas/dead_letter.schema.json``).
 
     The original key and value travel base64-encoded (``null`` when absent) so any
-    bytes survive; ``detail`` is cut to 1000 characters.
+    bytes survive; ``detail`` is cut to 1000 characters. A key or value longer than
+    ``MAX_DLQ_ORIGINAL_BYTES`` keeps only its first ``MAX_DLQ_ORIGINAL_BYTES`` bytes, and
+    ``detail`` ends with a note saying so (the full record stays in the input topic at
+    ``source``).
     """
-    if len(detail) > MAX_DETAIL_CHARS:
-        detail = detail[: MAX_DETAIL_CHARS - 1] + "\u2026"
+    notes = []
+    if value is not None and len(value) > MAX_DLQ_ORIGINAL_BYTES:
+        notes.append(f"value_b64 holds the first {MAX_DLQ_ORIGINAL_BYTES} of {len(value)} bytes")
+        value = bytes(value[:MAX_DLQ_ORIGINAL_BYTES])
+    if key is not None and len(key) > MAX_DLQ_ORIGINAL_BYTES:
+        notes.append(f"key_b64 holds the first {MAX_DLQ_ORIGINAL_BYTES} of {len(key)} bytes")
+        key = bytes(key[:MAX_DLQ_ORIGINAL_BYTES])
+    suffix = f" [{'; '.join(notes)}]" if notes else ""
+    room = MAX_DETAIL_CHARS - len(suffix)
+    if len(detail) > room:
+        detail = detail[: room - 1] + "\u2026"
+    detail += suffix
     return orjson.dumps(
         {
             "reason": Reason(reason).value,

@@ -17,6 +17,7 @@ the same distribution.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +73,9 @@ class ReplayConfig:
                     f"ReplayConfig.{name} has an invalid value: {getattr(self, name)!r} "
                     "(rate_per_s >= 0, conversations >= 1 or unset, interleave >= 1, names non-empty)"
                 )
+
+    def replace(self, **changes: Any) -> ReplayConfig:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ def render_event(event: Mapping[str, Any], text: str | None, *, text_width: int 
     """One display line for an emotion event and the text of its turn (None: not known)."""
     emotion = str(event["emotion"])
     conv = _fit(f"{event['conversation_id']}#{event['turn_id']}", _CONV_WIDTH)
-    line = Text(no_wrap=True, overflow="ellipsis")
+    line = Text()
     line.append(conv + " ", style="dim")
     line.append(_fit(str(event.get("speaker", "")), _SPEAKER_WIDTH) + " ", style="cyan")
     line.append(_fit(text if text is not None else _MISSING_TEXT, text_width) + " ",
@@ -192,7 +192,7 @@ async def tail(cfg: TailConfig, *, console: Console, stop: asyncio.Event | None 
     def show(pairs) -> bool:
         nonlocal shown
         for event, text in pairs:
-            console.print(render_event(event, text, text_width=cfg.text_width))
+            console.print(render_event(event, text, text_width=cfg.text_width), soft_wrap=True)
             shown += 1
             if cfg.max_events is not None and shown >= cfg.max_events:
                 return True

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from erc_stream.artifact import read_current, version_path
 from erc_stream.batcher import MicroBatcher
 from erc_stream.config import WorkerConfig
-from erc_stream.errors import ArtifactError, BrokerError, ConfigError, PromptTooLongError
+from erc_stream.errors import ArtifactError, BrokerError, PromptTooLongError
 from erc_stream.events import BadInput, ChatTurn, Reason, SourceRef, dead_letter, emotion_event, parse_turn
 from erc_stream.health import HealthServer
 from erc_stream.metrics import WorkerMetrics
@@ -214,6 +214,8 @@ class Worker:
                 log.warning("in-flight batches did not finish within shutdown_timeout_s; they will be re-read")
         if self._deliveries:
             await asyncio.wait(self._deliveries, timeout=max(0.1, deadline - time.monotonic()))
+            for t in list(self._deliveries):  # unacknowledged: not committed, so re-read on restart
+                t.cancel()
         if self._producer is not None and self._started:
             try:
                 await asyncio.wait_for(self._producer.flush(), max(0.1, deadline - time.monotonic()))
@@ -289,7 +291,8 @@ class Worker:
         t0 = time.perf_counter()
         try:
             predictor = await self._load(version)
-        except (ArtifactError, ConfigError, OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to load (e.g. safetensors' own SafetensorError
+            # on a truncated file) must leave the served model in place, not end the reload task
             self._failed_versions.add(version)
             self.metrics.model_reloads.labels(result="failed").inc()
             log.error("model %s failed to load, still serving %s: %s", version, self.model_version, exc)
@@ -326,7 +329,9 @@ class Worker:
                 consumer.resume(*consumer.assignment())
                 paused = False
                 self.metrics.consumer_paused.set(0)
-            records = await consumer.getmany(timeout_ms=200, max_records=max(cfg.max_batch_size * 4, 64))
+            # Never fetch past max_in_flight: it bounds the turns a crash can replay (duplicates).
+            room = cfg.max_in_flight - self._tracker.in_flight()
+            records = await consumer.getmany(timeout_ms=200, max_records=min(room, max(cfg.max_batch_size * 4, 64)))
             for tp, recs in records.items():
                 self._intake(tp, recs)
 
@@ -554,6 +559,11 @@ class Worker:
             self._windows.discard(cid)
             del self._conv_partition[cid]
         self._tracker.forget(revoked)
+        for tp in revoked:
+            try:
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
         self.metrics.partitions_assigned.set(len(self._consumer.assignment()) if self._consumer else 0)
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 

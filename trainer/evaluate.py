@@ -119,8 +119,9 @@ def write_report(out_dir: Path, metrics_by_split: dict[str, dict], labels: Seque
     if history:
         payload["history"] = history
     if anchors_before is not None and anchors_after is not None:
-        payload["anchor_cosine"] = {"before": _cosine_matrix(anchors_before).round(4).tolist(),
-                                    "after": _cosine_matrix(anchors_after).round(4).tolist()}
+        # float64 before rounding: a rounded float32 prints as 0.707099974155426 in JSON.
+        payload["anchor_cosine"] = {"before": _cosine_matrix(anchors_before).astype(np.float64).round(4).tolist(),
+                                    "after": _cosine_matrix(anchors_after).astype(np.float64).round(4).tolist()}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
     for split, m in metrics_by_split.items():

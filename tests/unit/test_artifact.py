@@ -215,6 +215,8 @@ def test_manifest_with_another_label_count_fails_to_load(version_copy):
         (lambda m: m.update(format_version=2), r"has format_version 2; this erc-stream reads 1"),
         (lambda m: m.update(labels=[]), r"labels must be a non-empty list of strings"),
         (lambda m: m.update(labels=["neutral", 3]), r"labels must be a non-empty list of strings"),
+        (lambda m: m.update(files=sorted(m["files"])), r"'files' must map relative paths to sha256 hex strings"),
+        (lambda m: m["files"].update({"head.safetensors": None}), r"'files' must map relative paths to sha256"),
     ],
 )
 def test_bad_manifest_fields(version_copy, change, message):

@@ -1,0 +1,347 @@
+"""Model-path benchmark: matmul ceilings, encoder FLOPs, and Predictor.predict on MELD dev.
+
+Three measurements, one run, one machine:
+
+(a) sustained matmul GFLOP/s at the encoder's shapes (tokens x 384 @ 384x384, 384x1536,
+    1536x384) for fp32, bf16 and fp16;
+(b) encoder FLOPs per token at the measured prompt lengths (formula in _common.py and the doc);
+(c) the worker's model path: ``Predictor.predict`` on the real MELD dev prompts (built with
+    trainer.evaluate.build_examples, i.e. the worker's windows), grouped into batches by the
+    worker's own MicroBatcher, for fp32, bf16 and dynamic int8 (quantize_dynamic on the
+    Linear layers; benchmarked only, not a supported dtype), at batch sizes 1, 8, 32, 64:
+    utterances/s, tokens/s, achieved GFLOP/s and its fraction of the fp32 matmul ceiling,
+    plus agreement of bf16/int8 predictions with fp32.
+
+Writes docs/benchmarks/bench_model.{json,md}.  Usage: ``make bench-model`` or
+``.venv/bin/python benchmarks/bench_model.py [--store DIR] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+from _common import (
+    DOCS_DIR,
+    MINILM_L6,
+    command_line,
+    encoder_flops_per_token,
+    machine_info,
+    machine_md,
+    md_table,
+    meld_dev_examples,
+    resolve_model,
+    write_results,
+)
+
+import numpy as np
+import torch
+
+MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def encoder_matmul_shapes(shape=MINILM_L6) -> list[tuple[str, int, int, int]]:
+    """(name, K, N, count per layer) of the encoder's weight matmuls (tokens x K @ K x N)."""
+    h, i = shape.hidden, shape.intermediate
+    return [("HxH (q,k,v,out)", h, h, 4), ("HxI (ffn up)", h, i, 1), ("IxH (ffn down)", i, h, 1)]
+
+
+def bench_matmul(dtype: torch.dtype, tokens: int, k: int, n: int, seconds: float) -> float:
+    """Sustained GFLOP/s of (tokens, k) @ (k, n) in ``dtype`` over about ``seconds``."""
+    a = torch.randn(tokens, k).to(dtype)  # (M, K)
+    b = torch.randn(k, n).to(dtype)  # (K, N)
+    c = torch.empty(tokens, n, dtype=dtype)  # (M, N)
+    for _ in range(3):
+        torch.mm(a, b, out=c)
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b, out=c)
+        reps += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds and reps >= 3:
+            break
+    return 2.0 * tokens * k * n * reps / elapsed / 1e9
+
+
+def matmul_section(dtypes: list[str], token_counts: list[int], seconds: float) -> dict:
+    shapes = encoder_matmul_shapes()
+    out: dict = {}
+    for name in dtypes:
+        dt = MATMUL_DTYPES[name]
+        try:
+            per_tokens = {}
+            for m in token_counts:
+                g = {sname: bench_matmul(dt, m, k, n, seconds) for sname, k, n, _ in shapes}
+                # The encoder's mix: per layer 4 HxH + 1 HxI + 1 IxH; time-weighted GFLOP/s.
+                flops = {sname: 2 * m * k * n * cnt for sname, k, n, cnt in shapes}
+                mix = sum(flops.values()) / sum(flops[s] / (g[s] * 1e9) for s in g) / 1e9
+                per_tokens[m] = {**{s: round(v, 2) for s, v in g.items()}, "encoder_mix": round(mix, 2)}
+                print(f"  matmul {name} tokens={m}: " + ", ".join(f"{s} {v:.1f}" for s, v in per_tokens[m].items()), flush=True)
+            out[name] = per_tokens
+        except RuntimeError as exc:  # a dtype this CPU build cannot multiply
+            out[name] = {"error": repr(exc)}
+    return out
+
+
+def _batches_like_worker(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Index batches formed by the worker's MicroBatcher with every prompt already waiting
+    (the saturated case): oldest first, plus the closest lengths from a pool of 4x batch size.
+    max_batch_tokens is the worker default (8192), so at bs=64 long prompts make smaller batches."""
+    from erc_stream.batcher import MicroBatcher
+    from erc_stream.config import WorkerConfig
+
+    mb: MicroBatcher[int] = MicroBatcher(batch_size, WorkerConfig().max_batch_tokens, 0.0)
+    for i, n in enumerate(lengths):
+        mb.add(i, n)
+    out = []
+    while len(mb):
+        out.append(mb.take())
+    return out
+
+
+def _load(version_dir: Path, dtype: str):
+    from erc_stream.model import Predictor
+
+    if dtype == "int8":
+        from torch.ao.quantization import quantize_dynamic
+
+        p = Predictor.load(version_dir, device="cpu", dtype="fp32")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
+            p.model = quantize_dynamic(p.model, {torch.nn.Linear}, dtype=torch.qint8)
+        return p
+    return Predictor.load(version_dir, device="cpu", dtype=dtype)
+
+
+def model_section(version_dir: Path, prompts, dtypes: list[str], batch_sizes: list[int], budget_s: float,
+                  fp32_ceiling: dict[int, float]) -> tuple[list[dict], dict]:
+    lengths = [len(p) for p in prompts]
+    rows: list[dict] = []
+    reference: dict[int, np.ndarray] = {}  # utterance index -> fp32 scores
+    agreement: dict = {}
+    for dtype in dtypes:
+        predictor = _load(version_dir, dtype)
+        predictor.warm_up(8)
+        scores_by_idx: dict[int, np.ndarray] = {}
+        for bs in batch_sizes:
+            batches = _batches_like_worker(lengths, bs)
+            done = real_tok = pad_tok = 0
+            flops = 0.0
+            model_s = 0.0
+            t0 = time.perf_counter()
+            for b in batches:
+                pred = predictor.predict([prompts[i] for i in b])
+                width = max(lengths[i] for i in b)
+                model_s += pred.seconds
+                done += len(b)
+                real_tok += sum(lengths[i] for i in b)
+                pad_tok += width * len(b)
+                flops += len(b) * width * encoder_flops_per_token(width)
+                for j, i in enumerate(b):
+                    scores_by_idx[i] = pred.scores[j]
+                if time.perf_counter() - t0 >= budget_s:
+                    break
+            wall = time.perf_counter() - t0
+            gflops = flops / model_s / 1e9
+            mean_width = pad_tok / done
+            ceiling = _ceiling_at(fp32_ceiling, bs * mean_width)
+            row = {
+                "dtype": dtype, "batch_size": bs, "utterances": done, "of": len(prompts), "batches": 0,
+                "utt_per_s": done / model_s, "real_tokens_per_s": real_tok / model_s, "padded_tokens_per_s": pad_tok / model_s,
+                "padding_fraction": 1 - real_tok / pad_tok, "achieved_gflops": gflops,
+                "fp32_matmul_ceiling_gflops": ceiling, "fraction_of_fp32_ceiling": gflops / ceiling if ceiling else None,
+                "model_s": model_s, "wall_s": wall,
+            }
+            row["batches"] = _count_batches(batches, done)
+            row["mean_batch"] = done / row["batches"]
+            rows.append(row)
+            print(f"  predict {dtype} bs={bs}: {row['utt_per_s']:.1f} utt/s, {row['real_tokens_per_s']:.0f} tok/s, "
+                  f"{gflops:.1f} GFLOP/s ({done} utterances, padding {row['padding_fraction']:.1%})", flush=True)
+        if dtype == "fp32":
+            reference = scores_by_idx
+        elif reference:
+            common = sorted(set(reference) & set(scores_by_idx))
+            ref = np.stack([reference[i] for i in common])
+            got = np.stack([scores_by_idx[i] for i in common])
+            agreement[dtype] = {
+                "utterances": len(common),
+                "label_agreement_with_fp32": float((ref.argmax(1) == got.argmax(1)).mean()),
+                "max_abs_score_diff": float(np.abs(ref - got).max()),
+                "mean_abs_score_diff": float(np.abs(ref - got).mean()),
+            }
+        del predictor
+    return rows, agreement
+
+
+def _count_batches(batches: list[list[int]], done: int) -> int:
+    n = seen = 0
+    for b in batches:
+        if seen >= done:
+            break
+        seen += len(b)
+        n += 1
+    return n
+
+
+def _ceiling_at(ceiling: dict[int, float], tokens: float) -> float | None:
+    """fp32 encoder-mix matmul GFLOP/s at the measured token count nearest to ``tokens`` (log scale)."""
+    if not ceiling:
+        return None
+    best = min(ceiling, key=lambda m: abs(np.log(m) - np.log(max(tokens, 1))))
+    return ceiling[best]
+
+
+def render(payload: dict) -> str:
+    info, info_end = payload["machine"], payload["machine_end"]
+    lines = [
+        "# Model-path benchmark",
+        "",
+        f"Command: `{payload['command']}`",
+        "",
+        machine_md(info, info_end),
+        "",
+        f"Model: `{payload['model']['version']}` ({payload['model']['context_turns']} context turns, max_length "
+        f"{payload['model']['max_length']}). Prompts: {payload['prompts']['count']} MELD dev utterances "
+        f"(`trainer.evaluate.build_examples`), length mean {payload['prompts']['mean_len']:.1f}, median "
+        f"{payload['prompts']['p50_len']:.0f}, p90 {payload['prompts']['p90_len']:.0f}, max {payload['prompts']['max_len']} tokens.",
+        "",
+        "## (a) Matmul ceiling at the encoder's shapes (GFLOP/s)",
+        "",
+        "`torch.mm(A, B, out=C)` with A (tokens x K), B (K x N), sustained for "
+        f"{payload['matmul_seconds']} s per cell; *encoder mix* is the time-weighted rate of one layer's "
+        "weight matmuls (4 x HxH, 1 x HxI, 1 x IxH), i.e. the best the encoder's linear layers can do.",
+        "",
+    ]
+    shapes = [s for s, _, _, _ in encoder_matmul_shapes()] + ["encoder_mix"]
+    rows = []
+    for dt, per in payload["matmul"].items():
+        if "error" in per:
+            rows.append([dt, "-", per["error"], *([""] * (len(shapes) - 1))])
+            continue
+        for m, g in per.items():
+            rows.append([dt, m, *[g[s] for s in shapes]])
+    lines += [md_table(["dtype", "tokens", *shapes], rows), ""]
+    mm = payload["matmul"]
+    if "fp32" in mm and "bf16" in mm and "error" not in mm["bf16"]:
+        ratios = [mm["fp32"][m]["encoder_mix"] / mm["bf16"][m]["encoder_mix"] for m in mm["fp32"] if m in mm["bf16"]]
+        lines += [f"fp32 is {min(ratios):.1f}-{max(ratios):.1f}x faster than bf16 on this CPU "
+                  f"(native bf16: {info['cpu_native_bf16']}; without AVX512-BF16/AMX PyTorch converts bf16 to fp32 "
+                  "inside the kernel). `dtype=auto` therefore serves fp32 here.", ""]
+    f = payload["flops"]
+    lines += [
+        "## (b) Encoder FLOPs per token",
+        "",
+        "Forward FLOPs per token of a BERT-style encoder with L layers, hidden H, intermediate I, "
+        "over a sequence of T tokens (multiply-add = 2 FLOPs):",
+        "",
+        "    FLOPs/token = L * (8*H^2 + 4*H*I + 4*T*H)",
+        "                = 6 * (8*384^2 + 4*384*1536 + 4*T*384) = 21,233,664 + 9,216*T",
+        "",
+        "(Q, K, V, output projections 8H^2; feed-forward 4HI; attention scores and weighted sum 4TH. "
+        "Embeddings, layer norms, softmax, GELU and the projection head, which runs on one token per "
+        "utterance, are under 1% and left out.)",
+        "",
+        md_table(["T (tokens)", "MFLOP/token", "GFLOP/utterance of length T"],
+                 [[t, v / 1e6, v * t / 1e9] for t, v in f["per_token"].items()]),
+        "",
+        f"MELD dev as the worker sees it: {f['dev_total_gflop_unpadded']:.0f} GFLOP unpadded for "
+        f"{payload['prompts']['count']} utterances ({f['dev_gflop_per_utt']:.2f} GFLOP per utterance on average). "
+        f"At the fp32 encoder-mix ceiling of {f['ceiling_gflops']:.0f} GFLOP/s that bounds the model path at "
+        f"~{f['ceiling_utt_per_s']:.0f} utterances/s on this machine with perfect batching and no padding.",
+        "",
+        "## (c) Worker model path: `Predictor.predict` on MELD dev",
+        "",
+        "Batches are formed by the worker's own `MicroBatcher` with all prompts waiting (saturated worker; "
+        "default max_batch_tokens 8192). *utt/s* and *tokens/s* use model time (`Predictions.seconds`: padding, "
+        "forward, softmax, copy to numpy). *Achieved GFLOP/s* counts the FLOPs of the padded batch; "
+        "*of ceiling* divides by the fp32 encoder-mix matmul rate at the nearest measured token count. int8 is "
+        "`torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (weights int8, activations quantized per "
+        f"batch); it is benchmarked, not a supported dtype. Points stop after {payload['budget_s']} s "
+        "(then *utterances* < all).",
+        "",
+    ]
+    rows = [[r["dtype"], r["batch_size"], f"{r['utterances']}/{r['of']}", round(r["mean_batch"], 1), r["utt_per_s"],
+             r["real_tokens_per_s"], f"{r['padding_fraction']:.1%}", r["achieved_gflops"],
+             f"{r['fraction_of_fp32_ceiling']:.0%}" if r["fraction_of_fp32_ceiling"] else "-"]
+            for r in payload["predict"]]
+    lines += [md_table(["dtype", "batch size", "utterances", "mean batch", "utt/s", "tokens/s", "padding",
+                        "achieved GFLOP/s", "of fp32 ceiling"], rows), ""]
+    if payload["agreement"]:
+        lines += ["Agreement with fp32 on the same utterances (scores are cosines in [-1, 1]):", ""]
+        lines += [md_table(["dtype", "utterances", "same label as fp32", "max |score diff|", "mean |score diff|"],
+                           [[d, a["utterances"], f"{a['label_agreement_with_fp32']:.2%}", a["max_abs_score_diff"],
+                             a["mean_abs_score_diff"]] for d, a in payload["agreement"].items()]), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", type=Path, default=None, help="model store (default: var/models, var/runs/store, else a benchmark model)")
+    ap.add_argument("--dtypes", default="fp32,bf16,int8", help="model-path dtypes: fp32, bf16, int8")
+    ap.add_argument("--matmul-dtypes", default="fp32,bf16,fp16")
+    ap.add_argument("--batch-sizes", default="1,8,32,64")
+    ap.add_argument("--matmul-tokens", default="", help="token counts for (a); default: mean prompt, x8, x32, x64")
+    ap.add_argument("--matmul-seconds", type=float, default=0.4)
+    ap.add_argument("--budget-s", type=float, default=12.0, help="max model-time seconds per (dtype, batch size) point")
+    ap.add_argument("--conversations", type=int, default=None, help="first N MELD dev conversations (default all)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes to check the script works")
+    ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
+    ap.add_argument("--name", default="bench_model")
+    args = ap.parse_args()
+    if args.quick:
+        args.conversations, args.budget_s, args.matmul_seconds = args.conversations or 8, 1.0, 0.05
+        args.batch_sizes = "1,8"
+
+    info = machine_info()
+    version_dir = resolve_model(args.store)
+    from erc_stream.model import Predictor
+
+    probe = Predictor.load(version_dir, device="cpu", dtype="fp32")
+    examples, convs = meld_dev_examples(probe.builder, probe.labels, args.conversations)
+    prompts = [p for p, _ in examples]
+    lens = np.array([len(p) for p in prompts])
+    mean_len = float(lens.mean())
+    manifest = probe.manifest
+    del probe
+
+    batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
+    token_counts = ([int(x) for x in args.matmul_tokens.split(",")] if args.matmul_tokens
+                    else sorted({int(round(mean_len * b)) for b in (1, 8, 32, 64)}))
+    print(f"model {version_dir.name}; {len(prompts)} prompts, mean length {mean_len:.1f}", flush=True)
+    print("(a) matmul", flush=True)
+    mm = matmul_section(args.matmul_dtypes.split(","), token_counts, args.matmul_seconds)
+    fp32_ceiling = {m: v["encoder_mix"] for m, v in mm.get("fp32", {}).items() if isinstance(v, dict)}
+
+    per_token = {int(t): encoder_flops_per_token(int(t)) for t in sorted({16, 32, 64, int(round(mean_len)), 128, 256})}
+    total = float(sum(int(n) * encoder_flops_per_token(int(n)) for n in lens))
+    ceiling = max(fp32_ceiling.values()) if fp32_ceiling else float("nan")
+    flops = {"formula": "L*(8*H^2 + 4*H*I + 4*T*H), L=6, H=384, I=1536", "per_token": per_token,
+             "dev_total_gflop_unpadded": total / 1e9, "dev_gflop_per_utt": total / 1e9 / len(prompts),
+             "ceiling_gflops": ceiling, "ceiling_utt_per_s": ceiling / (total / 1e9 / len(prompts))}
+
+    print("(c) Predictor.predict", flush=True)
+    rows, agreement = model_section(version_dir, prompts, args.dtypes.split(","), batch_sizes, args.budget_s, fp32_ceiling)
+
+    payload = {
+        "command": command_line(),
+        "machine": info,
+        "model": {"version": version_dir.name, "path": str(version_dir),
+                  "context_turns": manifest["prompt"]["context_turns"], "max_length": manifest["prompt"]["max_length"]},
+        "prompts": {"count": len(prompts), "conversations": len(convs), "mean_len": mean_len,
+                    "p50_len": float(np.percentile(lens, 50)), "p90_len": float(np.percentile(lens, 90)),
+                    "max_len": int(lens.max())},
+        "matmul_seconds": args.matmul_seconds,
+        "matmul": mm,
+        "flops": flops,
+        "budget_s": args.budget_s,
+        "predict": rows,
+        "agreement": agreement,
+        "machine_end": machine_info(),
+    }
+    write_results(args.name, payload, render(payload), args.out_dir)
+
+
+if __name__ == "__main__":
+    main()

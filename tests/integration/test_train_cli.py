@@ -1,0 +1,225 @@
+"""erc-train end to end, as a user runs it: real CLI subprocesses, real MELD files, the real
+default encoder, a real OpenAI-compatible HTTP server on loopback for `--anchors llm`.
+
+Each fit is kept tiny (a dozen conversations or fewer) and pinned to CPU/fp32 so that the
+dev metrics recorded at publish time can be reproduced exactly by `erc-train evaluate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from erc_stream.artifact import read_current, verify_version
+from tests.openai_loopback import OpenAILoopback, default_chat_reply
+
+# A fit takes ~30-60 s of CPU on a quiet 2-core machine, several minutes on a busy one.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+REPO = Path(__file__).resolve().parents[2]
+ERC_TRAIN = Path(sys.executable).parent / "erc-train"
+MELD_LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
+SHIPPED_MELD = REPO / "trainer" / "descriptions" / "meld.json"
+DATA_DIR = Path(os.environ.get("ERC_DATA_DIR") or "/work/shared/datasets")
+HEADLINE = ("weighted_f1", "macro_f1", "accuracy", "mcc", "per_class_f1", "micro_f1_no_neutral",
+            "macro_f1_no_neutral", "support")  # fmt: skip
+PIN = ["--device", "cpu", "--dtype", "fp32"]
+
+if not (DATA_DIR / "meld" / "train_sent_emo.csv").is_file() or not (DATA_DIR / "meld" / "dev_sent_emo.csv").is_file():
+    pytest.skip(f"MELD CSVs not found under {DATA_DIR}/meld; set ERC_DATA_DIR", allow_module_level=True)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy") and not k.startswith("OPENAI_")}  # fmt: skip
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               ERC_DATA_DIR=str(DATA_DIR), COLUMNS="200", NO_PROXY="127.0.0.1,localhost")  # fmt: skip
+    env.update(extra)
+    return env
+
+
+def erc_train(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout_s: int = 1000):
+    return subprocess.run([str(ERC_TRAIN), *args], env=env or cli_env(), cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def only_version(store: Path) -> Path:
+    versions = [p for p in store.iterdir() if p.is_dir()]
+    assert len(versions) == 1, versions
+    return versions[0]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One quick fit on 12 train / 6 dev MELD conversations with the shipped descriptions.
+
+    Two context turns instead of five keep prompts short, which halves the CPU time.
+    """
+    store = tmp_path_factory.mktemp("store")
+    proc = erc_train("fit", "--dataset", "meld", "--quick", "--max-train-conversations", "12",
+                     "--max-dev-conversations", "6", "--context-turns", "2", "--store", str(store), "--anchors", "file", *PIN)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    vdir = only_version(store)
+    return proc, store, vdir, json.loads((vdir / "manifest.json").read_text())
+
+
+def test_fit_publishes_and_sets_current(fitted):
+    proc, store, vdir, manifest = fitted
+    assert re.fullmatch(r"meld-\d{8}T\d{6}Z-[0-9a-f]{6}", vdir.name)
+    assert read_current(store) == vdir.name == manifest["version"]
+    assert sorted(p.name for p in store.iterdir()) == ["CURRENT", vdir.name]  # no temporary leftovers
+    assert f"published {vdir.name}" in " ".join(proc.stderr.split())
+    assert "weighted_f1" in proc.stdout
+
+
+def test_fit_manifest_is_complete(fitted):
+    _, _, vdir, m = fitted
+    assert m["format_version"] == 1
+    assert m["created_at"]
+    assert m["dataset"] == "meld"
+    assert m["labels"] == MELD_LABELS
+    assert m["prompt"] == {"template": "For utterance {utterance}, {speaker} feels {mask}", "context_turns": 2,
+                           "max_length": 256, "normalization": "erc_stream.prompt.normalize_text v1"}  # fmt: skip
+    assert m["temperature"] == 0.1
+    assert m["encoder"]["weights_sha256"] == {"encoder/model.safetensors": sha256(vdir / "encoder" / "model.safetensors")}
+    # Anchors: mode file, the shipped descriptions, and where they came from.
+    shipped = json.loads(SHIPPED_MELD.read_text())
+    anchors = m["anchors"]
+    assert anchors["mode"] == "file"
+    assert anchors["descriptions"] == {k: " ".join(v.split()) for k, v in shipped["descriptions"].items()}
+    assert anchors["file"] == str(SHIPPED_MELD)
+    assert anchors["sha256"] == sha256(SHIPPED_MELD)
+    assert anchors["file_provenance"] == shipped.get("provenance", {})
+    # Metrics and training record.
+    dev = m["metrics"]["dev"]
+    assert set(HEADLINE) <= set(dev)
+    assert 0.0 <= dev["weighted_f1"] <= 1.0
+    assert set(dev["per_class_f1"]) == set(MELD_LABELS)
+    t = m["training"]
+    assert t["config"]["epochs"] == 1 and t["config"]["stage2_epochs"] == 2  # --quick
+    assert t["config"]["max_train_conversations"] == 12 and t["config"]["max_dev_conversations"] == 6
+    assert t["device"] == "cpu" and t["dtype"] == "float32"
+    assert [h["epoch"] for h in t["history"]] == [1]
+    assert {"dev_weighted_f1", "dev_macro_f1", "train_s", "loss_loss"} <= set(t["history"][0])
+    assert t["best_epoch"] == 1
+    assert t["stage2"]["enabled"] is True and t["stage2"]["epochs"] == 2
+    assert t["train_utterances"] > 50 and t["dev_utterances"] == sum(dev["support"].values())
+
+
+def test_fit_every_file_checksum_matches(fitted):
+    _, _, vdir, m = fitted
+    present = {p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(m["files"]) == present
+    for rel, digest in m["files"].items():
+        assert sha256(vdir / rel) == digest, rel
+    assert verify_version(vdir)["version"] == vdir.name
+
+
+def test_fit_report(fitted):
+    _, _, vdir, m = fitted
+    report = vdir / "report"
+    for name in ("metrics.json", "confusion_dev.png", "anchors_cosine.png", "training_curve.png"):
+        assert (report / name).is_file(), name
+    for name in ("confusion_dev.png", "anchors_cosine.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    payload = json.loads((report / "metrics.json").read_text())
+    assert payload["splits"]["dev"]["weighted_f1"] == m["metrics"]["dev"]["weighted_f1"]
+    assert len(payload["anchor_cosine"]["before"]) == len(payload["anchor_cosine"]["after"]) == 7
+
+
+def test_evaluate_reproduces_the_published_dev_metrics(fitted, tmp_path):
+    _, store, vdir, manifest = fitted
+    out, preds = tmp_path / "out", tmp_path / "P.jsonl"
+    proc = erc_train("evaluate", "--store", str(store), "--split", "dev", "--max-conversations", "6",
+                     "--out", str(out), "--predictions", str(preds), *PIN)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for word in ("weighted_f1", "macro_f1", "accuracy", "mcc", "per-class F1", "confusion matrix", *MELD_LABELS):
+        assert word in proc.stdout, word
+    assert (out / "confusion_dev.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((out / "metrics.json").read_text())["splits"]["dev"]
+    # Same conversations, same code path, same weights: the same numbers, exactly.
+    assert m["weighted_f1"] == manifest["metrics"]["dev"]["weighted_f1"]
+    assert {k: m[k] for k in HEADLINE} == manifest["metrics"]["dev"]
+    assert f"{m['weighted_f1']:.4f}" in proc.stdout
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == m["n"] == manifest["training"]["dev_utterances"]
+    assert {r["emotion"] for r in rows} <= set(MELD_LABELS)
+    assert all(len(r["scores"]) == 7 for r in rows)
+    correct = sum(r["emotion"] == r["gold"] for r in rows)
+    assert correct / len(rows) == pytest.approx(m["accuracy"], abs=1e-12)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_unknown_dataset_names_the_valid_ones(tmp_path):
+    proc = erc_train("fit", "--dataset", "nope", "--store", str(tmp_path / "s"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = " ".join(proc.stderr.split())
+    assert "'nope'" in err and "meld, emorynlp, dailydialog, iemocap" in err
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_missing_encoder_folder(tmp_path):
+    proc = erc_train("fit", "--dataset", "meld", "--encoder", "/nonexistent", "--store", str(tmp_path / "s"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = " ".join(proc.stderr.split())
+    assert "encoder='/nonexistent' is not a folder" in err and "nothing is downloaded" in err
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_dir_says_where_to_get_it(tmp_path):
+    missing = tmp_path / "no-data"
+    proc = erc_train("fit", "--dataset", "meld", "--store", str(tmp_path / "s"), env=cli_env(ERC_DATA_DIR=str(missing)))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = " ".join(proc.stderr.split())
+    assert "meld split 'train' not found" in err
+    assert f"the data dir {missing} itself does not exist" in err
+    assert "set ERC_DATA_DIR" in err
+    assert "https://github.com/declare-lab/MELD" in err
+    assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------- LLM anchors
+
+
+def test_llm_anchors_end_to_end(tmp_path):
+    """`--anchors llm` through the real openai client to a loopback server; the manifest records it."""
+    store = tmp_path / "store"
+    key, model = "sk-loopback-train-42", "loopback-llm-1"
+    with OpenAILoopback(api_key=key) as server:
+        env = cli_env(OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY=key, OPENAI_MODEL=model)
+        # cwd=tmp_path: the description cache (.cache/erc-anchors) starts empty, so every label is asked.
+        proc = erc_train("fit", "--dataset", "meld", "--anchors", "llm", "--epochs", "0", "--no-stage2",
+                         "--max-train-conversations", "2", "--max-dev-conversations", "2",
+                         "--store", str(store), *PIN, env=env, cwd=tmp_path)  # fmt: skip
+        chats = server.requests_to("/v1/chat/completions")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    asked = [re.search(r"emotion '([^']+)'", " ".join(msg["content"] for msg in r.body["messages"])).group(1) for r in chats]
+    assert sorted(asked) == sorted(MELD_LABELS)
+    assert all(r.body["model"] == model and r.authorization == f"Bearer {key}" for r in chats)
+
+    vdir = only_version(store)
+    verify_version(vdir)
+    manifest_text = (vdir / "manifest.json").read_text()
+    anchors = json.loads(manifest_text)["anchors"]
+    assert anchors["mode"] == "llm"
+    assert anchors["llm_model"] == model
+    assert anchors["base_url_host"] == "127.0.0.1"
+    assert anchors["requests"] == 7 and anchors["cache_hits"] == 0
+    assert anchors["descriptions"] == {label: default_chat_reply(label, {}) for label in MELD_LABELS}
+    assert key not in manifest_text  # the API key never reaches the artifact
+    assert len(list((tmp_path / ".cache" / "erc-anchors").glob("*.json"))) == 7
