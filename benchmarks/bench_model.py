@@ -270,7 +270,7 @@ def render(payload: dict) -> str:
                         "achieved GFLOP/s", "of fp32 ceiling"], rows), ""]
     if payload["agreement"]:
         lines += ["Agreement with fp32 on the same utterances (scores are cosines in [-1, 1]):", ""]
-        lines += [md_table(["dtype", "utterances", "same label as fp32", "max |score diff|", "mean |score diff|"],
+        lines += [md_table(["dtype", "utterances", "same label as fp32", "max abs score diff", "mean abs score diff"],
                            [[d, a["utterances"], f"{a['label_agreement_with_fp32']:.2%}", a["max_abs_score_diff"],
                              a["mean_abs_score_diff"]] for d, a in payload["agreement"].items()]), ""]
     return "\n".join(lines)

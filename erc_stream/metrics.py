@@ -79,6 +79,17 @@ class WorkerMetrics:
             "erc_offset_commits", "Offset commits by result.", ["result"], registry=r
         )
 
+        # Series created at 0 up front: a counter born by its first increment shows
+        # increase() == 0, which would hide a worker's first failed reload or dead letter.
+        from erc_stream.events import Reason
+
+        for result in ("ok", "failed", "incompatible"):
+            self.model_reloads.labels(result=result)
+        for reason in Reason:
+            self.dead_letters.labels(reason=reason.value)
+        for result in ("ok", "failed"):
+            self.commits.labels(result=result)
+
     def set_model(self, version: str, dataset: str) -> None:
         """Point ``erc_model_info`` at the version now served (only one series stays at 1)."""
         self.model_info.clear()

@@ -68,10 +68,17 @@ class _Rebalance(ConsumerRebalanceListener):
         self._worker = worker
 
     async def on_partitions_revoked(self, revoked) -> None:
+        # aiokafka hands out records of the new assignment before on_partitions_assigned has
+        # finished; intake waits at this gate until the new partitions' windows are restored.
+        self._worker._assignment_ready.clear()
         await self._worker._on_revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
-        await self._worker._on_assigned(list(assigned))
+        try:
+            await self._worker._on_assigned(list(assigned))
+        finally:
+            self._worker._assignments += 1
+            self._worker._assignment_ready.set()
 
 
 class Worker:
@@ -99,6 +106,8 @@ class Worker:
         self._drained = asyncio.Event()
         self._reload_now = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        self._assignment_ready = asyncio.Event()  # set once an assignment's windows are restored
+        self._assignments = 0  # completed assignments (rebalances)
         self._stopping = False
         self._stopped = False
         self._started = False
@@ -332,8 +341,18 @@ class Worker:
             # Never fetch past max_in_flight: it bounds the turns a crash can replay (duplicates).
             room = cfg.max_in_flight - self._tracker.in_flight()
             records = await consumer.getmany(timeout_ms=200, max_records=min(room, max(cfg.max_batch_size * 4, 64)))
+            if records and not self._assignment_ready.is_set():
+                # Records of an assignment whose windows are still being restored: wait for it.
+                # If yet another rebalance completes meanwhile, positions were reset to the
+                # committed offsets and these records will be fetched again: drop them.
+                seen = self._assignments
+                await self._assignment_ready.wait()
+                if self._assignments != seen + 1:
+                    continue
+            assigned = consumer.assignment()
             for tp, recs in records.items():
-                self._intake(tp, recs)
+                if tp in assigned:  # a partition revoked meanwhile belongs to another worker now
+                    self._intake(tp, recs)
 
     def _intake(self, tp: TopicPartition, records) -> None:
         cfg = self.cfg

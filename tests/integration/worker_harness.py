@@ -49,7 +49,6 @@ __all__ = [
     "metric_value",
     "offline_expected",
     "committed_offsets",
-    "end_offsets",
 ]
 
 CLI = Path(sys.executable).parent / "erc-stream"
@@ -237,16 +236,6 @@ async def committed_offsets(bootstrap: str, group_id: str, topic: str, partition
     await consumer.start()
     try:
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
-    finally:
-        await consumer.stop()
-
-
-async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        return {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()
 
