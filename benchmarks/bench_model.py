@@ -85,16 +85,17 @@ def matmul_section(dtypes: list[str], token_counts: list[int], seconds: float) -
     return out
 
 
-def _batches_like_worker(lengths: list[int], batch_size: int) -> list[list[int]]:
+def _batches_like_worker(lengths: list[int], batch_size: int, keys: list | None = None) -> list[list[int]]:
     """Index batches formed by the worker's MicroBatcher with every prompt already waiting
-    (the saturated case): oldest first, plus the closest lengths from a pool of 4x batch size.
-    max_batch_tokens is the worker default (8192), so at bs=64 long prompts make smaller batches."""
+    (the saturated case): oldest first, plus the closest lengths from a pool of 4x batch size,
+    never a turn ahead of an earlier turn of its conversation (``keys``). max_batch_tokens is
+    the worker default (8192), so at bs=64 long prompts make smaller batches."""
     from erc_stream.batcher import MicroBatcher
     from erc_stream.config import WorkerConfig
 
     mb: MicroBatcher[int] = MicroBatcher(batch_size, WorkerConfig().max_batch_tokens, 0.0)
     for i, n in enumerate(lengths):
-        mb.add(i, n)
+        mb.add(i, n, key=keys[i] if keys is not None else None)
     out = []
     while len(mb):
         out.append(mb.take())
@@ -115,7 +116,7 @@ def _load(version_dir: Path, dtype: str):
     return Predictor.load(version_dir, device="cpu", dtype=dtype)
 
 
-def model_section(version_dir: Path, prompts, dtypes: list[str], batch_sizes: list[int], budget_s: float,
+def model_section(version_dir: Path, prompts, keys, dtypes: list[str], batch_sizes: list[int], budget_s: float,
                   fp32_ceiling: dict[int, float]) -> tuple[list[dict], dict]:
     lengths = [len(p) for p in prompts]
     rows: list[dict] = []
@@ -126,7 +127,7 @@ def model_section(version_dir: Path, prompts, dtypes: list[str], batch_sizes: li
         predictor.warm_up(8)
         scores_by_idx: dict[int, np.ndarray] = {}
         for bs in batch_sizes:
-            batches = _batches_like_worker(lengths, bs)
+            batches = _batches_like_worker(lengths, bs, keys)
             done = real_tok = pad_tok = 0
             flops = 0.0
             model_s = 0.0
@@ -301,6 +302,7 @@ def main() -> None:
     probe = Predictor.load(version_dir, device="cpu", dtype="fp32")
     examples, convs = meld_dev_examples(probe.builder, probe.labels, args.conversations)
     prompts = [p for p, _ in examples]
+    keys = [c.id for c in convs for _ in c.utterances]  # examples are in conversation order
     lens = np.array([len(p) for p in prompts])
     mean_len = float(lens.mean())
     manifest = probe.manifest
@@ -322,7 +324,7 @@ def main() -> None:
              "ceiling_gflops": ceiling, "ceiling_utt_per_s": ceiling / (total / 1e9 / len(prompts))}
 
     print("(c) Predictor.predict", flush=True)
-    rows, agreement = model_section(version_dir, prompts, args.dtypes.split(","), batch_sizes, args.budget_s, fp32_ceiling)
+    rows, agreement = model_section(version_dir, prompts, keys, args.dtypes.split(","), batch_sizes, args.budget_s, fp32_ceiling)
 
     payload = {
         "command": command_line(),

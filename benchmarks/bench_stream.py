@@ -381,7 +381,7 @@ async def run_point(name, prod, sink, topic, msgs, rate, procs: dict, timeout_s,
     return s
 
 
-def model_path_reference(version_dir: Path, dtype: str, prompts, batch_size: int, budget_s: float) -> dict:
+def model_path_reference(version_dir: Path, dtype: str, prompts, keys, batch_size: int, budget_s: float) -> dict:
     """Predictor.predict on the same prompts, batched by the worker's MicroBatcher, in this process."""
     from bench_model import _batches_like_worker
 
@@ -391,7 +391,7 @@ def model_path_reference(version_dir: Path, dtype: str, prompts, batch_size: int
     p.warm_up(8)
     lengths = [len(x) for x in prompts]
     done, model_s, t0 = 0, 0.0, time.perf_counter()
-    for b in _batches_like_worker(lengths, batch_size):
+    for b in _batches_like_worker(lengths, batch_size, keys):
         model_s += p.predict([prompts[i] for i in b]).seconds
         done += len(b)
         if time.perf_counter() - t0 >= budget_s:
@@ -419,7 +419,7 @@ async def driver(a: argparse.Namespace) -> dict:
           flush=True)
 
     print("model path reference (in this process, nothing else running)", flush=True)
-    ref = model_path_reference(version_dir, a.dtype, ordered_prompts, a.max_batch_size, a.reference_budget_s)
+    ref = model_path_reference(version_dir, a.dtype, ordered_prompts, [ci for ci, _ in order], a.max_batch_size, a.reference_budget_s)
     print(f"  {ref['utt_per_s']:.1f} utt/s ({ref['utterances']} utterances, batch size {a.max_batch_size})", flush=True)
 
     broker = LocalBroker(log_path=LOG_DIR / "broker.log")

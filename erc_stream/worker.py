@@ -47,6 +47,11 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("erc_stream.worker")
 
+# aiokafka retries a lost broker every retry_backoff_ms (default 100 ms: ~80 error lines a
+# second from fetcher, coordinator and metadata while a broker is down). 500 ms keeps
+# recovery quick and the log readable.
+_RETRY_BACKOFF_MS = 500
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -150,7 +155,7 @@ class Worker:
             on_evict=self._on_evict,
         )
         self._batcher = MicroBatcher(cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_wait_s)
-        kw = cfg.kafka_kwargs()
+        kw = {**cfg.kafka_kwargs(), "retry_backoff_ms": _RETRY_BACKOFF_MS}
         self._producer = AIOKafkaProducer(
             **kw, acks="all", enable_idempotence=cfg.enable_idempotence, linger_ms=5, request_timeout_ms=30000,
         )

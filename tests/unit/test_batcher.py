@@ -110,11 +110,36 @@ def test_never_takes_an_item_ahead_of_an_earlier_one_with_the_same_key() -> None
     b.add("B1", 50, key="B")
     b.add("A2", 50, key="A")
     b.add("A3", 11, key="A")
-    # By length alone the batch would be [A1, A3], but A3 would overtake A2.
-    assert b.take() == ["A1"]
-    assert b.take() == ["B1", "A2"]
-    assert b.take() == ["A3"]
+    # By length alone the batch would be [A1, A3], but A3 would overtake A2; A2 ties with
+    # B1 in distance (40) and B1 is older, so B1 fills the second place.
+    assert b.take() == ["A1", "B1"]
+    assert b.take() == ["A2", "A3"]
     assert len(b) == 0
+
+
+def test_form_batch_with_keys_fills_the_batch_in_key_order() -> None:
+    # lengths 10, 11, 50, 12 with keys A, A, B, A: A2 and A3 follow A1, B1 is far in length.
+    assert form_batch([10, 11, 50, 12], max_size=3, max_tokens=1000, keys=["A", "A", "B", "A"]) == [0, 1, 3]
+    # A3 (12) is closest after A1 but may only follow A2 (90); with max_size 2, B1 (13) goes.
+    assert form_batch([10, 90, 13, 12], max_size=2, max_tokens=1000, keys=["A", "A", "B", "A"]) == [0, 2]
+    assert form_batch([10, 90, 13, 12], max_size=4, max_tokens=1000, keys=["A", "A", "B", "A"]) == [0, 1, 2, 3]
+    # A later item of a key whose earlier item does not fit by tokens stays out too.
+    assert form_batch([10, 90, 12], max_size=4, max_tokens=100, keys=["A", "B", "B"]) == [0]
+    # None keys are unordered: same result as without keys.
+    assert form_batch([10, 50, 11, 9, 30], max_size=3, max_tokens=1000, keys=[None] * 5) == [0, 2, 3]
+
+
+def test_interleaved_conversations_still_give_full_batches() -> None:
+    # 8 conversations of 8 turns, interleaved round-robin, as a busy worker receives them:
+    # every batch is full although no turn may overtake an earlier turn of its conversation.
+    b: MicroBatcher[tuple[int, int]] = MicroBatcher(8, 10_000, 0.0, clock=FakeClock())
+    for turn in range(8):
+        for conv in range(8):
+            b.add((conv, turn), 20 + (conv * 7 + turn * 13) % 40, key=conv)
+    sizes = []
+    while len(b):
+        sizes.append(len(b.take()))
+    assert sizes == [8] * 8
 
 
 def test_same_lengths_without_keys_or_with_other_keys_are_grouped() -> None:
