@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -237,11 +238,11 @@ def metrics_delta(a: dict, b: dict) -> dict:
 class Proc:
     """A child process (worker or naive consumer) with its log file and CPU accounting."""
 
-    def __init__(self, name: str, argv: list[str], env: dict) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict, cwd: Path = ROOT) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = LOG_DIR / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
         import psutil
 
         self.ps = psutil.Process(self.popen.pid)
@@ -334,6 +335,59 @@ async def naive_main(a: argparse.Namespace) -> None:
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+# ---------------------------------------------------------------------------------- profile
+# Where the worker's CPU goes: each sampled stack (root -> leaf) is filed under the first
+# rule that matches, checked in this order (the model forward is matched first, so the
+# tokenizer or JSON inside it is not counted twice).
+_PROFILE_RULES: tuple[tuple[str, tuple[tuple[str | None, str], ...]], ...] = (  # (category, ((function, file part), ...))
+    ("model: pad_batch (building padded tensors)", (("pad_batch", "erc_stream/prompt.py"),)),
+    ("model: encoder forward + head (torch)", (("predict", "erc_stream/model.py"),)),
+    ("prompt: tokenization (encode_turns)", (("encode_turns", "erc_stream/prompt.py"),)),
+    ("prompt: build from cached ids", (("build", "erc_stream/prompt.py"),)),
+    ("input: JSON parse + validation (parse_turn)", (("parse_turn", "erc_stream/events.py"),)),
+    ("output: event JSON (emotion_event)", (("emotion_event", "erc_stream/events.py"),)),
+    ("output: _emit other (scores dict, metrics)", (("_emit", "erc_stream/worker.py"),)),
+    ("batcher (form_batch/take)", ((None, "erc_stream/batcher.py"),)),
+    ("window store", ((None, "erc_stream/window.py"),)),
+    ("metrics (prometheus_client)", ((None, "prometheus_client/"),)),
+    ("kafka client (aiokafka: fetch, send, commit)", ((None, "aiokafka/"),)),
+    ("worker loop other (intake, acks, offsets)", ((None, "erc_stream/worker.py"), (None, "erc_stream/offsets.py"))),
+    ("asyncio / threads machinery", ((None, "asyncio/"), (None, "concurrent/futures"), (None, "threading.py"),
+                                     (None, "selectors.py"))),
+)
+
+
+def _frames(stack: str) -> list[tuple[str, str]]:
+    out = []
+    for frame in stack.split(";"):
+        func, _, rest = frame.partition(" (")
+        out.append((func.strip(), rest.rsplit(":", 1)[0]))
+    return out
+
+
+def summarize_profile(path: Path) -> dict:
+    """Shares of the sampled (busy) stacks per category, from py-spy's raw (collapsed) output."""
+    counts: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = _frames(stack)
+        total += int(n)
+        cat = next((name for name, pats in _PROFILE_RULES
+                    if any((fn is None or f.rsplit(".", 1)[-1] == fn) and part in file
+                           for fn, part in pats for f, file in frames)), "other")
+        counts[cat] = counts.get(cat, 0) + int(n)
+        leaf = "%s (%s)" % frames[-1]
+        leaves[leaf] = leaves.get(leaf, 0) + int(n)
+    top = sorted(leaves.items(), key=lambda kv: -kv[1])[:10]
+    return {"samples": total, "path": str(path.relative_to(ROOT)),
+            "shares": {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {},
+            "top_leaf_frames": {k: v / total for k, v in top} if total else {}}
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -444,14 +498,16 @@ async def driver(a: argparse.Namespace) -> dict:
             "ERC_DTYPE": a.dtype, "ERC_METRICS_HOST": "127.0.0.1", "ERC_METRICS_PORT": port,
             "ERC_MAX_BATCH_SIZE": a.max_batch_size, "ERC_MAX_WAIT_MS": a.max_wait_ms,
             "ERC_SESSION_TIMEOUT_MS": 2000, "ERC_HEARTBEAT_INTERVAL_MS": 300, "ERC_LOG_LEVEL": "INFO",
-        }))
+            **({"PYTHONPATH": a.worker_src.resolve()} if a.worker_src else {}),
+        }), cwd=a.worker_src.resolve() if a.worker_src else ROOT)
         procs.append(worker)
-        if a.profile:
-            spy = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(worker.popen.pid), "--rate", "50",
-                                    "--format", "raw", "-o", str(LOG_DIR / "worker_profile.txt"), "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         await wait_until(lambda: _http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 180, "worker ready", worker)
         print("worker ready", flush=True)
+        profile_path = LOG_DIR / f"{a.name}_worker_stacks.txt"
+        if a.profile:  # sampled stacks of the busy worker (idle threads are not sampled)
+            spy = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(worker.popen.pid), "--rate", "100",
+                                    "--format", "raw", "-o", str(profile_path), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wprocs = {"worker": worker}
         points = []
         warm = messages(convs, order[: min(len(order), 64)], "warm")
@@ -461,6 +517,11 @@ async def driver(a: argparse.Namespace) -> dict:
                              a.point_timeout_s, port)
         points.append(mx)
         max_rate = mx["events_per_s"]
+        profile = None
+        if a.profile:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            spy.wait(60)
+            profile = summarize_profile(profile_path)
         for frac in a.fractions:
             rate = frac * max_rate
             n = min(len(order), max(20, int(rate * a.rate_duration_s)))
@@ -469,9 +530,6 @@ async def driver(a: argparse.Namespace) -> dict:
                                 a.point_timeout_s, port)
             s["fraction_of_max"] = frac
             points.append(s)
-        if a.profile:
-            spy.terminate()
-            spy.wait(30)
         rc = worker.stop()
         procs.remove(worker)
         print(f"worker stopped (exit {rc})", flush=True)
@@ -504,7 +562,8 @@ async def driver(a: argparse.Namespace) -> dict:
         "settings": {"lanes": a.lanes, "partitions": a.partitions, "max_batch_size": a.max_batch_size,
                      "max_wait_ms": a.max_wait_ms, "rate_duration_s": a.rate_duration_s, "turns": len(order),
                      "conversations": len(convs)},
-        "model_path_reference": ref, "points": points, "naive": nv, "machine_end": machine_info(),
+        "model_path_reference": ref, "points": points, "naive": nv, "profile": profile,
+        "worker_src": str(a.worker_src) if a.worker_src else None, "machine_end": machine_info(),
     }
 
 
@@ -583,6 +642,16 @@ def render(payload: dict, png_name: str) -> str:
                       f"{wm['padding_fraction']:.1%}"])
     lines += [md_table(["point", "batches", "batch-size histogram", "padding"], brows), "",
               f"![latency vs throughput]({png_name})", ""]
+    if payload.get("profile"):
+        pr = payload["profile"]
+        lines += ["## Where the worker's CPU goes (py-spy, warm-up and max points)", "",
+                  f"{pr['samples']} busy samples at 100 Hz (`{pr['path']}`); each stack filed under the first matching "
+                  "category (rules in `_PROFILE_RULES`).", "",
+                  md_table(["category", "share of busy samples"], [[k, f"{v:.1%}"] for k, v in pr["shares"].items()]), "",
+                  "Innermost Python frames (native torch time shows under the Python call that entered it):", "",
+                  md_table(["leaf frame", "share"], [[f"`{k}`", f"{v:.1%}"] for k, v in pr["top_leaf_frames"].items()]), ""]
+    if payload.get("worker_src"):
+        lines += [f"Worker code from `{payload['worker_src']}` (a before/after comparison), not this checkout.", ""]
     return "\n".join(lines)
 
 
@@ -600,7 +669,10 @@ def main() -> None:
     ap.add_argument("--reference-budget-s", type=float, default=20.0)
     ap.add_argument("--point-timeout-s", type=float, default=300.0)
     ap.add_argument("--conversations", type=int, default=None, help="first N MELD dev conversations (default all)")
-    ap.add_argument("--profile", action="store_true", help="py-spy the worker (raw stacks into var/bench/)")
+    ap.add_argument("--profile", action="store_true", help="sample the worker with py-spy during the warm-up and max points")
+    ap.add_argument("--worker-src", type=Path, default=None,
+                    help="run the worker from another source tree's erc_stream (e.g. `git archive HEAD erc_stream`) "
+                         "for before/after comparisons")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_stream")

@@ -58,6 +58,16 @@ def test_worker_survives_a_broker_restart(fault_store: Path, tmp_path: Path) -> 
             make_topics()
             figures["outage_s"] = round(time.monotonic() - t_down, 1)
             t_back = time.monotonic()
+            # The worker notices the broker forgot its group (unknown member id), rejoins and
+            # starts the recreated partitions from the beginning (no committed offsets).
+            # Until then it holds its old positions: records written below them into the new
+            # topic would be skipped, hence B is produced after the rejoin (docs/reliability.md).
+            assigned = w.log_tail(10**9).count("partitions assigned")
+            deadline = time.monotonic() + 60
+            while w.log_tail(10**9).count("partitions assigned") == assigned:
+                assert time.monotonic() < deadline, f"worker did not rejoin the group:\n{w.log_tail()}"
+                await asyncio.sleep(0.2)
+            figures["rejoin_s"] = round(time.monotonic() - t_back, 1)
             async with OutputReader(broker.bootstrap, topics) as reader_b:
                 await produce(broker.bootstrap, topics.input, batch_b)
                 await reader_b.wait_for_ids([r.event_id for r in batch_b], timeout_s=150)
@@ -84,5 +94,6 @@ def test_worker_survives_a_broker_restart(fault_store: Path, tmp_path: Path) -> 
     assert tb.duplicates == 0  # batch B went into fresh topics and was read once
     assert figures["healthz_during_outage"] == 200
     assert figures["exit_code"] == 0
-    # Backoff, not a busy loop: a few warnings a second at most while the broker is gone.
-    assert figures["log_lines_during_outage"] < 40 * OUTAGE_S
+    # Backoff, not a busy loop: aiokafka retries every 500 ms (the worker's setting), a few
+    # error lines per retry; with its default 100 ms it was ~80 lines a second.
+    assert figures["log_lines_during_outage"] < 25 * OUTAGE_S
