@@ -31,6 +31,10 @@ class PartitionOffsets:
         self._last_read = offset
         heapq.heappush(self._pending, offset)
 
+    def is_new(self, offset: int) -> bool:
+        """False for an offset at or below one already read (a re-delivery after a rebalance race)."""
+        return self._last_read is None or offset > self._last_read
+
     def done(self, offset: int) -> None:
         self._done.add(offset)
         while self._pending and self._pending[0] in self._done:

@@ -363,8 +363,12 @@ class Worker:
         windows = self._windows
         metrics = self.metrics
         valid: list[_Pending] = []
+        part = self._tracker.partition(tp)
         for rec in records:
-            self._tracker.read(tp, rec.offset)
+            if not part.is_new(rec.offset):
+                log.debug("skipping re-delivered offset %d of %s", rec.offset, tp)
+                continue
+            part.read(rec.offset)
             metrics.turns_consumed.labels(topic=tp.topic).inc()
             try:
                 turn = parse_turn(rec.value, rec.key, max_text_chars=cfg.max_text_chars)

@@ -19,9 +19,9 @@ if [[ $what == main || $what == all ]]; then
 fi
 if [[ $what == ablation || $what == all ]]; then
   B=(--epochs 1 --max-train-conversations 150)
+  run abl-ce-only "${B[@]}" --lambda1 0 --no-stage2
   run abl-full "${B[@]}"
+  run abl-plain-anchors "${B[@]}" --anchors plain
   run abl-no-angle "${B[@]}" --lambda2 0
   run abl-no-ce "${B[@]}" --lambda1 1.0
-  run abl-plain-anchors "${B[@]}" --anchors plain
-  run abl-ce-only "${B[@]}" --lambda1 0 --no-stage2
 fi

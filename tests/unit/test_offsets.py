@@ -132,3 +132,12 @@ def test_tracker_forget_drops_a_revoked_partition() -> None:
     assert tracker.in_flight([TP0]) == 1
     tracker.done(TP0, 2)
     assert tracker.committable([TP0]) == {("chat.turns", 0): 3}
+
+
+def test_is_new_rejects_offsets_already_read():
+    part = PartitionOffsets()
+    assert part.is_new(5)
+    part.read(5)
+    assert not part.is_new(5)
+    assert not part.is_new(3)
+    assert part.is_new(6)
