@@ -49,19 +49,22 @@ def encoder_matmul_shapes(shape=MINILM_L6) -> list[tuple[str, int, int, int]]:
 
 
 def bench_matmul(dtype: torch.dtype, tokens: int, k: int, n: int, seconds: float) -> float:
-    """Sustained GFLOP/s of (tokens, k) @ (k, n) in ``dtype`` over about ``seconds``."""
+    """Sustained GFLOP/s of (tokens, k) @ (k, n) in ``dtype`` over about ``seconds``, called the way
+    the encoder's layers call it (``F.linear`` with a bias, weight stored (N, K))."""
     a = torch.randn(tokens, k).to(dtype)  # (M, K)
-    b = torch.randn(k, n).to(dtype)  # (K, N)
-    c = torch.empty(tokens, n, dtype=dtype)  # (M, N)
-    for _ in range(3):
-        torch.mm(a, b, out=c)
-    reps, t0 = 0, time.perf_counter()
-    while True:
-        torch.mm(a, b, out=c)
-        reps += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds and reps >= 3:
-            break
+    w = torch.randn(n, k).to(dtype)  # (N, K)
+    bias = torch.randn(n).to(dtype)  # (N,)
+    linear = torch.nn.functional.linear
+    with torch.inference_mode():
+        for _ in range(3):
+            linear(a, w, bias)
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            linear(a, w, bias)
+            reps += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds and reps >= 3:
+                break
     return 2.0 * tokens * k * n * reps / elapsed / 1e9
 
 
@@ -116,8 +119,8 @@ def _load(version_dir: Path, dtype: str):
     return Predictor.load(version_dir, device="cpu", dtype=dtype)
 
 
-def model_section(version_dir: Path, prompts, keys, dtypes: list[str], batch_sizes: list[int], budget_s: float,
-                  fp32_ceiling: dict[int, float]) -> tuple[list[dict], dict]:
+def model_section(version_dir: Path, prompts, keys, gold, dtypes: list[str], batch_sizes: list[int], budget_s: float,
+                  ceiling_s: float) -> tuple[list[dict], dict]:
     lengths = [len(p) for p in prompts]
     rows: list[dict] = []
     reference: dict[int, np.ndarray] = {}  # utterance index -> fp32 scores
@@ -146,8 +149,10 @@ def model_section(version_dir: Path, prompts, keys, dtypes: list[str], batch_siz
                     break
             wall = time.perf_counter() - t0
             gflops = flops / model_s / 1e9
-            mean_width = pad_tok / done
-            ceiling = _ceiling_at(fp32_ceiling, bs * mean_width)
+            n_batches = _count_batches(batches, done)
+            # The ceiling is re-measured right after the point at its own batch shape (mean batch x
+            # mean width tokens), so a changing machine load affects both figures alike.
+            ceiling = paired_ceiling(round(pad_tok / n_batches), ceiling_s)
             row = {
                 "dtype": dtype, "batch_size": bs, "utterances": done, "of": len(prompts), "batches": 0,
                 "utt_per_s": done / model_s, "real_tokens_per_s": real_tok / model_s, "padded_tokens_per_s": pad_tok / model_s,
@@ -155,22 +160,28 @@ def model_section(version_dir: Path, prompts, keys, dtypes: list[str], batch_siz
                 "fp32_matmul_ceiling_gflops": ceiling, "fraction_of_fp32_ceiling": gflops / ceiling if ceiling else None,
                 "model_s": model_s, "wall_s": wall,
             }
-            row["batches"] = _count_batches(batches, done)
-            row["mean_batch"] = done / row["batches"]
+            row["batches"] = n_batches
+            row["mean_batch"] = done / n_batches
+            row["ceiling_tokens"] = round(pad_tok / n_batches)
             rows.append(row)
             print(f"  predict {dtype} bs={bs}: {row['utt_per_s']:.1f} utt/s, {row['real_tokens_per_s']:.0f} tok/s, "
                   f"{gflops:.1f} GFLOP/s ({done} utterances, padding {row['padding_fraction']:.1%})", flush=True)
         if dtype == "fp32":
             reference = scores_by_idx
         elif reference:
+            from sklearn.metrics import f1_score
+
             common = sorted(set(reference) & set(scores_by_idx))
             ref = np.stack([reference[i] for i in common])
             got = np.stack([scores_by_idx[i] for i in common])
+            y = [gold[i] for i in common]
             agreement[dtype] = {
                 "utterances": len(common),
                 "label_agreement_with_fp32": float((ref.argmax(1) == got.argmax(1)).mean()),
                 "max_abs_score_diff": float(np.abs(ref - got).max()),
                 "mean_abs_score_diff": float(np.abs(ref - got).mean()),
+                "weighted_f1_fp32": float(f1_score(y, ref.argmax(1), average="weighted", zero_division=0)),
+                "weighted_f1": float(f1_score(y, got.argmax(1), average="weighted", zero_division=0)),
             }
         del predictor
     return rows, agreement
@@ -186,12 +197,13 @@ def _count_batches(batches: list[list[int]], done: int) -> int:
     return n
 
 
-def _ceiling_at(ceiling: dict[int, float], tokens: float) -> float | None:
-    """fp32 encoder-mix matmul GFLOP/s at the measured token count nearest to ``tokens`` (log scale)."""
-    if not ceiling:
-        return None
-    best = min(ceiling, key=lambda m: abs(np.log(m) - np.log(max(tokens, 1))))
-    return ceiling[best]
+def paired_ceiling(tokens: int, seconds: float) -> float:
+    """fp32 encoder-mix matmul GFLOP/s at ``tokens`` rows, measured now."""
+    g, f = {}, {}
+    for sname, k, n, cnt in encoder_matmul_shapes():
+        g[sname] = bench_matmul(torch.float32, tokens, k, n, seconds)
+        f[sname] = 2 * tokens * k * n * cnt
+    return sum(f.values()) / sum(f[s] / (g[s] * 1e9) for s in g) / 1e9
 
 
 def render(payload: dict) -> str:
@@ -210,7 +222,7 @@ def render(payload: dict) -> str:
         "",
         "## (a) Matmul ceiling at the encoder's shapes (GFLOP/s)",
         "",
-        "`torch.mm(A, B, out=C)` with A (tokens x K), B (K x N), sustained for "
+        "`F.linear(A, W, b)` (as the encoder's layers call it) with A (tokens x K), W (N x K), sustained for "
         f"{payload['matmul_seconds']} s per cell; *encoder mix* is the time-weighted rate of one layer's "
         "weight matmuls (4 x HxH, 1 x HxI, 1 x IxH), i.e. the best the encoder's linear layers can do.",
         "",
@@ -257,7 +269,8 @@ def render(payload: dict) -> str:
         "Batches are formed by the worker's own `MicroBatcher` with all prompts waiting (saturated worker; "
         "default max_batch_tokens 8192). *utt/s* and *tokens/s* use model time (`Predictions.seconds`: padding, "
         "forward, softmax, copy to numpy). *Achieved GFLOP/s* counts the FLOPs of the padded batch; "
-        "*of ceiling* divides by the fp32 encoder-mix matmul rate at the nearest measured token count. int8 is "
+        "*of fp32 ceiling* divides by the fp32 encoder-mix matmul rate measured right after the point with as many "
+        "rows as the point's mean padded batch (mean batch x width), so load changes hit both alike. int8 is "
         "`torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (weights int8, activations quantized per "
         f"batch); it is benchmarked, not a supported dtype. Points stop after {payload['budget_s']} s "
         "(then *utterances* < all).",
@@ -271,9 +284,14 @@ def render(payload: dict) -> str:
                         "achieved GFLOP/s", "of fp32 ceiling"], rows), ""]
     if payload["agreement"]:
         lines += ["Agreement with fp32 on the same utterances (scores are cosines in [-1, 1]):", ""]
-        lines += [md_table(["dtype", "utterances", "same label as fp32", "max abs score diff", "mean abs score diff"],
+        lines += [md_table(["dtype", "utterances", "same label as fp32", "max abs score diff", "mean abs score diff",
+                            "weighted F1 (fp32 on the same)"],
                            [[d, a["utterances"], f"{a['label_agreement_with_fp32']:.2%}", a["max_abs_score_diff"],
-                             a["mean_abs_score_diff"]] for d, a in payload["agreement"].items()]), ""]
+                             a["mean_abs_score_diff"], f"{a['weighted_f1']:.4f} ({a['weighted_f1_fp32']:.4f})"]
+                            for d, a in payload["agreement"].items()]), ""]
+        if payload["model"].get("untrained"):
+            lines += ["The model here is untrained (random head and anchors), so labels sit close together and "
+                      "agreement understates what a trained model keeps; see the trained-model check in README.md.", ""]
     return "\n".join(lines)
 
 
@@ -324,12 +342,14 @@ def main() -> None:
              "ceiling_gflops": ceiling, "ceiling_utt_per_s": ceiling / (total / 1e9 / len(prompts))}
 
     print("(c) Predictor.predict", flush=True)
-    rows, agreement = model_section(version_dir, prompts, keys, args.dtypes.split(","), batch_sizes, args.budget_s, fp32_ceiling)
+    gold = [y for _, y in examples]
+    rows, agreement = model_section(version_dir, prompts, keys, gold, args.dtypes.split(","), batch_sizes, args.budget_s,
+                                    args.matmul_seconds)
 
     payload = {
         "command": command_line(),
         "machine": info,
-        "model": {"version": version_dir.name, "path": str(version_dir),
+        "model": {"version": version_dir.name, "path": str(version_dir), "untrained": manifest["anchors"].get("mode") == "random",
                   "context_turns": manifest["prompt"]["context_turns"], "max_length": manifest["prompt"]["max_length"]},
         "prompts": {"count": len(prompts), "conversations": len(convs), "mean_len": mean_len,
                     "p50_len": float(np.percentile(lens, 50)), "p90_len": float(np.percentile(lens, 90)),

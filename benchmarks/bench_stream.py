@@ -547,6 +547,10 @@ async def driver(a: argparse.Namespace) -> dict:
                              {"naive": naive}, a.point_timeout_s)
         naive.stop()
         procs.remove(naive)
+        print("model path reference again (load on this machine may have changed)", flush=True)
+        ref_after = model_path_reference(version_dir, a.dtype, ordered_prompts, [ci for ci, _ in order], a.max_batch_size,
+                                         a.reference_budget_s)
+        print(f"  {ref_after['utt_per_s']:.1f} utt/s", flush=True)
     finally:
         for p in procs:
             p.stop()
@@ -562,7 +566,8 @@ async def driver(a: argparse.Namespace) -> dict:
         "settings": {"lanes": a.lanes, "partitions": a.partitions, "max_batch_size": a.max_batch_size,
                      "max_wait_ms": a.max_wait_ms, "rate_duration_s": a.rate_duration_s, "turns": len(order),
                      "conversations": len(convs)},
-        "model_path_reference": ref, "points": points, "naive": nv, "profile": profile,
+        "model_path_reference": ref, "model_path_reference_after": ref_after, "points": points, "naive": nv,
+        "profile": profile,
         "worker_src": str(a.worker_src) if a.worker_src else None, "machine_end": machine_info(),
     }
 
@@ -599,7 +604,12 @@ def render(payload: dict, png_name: str) -> str:
     mx = next(p for p in payload["points"] if p["point"] == "max")
     st = payload["settings"]
     ratio_naive = mx["events_per_s"] / nv["events_per_s"] if nv["events_per_s"] else float("nan")
-    ratio_model = mx["events_per_s"] / ref["utt_per_s"]
+    refs = [ref] + ([payload["model_path_reference_after"]] if payload.get("model_path_reference_after") else [])
+    ref_rate = sum(r["utt_per_s"] for r in refs) / len(refs)
+    ratio_model = mx["events_per_s"] / ref_rate
+    ref_list = " and ".join(f"{r['utt_per_s']:.1f}" for r in refs)
+    wm = mx["worker_metrics"]
+    inside_rate = mx["events"] / wm["inference_s"] if wm and wm["inference_s"] else float("nan")
     lines = [
         "# Streaming benchmark", "",
         f"Command: `{payload['command']}`", "",
@@ -614,7 +624,16 @@ def render(payload: dict, png_name: str) -> str:
         md_table(["", "events/s", "vs naive", "vs model path"],
                  [["worker, max rate", mx["events_per_s"], f"{ratio_naive:.1f}x", f"{ratio_model:.0%}"],
                   ["naive consumer", nv["events_per_s"], "1x", f"{nv['events_per_s'] / ref['utt_per_s']:.0%}"],
-                  [f"model path alone (Predictor.predict, batch {ref['batch_size']}, {ref['dtype']})", ref["utt_per_s"], "", "100%"]]),
+                  [f"model path alone (Predictor.predict, batch {ref['batch_size']}, {ref['dtype']}; mean of "
+                   f"{ref_list} measured before/after)", ref_rate, "", "100%"],
+                  ["model path inside the worker, same run (events / erc_inference_seconds)", inside_rate, "",
+                   f"{inside_rate / ref_rate:.0%}"]]),
+        "",
+        f"At max rate the worker's model thread was busy {wm['model_busy_fraction']:.0%} of the wall time, i.e. the worker "
+        f"delivered {mx['events_per_s'] / inside_rate:.0%} of what its own model path did in the same run; the rest of "
+        "the pipeline (Kafka, JSON, prompts, batching, acks) runs alongside the model, not in series with it. The model "
+        "path alone is timed in the benchmark process before and after the streaming points; on a loaded shared "
+        "machine the two can differ, which is why both are shown.",
         "",
         f"Acceptance bar (issue 5): worker >= 10x the naive consumer: **{'met' if ratio_naive >= 10 else 'not met'}** "
         f"({ratio_naive:.1f}x); worker >= 70% of the model path's batched throughput: "

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from erc_stream.errors import ArtifactError
@@ -95,11 +96,15 @@ def set_current(store: Path, version: str) -> None:
     version_path(store, version)
     store = Path(store)
     tmp = store / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(version + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, store / CURRENT_FILE)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, store / CURRENT_FILE)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ArtifactError(f"cannot point CURRENT at {version} in {store}: {exc.strerror or exc}") from exc
     _fsync_dir(store)
 
 
@@ -178,6 +183,12 @@ def publish_version(
         verify_version(tmp)
         os.rename(tmp, final)
         _fsync_dir(store)
+    except ArtifactError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except (OSError, SafetensorError) as exc:  # full disk, read-only store, ...
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(f"cannot write model version {version} into {store}: {exc}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -255,7 +266,7 @@ def load_version_files(version_dir: Path, *, verify: bool = True):
         raise ArtifactError(f"cannot load the encoder of {version_dir.name}: {exc}") from exc
     try:
         head = load_file(str(version_dir / HEAD_FILE))
-    except Exception as exc:  # safetensors raises its own error types
+    except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"cannot read {version_dir.name}/{HEAD_FILE}: {exc}") from exc
     anchors = head.get("anchors")
     if anchors is None or anchors.ndim != 2 or anchors.shape[0] != len(manifest["labels"]):

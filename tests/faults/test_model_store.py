@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from erc_stream.errors import ArtifactError
 from erc_stream.artifact import CURRENT_FILE, list_versions, read_current, set_current, sha256_file
 from tests.faults.helpers import FAULT_MODEL_VERSION, FAULT_SETTINGS, group_id, publish_fault_model, report, tally
 from tests.integration.worker_harness import (
@@ -128,8 +129,9 @@ def test_bad_new_versions_keep_the_old_one_serving(broker, topic_factory, fault_
     shutil.copytree(fault_store, store, copy_function=os.link)
     topics = make_topics(topic_factory, partitions=2)
     records = turn_records(meld_dev(12, start=80))
-    steps = len(BAD_VERSIONS) + 3 + 1  # bad versions, other labels, two bad CURRENTs + a missing one, the good one
-    chunks = _chunks(records, steps + 1)
+    # One chunk at the start, one after each bad version, the other labels and the bad
+    # CURRENTs, the rest (at least one) under the good version.
+    chunks = _chunks(records, len(BAD_VERSIONS) + 4)
     served: list[tuple[str, set[str]]] = []
 
     async def scenario() -> OutputReader:
@@ -227,9 +229,11 @@ def test_full_disk_and_read_only_store_leave_current_and_serving_alone(broker, t
     def publish_must_fail(name: str, version: str, code: int) -> None:
         # The OS error surfaces as OSError, or wrapped by the library that was writing
         # (safetensors raises its own SafetensorError "... No space left on device (os error 28)").
-        with pytest.raises(Exception) as info:  # noqa: PT011 - checked just below
+        # publish_version wraps it in ArtifactError; the OS error is its cause.
+        with pytest.raises(ArtifactError) as info:
             publish_fault_model(store, version, seed=2)
-        exc = info.value
+        exc = info.value.__cause__
+        assert exc is not None, repr(info.value)
         assert getattr(exc, "errno", None) == code or f"(os error {code})" in str(exc), repr(exc)
         outcome[name] = f"{type(exc).__name__}:{errno.errorcode[code]}"
         assert read_current(store) == FAULT_MODEL_VERSION

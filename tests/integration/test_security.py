@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -164,7 +165,7 @@ def test_worker_over_tls_end_to_end_without_leaking_the_password(tls_broker: Tls
     want = {r.event_id for r in records}
 
     async def scenario() -> tuple[set[str], str, list]:
-        # The password is loaded (env) though PLAINTEXT-free TLS needs none: it must not leak.
+        # The password is loaded (env) though TLS without SASL never uses it: it must not leak.
         w = WorkerProcess(tb.bootstrap, topics, store, f"tls-{uuid.uuid4().hex[:8]}", tmp_path / "worker.log",
                           security_protocol="SSL", ssl_cafile=tb.pki.ca, sasl_password=PASSWORD, log_level="DEBUG")
         try:
@@ -192,7 +193,7 @@ def test_worker_over_tls_end_to_end_without_leaking_the_password(tls_broker: Tls
             finally:
                 await consumer.stop()
             bodies = [(await http_get(w.url + path))[1] for path in ("/metrics", "/healthz", "/readyz")]
-            w.signal(15)
+            w.signal(signal.SIGTERM)
             assert await w.wait_exit(60) == 0
             return got, w.log_path.read_text(errors="replace") + "".join(bodies), listening
         finally:
