@@ -590,7 +590,7 @@ def plot(payload: dict, path: Path) -> None:
         ax.plot([nv["events_per_s"]], [nv["latency_ms"][50]], "kx", ms=9, label="naive consumer p50 (max rate)")
     ax.set_yscale("log")
     ax.set_xlabel("sustained events/s")
-    ax.set_ylabel("end-to-end latency (ms): record timestamp -> event read")
+    ax.set_ylabel("latency (ms): record timestamp -> event read", fontsize=8)
     ax.set_title(f"erc-stream worker on MELD dev ({payload['worker_dtype']}, {payload['machine']['logical_cpus']} CPUs)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -19,7 +19,6 @@ Writes docs/benchmarks/bench_train.{json,md}. Usage: ``make bench-train`` or
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import time
 from pathlib import Path
@@ -165,7 +164,7 @@ def main() -> None:
                    r["achieved_train_gflops"], f"{r['projected_epoch_s'] / 60:.0f} min"] for r in results]), "",
         "*projected epoch*: measured time x (encoder FLOPs of all the epoch's padded batches / FLOPs of the measured "
         "batches); the anchor forward and the optimizer add a per-step cost that this scales with FLOPs too, so "
-        f"it is approximate. Per-step times: see the JSON. Training FLOPs are counted as 3x the forward FLOPs "
+        "it is approximate. Per-step times: see the JSON. Training FLOPs are counted as 3x the forward FLOPs "
         "(forward + backward); anchor-description forwards are not counted.", "",
     ]
     if "fp32" in by and "bf16" in by:

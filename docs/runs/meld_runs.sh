@@ -15,10 +15,10 @@ run() {  # name, args...
   echo "   rc=$? wall_s=$(( $(date +%s) - t0 ))" | tee -a var/runs/commands.txt
 }
 if [[ $what == main || $what == all ]]; then
-  run meld-main --epochs 2
+  run meld-main --epochs 1
 fi
 if [[ $what == ablation || $what == all ]]; then
-  B=(--epochs 1 --max-train-conversations 150)
+  B=(--epochs 1 --max-train-conversations 120)
   run abl-ce-only "${B[@]}" --lambda1 0 --no-stage2
   run abl-full "${B[@]}"
   run abl-plain-anchors "${B[@]}" --anchors plain
