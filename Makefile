@@ -31,7 +31,7 @@ sysdeps:
 	fi
 
 demo: $(STAMP)
-	$(BIN)/erc-stream demo
+	$(BIN)/erc-stream demo --store models
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q tests --ignore=tests/faults
