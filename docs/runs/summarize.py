@@ -31,7 +31,9 @@ def main(store: Path) -> None:
         t = main_m["training"]
         print("### Main model (meld-main)\n")
         print(f"- dev weighted F1 **{d['weighted_f1']:.4f}**, macro F1 {d['macro_f1']:.4f}, accuracy {d['accuracy']:.4f}, MCC {d['mcc']:.4f}")
-        print(f"- best stage-1 epoch {t['best_epoch']} of {len(t['history'])}; stage 2: {t['stage2']}")
+        s2 = t["stage2"]
+        print(f"- best stage-1 epoch {t['best_epoch']} of {len(t['history'])}; stage 2 ({s2.get('epochs', 0)} epochs): dev weighted F1 "
+              f"{s2.get('dev_weighted_f1_before')} -> {s2.get('dev_weighted_f1_after')} (best stage-2 epoch {s2.get('best_epoch')}; 0 = stage-1 anchors kept)")
         print(f"- wall time {t['wall_s']:.0f} s on {t['device']} ({t['dtype']}), {t['train_utterances']} train / {t['dev_utterances']} dev utterances\n")
         print("| class | dev F1 | support |\n|---|---|---|")
         for label, f1 in d["per_class_f1"].items():
