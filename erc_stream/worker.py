@@ -25,6 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
@@ -115,7 +116,6 @@ class Worker:
         self._stopping = False
         self._stopped = False
         self._started = False
-        self._batches_running = 0
         self.stats = {"events": 0, "dead_letters": 0, "batches": 0}
 
     # ------------------------------------------------------------------ lifecycle
@@ -445,7 +445,6 @@ class Worker:
             if not runnable:
                 continue
             prompts = [p.prompt for p in runnable]
-            self._batches_running += 1
             try:
                 preds = await loop.run_in_executor(self._model_exec, predictor.predict, prompts)
             except Exception as exc:  # a model failure must not lose the turns
@@ -453,8 +452,6 @@ class Worker:
                 for p in runnable:
                     self._send_dead_letter(p.tp, p.offset, p.key, None, Reason.INTERNAL, f"inference failed: {exc!r}", turn=p.turn)
                 continue
-            finally:
-                self._batches_running -= 1
             self._emit(runnable, preds, predictor)
 
     def _emit(self, items: list[_Pending], preds, predictor: Predictor) -> None:
@@ -485,8 +482,6 @@ class Worker:
     # ------------------------------------------------------------------ output
     def _send_dead_letter(self, tp, offset: int, key, value, reason: Reason, detail: str, turn: ChatTurn | None = None) -> None:
         if value is None and turn is not None:
-            import orjson
-
             value = orjson.dumps({"conversation_id": turn.conversation_id, "turn_id": turn.turn_id,
                                   "speaker": turn.speaker, "text": turn.text, "ts": turn.ts, "metadata": turn.metadata})
         body = dead_letter(value, key, reason=reason, detail=detail, source=SourceRef(tp.topic, tp.partition, offset),

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from erc_stream.cli import configure_process
 from erc_stream.errors import ErcError
 
 __all__ = ["app"]
@@ -22,14 +22,7 @@ console = Console(stderr=True)
 
 
 def _setup() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    configure_process("WARNING")
 
 
 def _fail(exc: Exception) -> None:
@@ -151,10 +144,12 @@ def evaluate(
             raise ErcError(f"model {version} predicts {list(predictor.labels)}, dataset {ds} uses {list(DATASETS[ds].labels)}")
         res = predict_conversations(predictor, convs, batch_size=batch_size, progress=True)
         m = compute_metrics(res.gold, res.predictions.label_ids.tolist(), predictor.labels, DATASETS[ds].neutral_label)
-        head = _load_heads(version_path(store, version))
         out = out or Path("reports") / version / split
-        write_report(out, {split: m}, predictor.labels, anchors_before=head.get("anchors_init"), anchors_after=head.get("anchors"),
-                     title=f"{ds} {version}")
+        write_report(out, {split: m}, predictor.labels, title=f"{ds} {version}")
+        # Anchors before/after training are a fact of the training run: its heatmap is in the artifact.
+        trained = version_path(store, version) / "report" / "anchors_cosine.png"
+        if trained.is_file():
+            shutil.copyfile(trained, out / "anchors_cosine.png")
         if predictions:
             predictions.parent.mkdir(parents=True, exist_ok=True)
             with open(predictions, "w", encoding="utf-8") as f:
@@ -165,12 +160,6 @@ def evaluate(
         _fail(exc)
     print_metrics(m, f"{ds} {split}: {version}")
     console.print(f"report written to {out}")
-
-
-def _load_heads(version_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(version_dir / "head.safetensors"))
 
 
 def main() -> None:  # pragma: no cover

@@ -147,6 +147,9 @@ def test_evaluate_reproduces_the_published_dev_metrics(fitted, tmp_path):
     for word in ("weighted_f1", "macro_f1", "accuracy", "mcc", "per-class F1", "confusion matrix", *MELD_LABELS):
         assert word in proc.stdout, word
     assert (out / "confusion_dev.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The anchor heatmap before/after training (EACL Figure 7) comes from the artifact's own report.
+    version_dir = store / (store / "CURRENT").read_text().strip()
+    assert (out / "anchors_cosine.png").read_bytes() == (version_dir / "report" / "anchors_cosine.png").read_bytes()
     m = json.loads((out / "metrics.json").read_text())["splits"]["dev"]
     # Same conversations, same code path, same weights: the same numbers, exactly.
     assert m["weighted_f1"] == manifest["metrics"]["dev"]["weighted_f1"]
