@@ -100,7 +100,9 @@ def _cpu_flags() -> list[str]:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        )
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -145,7 +147,9 @@ def resolve_model(store: Path | None) -> Path:
         if version:
             return version_path(s, version)
     if store is not None:
-        raise SystemExit(f"model store {store} has no CURRENT version; publish one with `erc-train fit --store {store}`")
+        raise SystemExit(
+            f"model store {store} has no CURRENT version; publish one with `erc-train fit --store {store}`"
+        )
     return _publish_bench_model(BENCH_STORE)
 
 
@@ -170,17 +174,32 @@ def _publish_bench_model(store: Path) -> Path:
     manifest = {
         "dataset": "meld",
         "labels": labels,
-        "prompt": {"template": cfg.template, "context_turns": cfg.context_turns, "max_length": cfg.max_length,
-                   "normalization": "erc_stream.prompt.normalize_text v1"},
+        "prompt": {
+            "template": cfg.template,
+            "context_turns": cfg.context_turns,
+            "max_length": cfg.max_length,
+            "normalization": "erc_stream.prompt.normalize_text v1",
+        },
         "temperature": cfg.temperature,
         "encoder": {"id": path.parent.name, "source": str(path)},
         "head": {"proj_dim": cfg.proj_dim, "activation": "gelu"},
-        "anchors": {"mode": "random", "seed": 0, "descriptions": {l: l for l in labels},
-                    "note": "untrained benchmark model (benchmarks/_common.py): times the work, predicts nothing useful"},
+        "anchors": {
+            "mode": "random",
+            "seed": 0,
+            "descriptions": {l: l for l in labels},
+            "note": "untrained benchmark model (benchmarks/_common.py): times the work, predicts nothing useful",
+        },
         "metrics": {},
     }
-    return publish_version(store, version="bench-untrained-v1", encoder=encoder, tokenizer=tokenizer,
-                           head_state=head.state_dict(), anchors=anchors, manifest=manifest)
+    return publish_version(
+        store,
+        version="bench-untrained-v1",
+        encoder=encoder,
+        tokenizer=tokenizer,
+        head_state=head.state_dict(),
+        anchors=anchors,
+        manifest=manifest,
+    )
 
 
 def meld_dev_examples(builder, labels, limit: int | None = None):
@@ -231,11 +250,15 @@ def machine_md(before: dict, after: dict) -> str:
     """One paragraph on the machine and its load during the run."""
     load_note = ""
     if max(before["loadavg_1_5_15"][0], after["loadavg_1_5_15"][0]) > 0.5 * (before["logical_cpus"] or 1):
-        load_note = (f" **Measured under load**: 1-minute load average {before['loadavg_1_5_15'][0]} before, "
-                     f"{after['loadavg_1_5_15'][0]} after on {before['logical_cpus']} logical CPUs; other processes "
-                     "shared the cores, so absolute figures are low and noisy.")
-    return (f"Machine: {before['cpu_model']}, {before['logical_cpus']} logical CPUs, flags "
-            f"{', '.join(before['cpu_flags']) or 'none of interest'} (native bf16: {before['cpu_native_bf16']}); "
-            f"torch {before['torch']} ({before['torch_cpu_capability']}), {before['torch_threads']} threads; "
-            f"git {before['git']}; {before['time_utc']}. Load average (1/5/15 min) before "
-            f"{before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']}.{load_note}")
+        load_note = (
+            f" **Measured under load**: 1-minute load average {before['loadavg_1_5_15'][0]} before, "
+            f"{after['loadavg_1_5_15'][0]} after on {before['logical_cpus']} logical CPUs; other processes "
+            "shared the cores, so absolute figures are low and noisy."
+        )
+    return (
+        f"Machine: {before['cpu_model']}, {before['logical_cpus']} logical CPUs, flags "
+        f"{', '.join(before['cpu_flags']) or 'none of interest'} (native bf16: {before['cpu_native_bf16']}); "
+        f"torch {before['torch']} ({before['torch_cpu_capability']}), {before['torch_threads']} threads; "
+        f"git {before['git']}; {before['time_utc']}. Load average (1/5/15 min) before "
+        f"{before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']}.{load_note}"
+    )

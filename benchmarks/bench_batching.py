@@ -34,7 +34,9 @@ from bench_stream import replay_order
 import numpy as np
 
 
-def previous_policy(lengths: list[int], keys: list, max_size: int, max_tokens: int, pool_factor: int = 4) -> list[list[int]]:
+def previous_policy(
+    lengths: list[int], keys: list, max_size: int, max_tokens: int, pool_factor: int = 4
+) -> list[list[int]]:
     """Batches (index lists) from the previous MicroBatcher.take, reproduced for comparison."""
     items = deque(range(len(lengths)))
     out = []
@@ -100,8 +102,10 @@ def main() -> None:
     prompts = [examples[starts[ci] + ti][0] for ci, ti in order]
     keys = [ci for ci, _ in order]
     lengths = [len(x) for x in prompts]
-    policies = {"previous": previous_policy(lengths, keys, a.max_batch_size, a.max_batch_tokens),
-                "current": current_policy(lengths, keys, a.max_batch_size, a.max_batch_tokens)}
+    policies = {
+        "previous": previous_policy(lengths, keys, a.max_batch_size, a.max_batch_tokens),
+        "current": current_policy(lengths, keys, a.max_batch_size, a.max_batch_tokens),
+    }
     for name, batches in policies.items():  # both must keep per-conversation order
         seen: dict = {}
         for b in batches:
@@ -118,27 +122,62 @@ def main() -> None:
     useful = sum(n * encoder_flops_per_token(n) for n in lengths)
     for name, batches in policies.items():
         padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-        flops = sum(len(b) * max(lengths[i] for i in b) * encoder_flops_per_token(max(lengths[i] for i in b)) for b in batches)
-        res[name] = {"batches": len(batches), "mean_batch": len(prompts) / len(batches),
-                     "padding_fraction": 1 - sum(lengths) / padded, "flops_over_unpadded": flops / useful,
-                     "model_s": model_s[name], "utt_per_s": len(prompts) / model_s[name]}
+        flops = sum(
+            len(b) * max(lengths[i] for i in b) * encoder_flops_per_token(max(lengths[i] for i in b)) for b in batches
+        )
+        res[name] = {
+            "batches": len(batches),
+            "mean_batch": len(prompts) / len(batches),
+            "padding_fraction": 1 - sum(lengths) / padded,
+            "flops_over_unpadded": flops / useful,
+            "model_s": model_s[name],
+            "utt_per_s": len(prompts) / model_s[name],
+        }
         r = res[name]
-        rows.append([name, r["batches"], r["mean_batch"], f"{r['padding_fraction']:.1%}", r["flops_over_unpadded"],
-                     r["model_s"], r["utt_per_s"]])
-    payload = {"command": command_line(), "machine": info, "model": version_dir.name, "turns": len(prompts),
-               "conversations": len(convs), "lanes": a.lanes, "max_batch_size": a.max_batch_size,
-               "max_batch_tokens": a.max_batch_tokens, "results": res, "machine_end": machine_info()}
+        rows.append(
+            [
+                name,
+                r["batches"],
+                r["mean_batch"],
+                f"{r['padding_fraction']:.1%}",
+                r["flops_over_unpadded"],
+                r["model_s"],
+                r["utt_per_s"],
+            ]
+        )
+    payload = {
+        "command": command_line(),
+        "machine": info,
+        "model": version_dir.name,
+        "turns": len(prompts),
+        "conversations": len(convs),
+        "lanes": a.lanes,
+        "max_batch_size": a.max_batch_size,
+        "max_batch_tokens": a.max_batch_tokens,
+        "results": res,
+        "machine_end": machine_info(),
+    }
     gain = res["current"]["utt_per_s"] / res["previous"]["utt_per_s"]
-    md = "\n".join([
-        "# Batch-forming policy: previous vs current", "",
-        f"Command: `{payload['command']}`", "",
-        machine_md(info, payload["machine_end"]), "",
-        f"{len(prompts)} MELD dev turns of {len(convs)} conversations, {a.lanes} conversations interleaved, all waiting "
-        f"(saturated worker), max_batch_size {a.max_batch_size}, max_batch_tokens {a.max_batch_tokens}, pool 4 x batch "
-        f"size; model `{version_dir.name}` fp32. Batches of the two policies run interleaved in one process.", "",
-        md_table(["policy", "batches", "mean batch", "padding", "FLOPs / unpadded FLOPs", "model s", "utt/s"], rows), "",
-        f"Current / previous throughput: **{gain:.2f}x**.", "",
-    ])
+    md = "\n".join(
+        [
+            "# Batch-forming policy: previous vs current",
+            "",
+            f"Command: `{payload['command']}`",
+            "",
+            machine_md(info, payload["machine_end"]),
+            "",
+            f"{len(prompts)} MELD dev turns of {len(convs)} conversations, {a.lanes} conversations interleaved, all waiting "
+            f"(saturated worker), max_batch_size {a.max_batch_size}, max_batch_tokens {a.max_batch_tokens}, pool 4 x batch "
+            f"size; model `{version_dir.name}` fp32. Batches of the two policies run interleaved in one process.",
+            "",
+            md_table(
+                ["policy", "batches", "mean batch", "padding", "FLOPs / unpadded FLOPs", "model s", "utt/s"], rows
+            ),
+            "",
+            f"Current / previous throughput: **{gain:.2f}x**.",
+            "",
+        ]
+    )
     write_results(a.name, payload, md, a.out_dir)
 
 

@@ -81,7 +81,10 @@ def matmul_section(dtypes: list[str], token_counts: list[int], seconds: float) -
                 flops = {sname: 2 * m * k * n * cnt for sname, k, n, cnt in shapes}
                 mix = sum(flops.values()) / sum(flops[s] / (g[s] * 1e9) for s in g) / 1e9
                 per_tokens[m] = {**{s: round(v, 2) for s, v in g.items()}, "encoder_mix": round(mix, 2)}
-                print(f"  matmul {name} tokens={m}: " + ", ".join(f"{s} {v:.1f}" for s, v in per_tokens[m].items()), flush=True)
+                print(
+                    f"  matmul {name} tokens={m}: " + ", ".join(f"{s} {v:.1f}" for s, v in per_tokens[m].items()),
+                    flush=True,
+                )
             out[name] = per_tokens
         except RuntimeError as exc:  # a dtype this CPU build cannot multiply
             out[name] = {"error": repr(exc)}
@@ -119,8 +122,9 @@ def _load(version_dir: Path, dtype: str):
     return Predictor.load(version_dir, device="cpu", dtype=dtype)
 
 
-def model_section(version_dir: Path, prompts, keys, gold, dtypes: list[str], batch_sizes: list[int], budget_s: float,
-                  ceiling_s: float) -> tuple[list[dict], dict]:
+def model_section(
+    version_dir: Path, prompts, keys, gold, dtypes: list[str], batch_sizes: list[int], budget_s: float, ceiling_s: float
+) -> tuple[list[dict], dict]:
     lengths = [len(p) for p in prompts]
     rows: list[dict] = []
     reference: dict[int, np.ndarray] = {}  # utterance index -> fp32 scores
@@ -154,18 +158,30 @@ def model_section(version_dir: Path, prompts, keys, gold, dtypes: list[str], bat
             # mean width tokens), so a changing machine load affects both figures alike.
             ceiling = paired_ceiling(round(pad_tok / n_batches), ceiling_s)
             row = {
-                "dtype": dtype, "batch_size": bs, "utterances": done, "of": len(prompts), "batches": 0,
-                "utt_per_s": done / model_s, "real_tokens_per_s": real_tok / model_s, "padded_tokens_per_s": pad_tok / model_s,
-                "padding_fraction": 1 - real_tok / pad_tok, "achieved_gflops": gflops,
-                "fp32_matmul_ceiling_gflops": ceiling, "fraction_of_fp32_ceiling": gflops / ceiling if ceiling else None,
-                "model_s": model_s, "wall_s": wall,
+                "dtype": dtype,
+                "batch_size": bs,
+                "utterances": done,
+                "of": len(prompts),
+                "batches": 0,
+                "utt_per_s": done / model_s,
+                "real_tokens_per_s": real_tok / model_s,
+                "padded_tokens_per_s": pad_tok / model_s,
+                "padding_fraction": 1 - real_tok / pad_tok,
+                "achieved_gflops": gflops,
+                "fp32_matmul_ceiling_gflops": ceiling,
+                "fraction_of_fp32_ceiling": gflops / ceiling if ceiling else None,
+                "model_s": model_s,
+                "wall_s": wall,
             }
             row["batches"] = n_batches
             row["mean_batch"] = done / n_batches
             row["ceiling_tokens"] = round(pad_tok / n_batches)
             rows.append(row)
-            print(f"  predict {dtype} bs={bs}: {row['utt_per_s']:.1f} utt/s, {row['real_tokens_per_s']:.0f} tok/s, "
-                  f"{gflops:.1f} GFLOP/s ({done} utterances, padding {row['padding_fraction']:.1%})", flush=True)
+            print(
+                f"  predict {dtype} bs={bs}: {row['utt_per_s']:.1f} utt/s, {row['real_tokens_per_s']:.0f} tok/s, "
+                f"{gflops:.1f} GFLOP/s ({done} utterances, padding {row['padding_fraction']:.1%})",
+                flush=True,
+            )
         if dtype == "fp32":
             reference = scores_by_idx
         elif reference:
@@ -239,9 +255,12 @@ def render(payload: dict) -> str:
     mm = payload["matmul"]
     if "fp32" in mm and "bf16" in mm and "error" not in mm["bf16"]:
         ratios = [mm["fp32"][m]["encoder_mix"] / mm["bf16"][m]["encoder_mix"] for m in mm["fp32"] if m in mm["bf16"]]
-        lines += [f"fp32 is {min(ratios):.1f}-{max(ratios):.1f}x faster than bf16 on this CPU "
-                  f"(native bf16: {info['cpu_native_bf16']}; without AVX512-BF16/AMX PyTorch converts bf16 to fp32 "
-                  "inside the kernel). `dtype=auto` therefore serves fp32 here.", ""]
+        lines += [
+            f"fp32 is {min(ratios):.1f}-{max(ratios):.1f}x faster than bf16 on this CPU "
+            f"(native bf16: {info['cpu_native_bf16']}; without AVX512-BF16/AMX PyTorch converts bf16 to fp32 "
+            "inside the kernel). `dtype=auto` therefore serves fp32 here.",
+            "",
+        ]
     f = payload["flops"]
     lines += [
         "## (b) Encoder FLOPs per token",
@@ -256,8 +275,10 @@ def render(payload: dict) -> str:
         "Embeddings, layer norms, softmax, GELU and the projection head, which runs on one token per "
         "utterance, are under 1% and left out.)",
         "",
-        md_table(["T (tokens)", "MFLOP/token", "GFLOP/utterance of length T"],
-                 [[t, v / 1e6, v * t / 1e9] for t, v in f["per_token"].items()]),
+        md_table(
+            ["T (tokens)", "MFLOP/token", "GFLOP/utterance of length T"],
+            [[t, v / 1e6, v * t / 1e9] for t, v in f["per_token"].items()],
+        ),
         "",
         f"MELD dev as the worker sees it: {f['dev_total_gflop_unpadded']:.0f} GFLOP unpadded for "
         f"{payload['prompts']['count']} utterances ({f['dev_gflop_per_utt']:.2f} GFLOP per utterance on average). "
@@ -276,28 +297,80 @@ def render(payload: dict) -> str:
         "(then *utterances* < all).",
         "",
     ]
-    rows = [[r["dtype"], r["batch_size"], f"{r['utterances']}/{r['of']}", round(r["mean_batch"], 1), r["utt_per_s"],
-             r["real_tokens_per_s"], f"{r['padding_fraction']:.1%}", r["achieved_gflops"],
-             f"{r['fraction_of_fp32_ceiling']:.0%}" if r["fraction_of_fp32_ceiling"] else "-"]
-            for r in payload["predict"]]
-    lines += [md_table(["dtype", "batch size", "utterances", "mean batch", "utt/s", "tokens/s", "padding",
-                        "achieved GFLOP/s", "of fp32 ceiling"], rows), ""]
+    rows = [
+        [
+            r["dtype"],
+            r["batch_size"],
+            f"{r['utterances']}/{r['of']}",
+            round(r["mean_batch"], 1),
+            r["utt_per_s"],
+            r["real_tokens_per_s"],
+            f"{r['padding_fraction']:.1%}",
+            r["achieved_gflops"],
+            f"{r['fraction_of_fp32_ceiling']:.0%}" if r["fraction_of_fp32_ceiling"] else "-",
+        ]
+        for r in payload["predict"]
+    ]
+    lines += [
+        md_table(
+            [
+                "dtype",
+                "batch size",
+                "utterances",
+                "mean batch",
+                "utt/s",
+                "tokens/s",
+                "padding",
+                "achieved GFLOP/s",
+                "of fp32 ceiling",
+            ],
+            rows,
+        ),
+        "",
+    ]
     if payload["agreement"]:
         lines += ["Agreement with fp32 on the same utterances (scores are cosines in [-1, 1]):", ""]
-        lines += [md_table(["dtype", "utterances", "same label as fp32", "max abs score diff", "mean abs score diff",
-                            "weighted F1 (fp32 on the same)"],
-                           [[d, a["utterances"], f"{a['label_agreement_with_fp32']:.2%}", a["max_abs_score_diff"],
-                             a["mean_abs_score_diff"], f"{a['weighted_f1']:.4f} ({a['weighted_f1_fp32']:.4f})"]
-                            for d, a in payload["agreement"].items()]), ""]
+        lines += [
+            md_table(
+                [
+                    "dtype",
+                    "utterances",
+                    "same label as fp32",
+                    "max abs score diff",
+                    "mean abs score diff",
+                    "weighted F1 (fp32 on the same)",
+                ],
+                [
+                    [
+                        d,
+                        a["utterances"],
+                        f"{a['label_agreement_with_fp32']:.2%}",
+                        a["max_abs_score_diff"],
+                        a["mean_abs_score_diff"],
+                        f"{a['weighted_f1']:.4f} ({a['weighted_f1_fp32']:.4f})",
+                    ]
+                    for d, a in payload["agreement"].items()
+                ],
+            ),
+            "",
+        ]
         if payload["model"].get("untrained"):
-            lines += ["The model here is untrained (random head and anchors), so labels sit close together and "
-                      "agreement understates what a trained model keeps; see the trained-model check in README.md.", ""]
+            lines += [
+                "The model here is untrained (random head and anchors), so labels sit close together and "
+                "agreement understates what a trained model keeps; see the trained-model check in README.md.",
+                "",
+            ]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", type=Path, default=None, help="model store (default: var/models, var/runs/store, else a benchmark model)")
+    ap.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="model store (default: var/models, var/runs/store, else a benchmark model)",
+    )
     ap.add_argument("--dtypes", default="fp32,bf16,int8", help="model-path dtypes: fp32, bf16, int8")
     ap.add_argument("--matmul-dtypes", default="fp32,bf16,fp16")
     ap.add_argument("--batch-sizes", default="1,8,32,64")
@@ -327,8 +400,11 @@ def main() -> None:
     del probe
 
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
-    token_counts = ([int(x) for x in args.matmul_tokens.split(",")] if args.matmul_tokens
-                    else sorted({int(round(mean_len * b)) for b in (1, 8, 32, 64)}))
+    token_counts = (
+        [int(x) for x in args.matmul_tokens.split(",")]
+        if args.matmul_tokens
+        else sorted({int(round(mean_len * b)) for b in (1, 8, 32, 64)})
+    )
     print(f"model {version_dir.name}; {len(prompts)} prompts, mean length {mean_len:.1f}", flush=True)
     print("(a) matmul", flush=True)
     mm = matmul_section(args.matmul_dtypes.split(","), token_counts, args.matmul_seconds)
@@ -337,23 +413,39 @@ def main() -> None:
     per_token = {int(t): encoder_flops_per_token(int(t)) for t in sorted({16, 32, 64, int(round(mean_len)), 128, 256})}
     total = float(sum(int(n) * encoder_flops_per_token(int(n)) for n in lens))
     ceiling = max(fp32_ceiling.values()) if fp32_ceiling else float("nan")
-    flops = {"formula": "L*(8*H^2 + 4*H*I + 4*T*H), L=6, H=384, I=1536", "per_token": per_token,
-             "dev_total_gflop_unpadded": total / 1e9, "dev_gflop_per_utt": total / 1e9 / len(prompts),
-             "ceiling_gflops": ceiling, "ceiling_utt_per_s": ceiling / (total / 1e9 / len(prompts))}
+    flops = {
+        "formula": "L*(8*H^2 + 4*H*I + 4*T*H), L=6, H=384, I=1536",
+        "per_token": per_token,
+        "dev_total_gflop_unpadded": total / 1e9,
+        "dev_gflop_per_utt": total / 1e9 / len(prompts),
+        "ceiling_gflops": ceiling,
+        "ceiling_utt_per_s": ceiling / (total / 1e9 / len(prompts)),
+    }
 
     print("(c) Predictor.predict", flush=True)
     gold = [y for _, y in examples]
-    rows, agreement = model_section(version_dir, prompts, keys, gold, args.dtypes.split(","), batch_sizes, args.budget_s,
-                                    args.matmul_seconds)
+    rows, agreement = model_section(
+        version_dir, prompts, keys, gold, args.dtypes.split(","), batch_sizes, args.budget_s, args.matmul_seconds
+    )
 
     payload = {
         "command": command_line(),
         "machine": info,
-        "model": {"version": version_dir.name, "path": str(version_dir), "untrained": manifest["anchors"].get("mode") == "random",
-                  "context_turns": manifest["prompt"]["context_turns"], "max_length": manifest["prompt"]["max_length"]},
-        "prompts": {"count": len(prompts), "conversations": len(convs), "mean_len": mean_len,
-                    "p50_len": float(np.percentile(lens, 50)), "p90_len": float(np.percentile(lens, 90)),
-                    "max_len": int(lens.max())},
+        "model": {
+            "version": version_dir.name,
+            "path": str(version_dir),
+            "untrained": manifest["anchors"].get("mode") == "random",
+            "context_turns": manifest["prompt"]["context_turns"],
+            "max_length": manifest["prompt"]["max_length"],
+        },
+        "prompts": {
+            "count": len(prompts),
+            "conversations": len(convs),
+            "mean_len": mean_len,
+            "p50_len": float(np.percentile(lens, 50)),
+            "p90_len": float(np.percentile(lens, 90)),
+            "max_len": int(lens.max()),
+        },
         "matmul_seconds": args.matmul_seconds,
         "matmul": mm,
         "flops": flops,

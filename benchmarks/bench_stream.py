@@ -87,7 +87,9 @@ def messages(convs, order, prefix: str) -> list[tuple[bytes, bytes]]:
         conv = convs[ci]
         u = conv.utterances[ti]
         cid = f"{prefix}/{conv.id}"
-        out.append((cid.encode(), orjson.dumps({"conversation_id": cid, "turn_id": ti, "speaker": u.speaker, "text": u.text})))
+        out.append(
+            (cid.encode(), orjson.dumps({"conversation_id": cid, "turn_id": ti, "speaker": u.speaker, "text": u.text}))
+        )
     return out
 
 
@@ -117,8 +119,14 @@ class Sink:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        self._consumer = AIOKafkaConsumer(*self.outputs, *self.dlqs, bootstrap_servers=self.bootstrap, group_id=None,
-                                          auto_offset_reset="earliest", fetch_max_wait_ms=10)
+        self._consumer = AIOKafkaConsumer(
+            *self.outputs,
+            *self.dlqs,
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,
+        )
         await self._consumer.start()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -197,8 +205,15 @@ def scrape(port: int) -> dict:
     status, body = _http_get(f"http://127.0.0.1:{port}/metrics")
     if status != 200:
         raise RuntimeError(f"worker /metrics answered {status}")
-    out = {"batch_buckets": {}, "batch_count": 0.0, "batch_sum": 0.0, "inference_s": 0.0, "inference_count": 0.0,
-           "tokens": 0.0, "padded_tokens": 0.0}
+    out = {
+        "batch_buckets": {},
+        "batch_count": 0.0,
+        "batch_sum": 0.0,
+        "inference_s": 0.0,
+        "inference_count": 0.0,
+        "tokens": 0.0,
+        "padded_tokens": 0.0,
+    }
     for fam in text_string_to_metric_families(body.decode()):
         for s in fam.samples:
             if s.name == "erc_batch_size_bucket":
@@ -270,7 +285,9 @@ class Proc:
 
 def child_env(extra: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_") or k == "ERC_DATA_DIR"}
-    env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env.update(
+        {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -300,8 +317,15 @@ async def naive_main(a: argparse.Namespace) -> None:
     k = builder.context_turns
     windows: dict[str, list] = {}  # conversation -> last k encoded turns
     producer = AIOKafkaProducer(bootstrap_servers=a.bootstrap, acks="all")
-    consumer = AIOKafkaConsumer(a.input_topic, bootstrap_servers=a.bootstrap, group_id=a.group, enable_auto_commit=False,
-                                auto_offset_reset="earliest", session_timeout_ms=2000, heartbeat_interval_ms=300)
+    consumer = AIOKafkaConsumer(
+        a.input_topic,
+        bootstrap_servers=a.bootstrap,
+        group_id=a.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=300,
+    )
     await producer.start()
     await consumer.start()
     while not consumer.assignment():
@@ -319,16 +343,21 @@ async def naive_main(a: argparse.Namespace) -> None:
             window = windows.setdefault(turn.conversation_id, [])
             prompt = builder.build(window, current)
             window.append(current)
-            del window[:-k or len(window)]
+            del window[: -k or len(window)]
             pred = predictor.predict([prompt])
             lid = int(pred.label_ids[0])
             now = time.time()
             value = emotion_event(
-                turn, emotion=labels[lid], confidence=float(pred.confidence[0, lid]),
+                turn,
+                emotion=labels[lid],
+                confidence=float(pred.confidence[0, lid]),
                 scores={labels[j]: round(float(pred.scores[0, j]), 6) for j in range(len(labels))},
-                model_version=predictor.version, context_turns=prompt.context_used,
-                source=SourceRef(rec.topic, rec.partition, rec.offset), record_ts_ms=rec.timestamp,
-                produced_at=now, latency_ms=max(0.0, now * 1000 - rec.timestamp),
+                model_version=predictor.version,
+                context_turns=prompt.context_used,
+                source=SourceRef(rec.topic, rec.partition, rec.offset),
+                record_ts_ms=rec.timestamp,
+                produced_at=now,
+                latency_ms=max(0.0, now * 1000 - rec.timestamp),
             )
             await (await producer.send(a.output_topic, value=value, key=rec.key))
             await consumer.commit({TopicPartition(rec.topic, rec.partition): OffsetAndMetadata(rec.offset + 1, "")})
@@ -341,7 +370,9 @@ async def naive_main(a: argparse.Namespace) -> None:
 # Where the worker's CPU goes: each sampled stack (root -> leaf) is filed under the first
 # rule that matches, checked in this order (the model forward is matched first, so the
 # tokenizer or JSON inside it is not counted twice).
-_PROFILE_RULES: tuple[tuple[str, tuple[tuple[str | None, str], ...]], ...] = (  # (category, ((function, file part), ...))
+_PROFILE_RULES: tuple[
+    tuple[str, tuple[tuple[str | None, str], ...]], ...
+] = (  # (category, ((function, file part), ...))
     ("model: pad_batch (building padded tensors)", (("pad_batch", "erc_stream/prompt.py"),)),
     ("model: encoder forward + head (torch)", (("predict", "erc_stream/model.py"),)),
     ("prompt: tokenization (encode_turns)", (("encode_turns", "erc_stream/prompt.py"),)),
@@ -354,8 +385,10 @@ _PROFILE_RULES: tuple[tuple[str, tuple[tuple[str | None, str], ...]], ...] = (  
     ("metrics (prometheus_client)", ((None, "prometheus_client/"),)),
     ("kafka client (aiokafka: fetch, send, commit)", ((None, "aiokafka/"),)),
     ("worker loop other (intake, acks, offsets)", ((None, "erc_stream/worker.py"), (None, "erc_stream/offsets.py"))),
-    ("asyncio / threads machinery", ((None, "asyncio/"), (None, "concurrent/futures"), (None, "threading.py"),
-                                     (None, "selectors.py"))),
+    (
+        "asyncio / threads machinery",
+        ((None, "asyncio/"), (None, "concurrent/futures"), (None, "threading.py"), (None, "selectors.py")),
+    ),
 )
 
 
@@ -378,16 +411,28 @@ def summarize_profile(path: Path) -> dict:
             continue
         frames = _frames(stack)
         total += int(n)
-        cat = next((name for name, pats in _PROFILE_RULES
-                    if any((fn is None or f.rsplit(".", 1)[-1] == fn) and part in file
-                           for fn, part in pats for f, file in frames)), "other")
+        cat = next(
+            (
+                name
+                for name, pats in _PROFILE_RULES
+                if any(
+                    (fn is None or f.rsplit(".", 1)[-1] == fn) and part in file
+                    for fn, part in pats
+                    for f, file in frames
+                )
+            ),
+            "other",
+        )
         counts[cat] = counts.get(cat, 0) + int(n)
         leaf = "%s (%s)" % frames[-1]
         leaves[leaf] = leaves.get(leaf, 0) + int(n)
     top = sorted(leaves.items(), key=lambda kv: -kv[1])[:10]
-    return {"samples": total, "path": str(path.relative_to(ROOT)),
-            "shares": {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {},
-            "top_leaf_frames": {k: v / total for k, v in top} if total else {}}
+    return {
+        "samples": total,
+        "path": str(path.relative_to(ROOT)),
+        "shares": {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {},
+        "top_leaf_frames": {k: v / total for k, v in top} if total else {},
+    }
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -396,13 +441,19 @@ def summarize(name: str, log: PointLog, rate: float | None, cpu: dict, metrics: 
     n = len(log.read_s)
     span = (max(log.read_s) - log.sent_first_s) if n else float("nan")
     return {
-        "point": name, "offered_rate": rate, "sent": log.expected, "events": n, "dead_letters": log.dead_letters,
+        "point": name,
+        "offered_rate": rate,
+        "sent": log.expected,
+        "events": n,
+        "dead_letters": log.dead_letters,
         "complete": n + log.dead_letters >= log.expected,
-        "events_per_s": n / span if n else 0.0, "span_s": span,
+        "events_per_s": n / span if n else 0.0,
+        "span_s": span,
         "producer_behind_max_s": log.producer_behind_max_s,
         "latency_ms": {q: float(np.percentile(lat, q)) for q in (50, 95, 99)} if n else {},
         "latency_max_ms": float(lat.max()) if n else None,
-        "cpu": cpu, "worker_metrics": metrics,
+        "cpu": cpu,
+        "worker_metrics": metrics,
     }
 
 
@@ -430,8 +481,11 @@ async def run_point(name, prod, sink, topic, msgs, rate, procs: dict, timeout_s,
         delta["model_busy_fraction"] = delta["inference_s"] / wall
     s = summarize(name, log, rate, cpu, delta)
     lat = s["latency_ms"]
-    print(f"  {name}: {s['events']}/{s['sent']} events, {s['events_per_s']:.1f} ev/s, p50 {lat.get(50, float('nan')):.0f} ms, "
-          f"p99 {lat.get(99, float('nan')):.0f} ms" + (f", mean batch {delta['mean_batch_size']:.1f}" if delta else ""), flush=True)
+    print(
+        f"  {name}: {s['events']}/{s['sent']} events, {s['events_per_s']:.1f} ev/s, p50 {lat.get(50, float('nan')):.0f} ms, "
+        f"p99 {lat.get(99, float('nan')):.0f} ms" + (f", mean batch {delta['mean_batch_size']:.1f}" if delta else ""),
+        flush=True,
+    )
     return s
 
 
@@ -451,8 +505,14 @@ def model_path_reference(version_dir: Path, dtype: str, prompts, keys, batch_siz
         if time.perf_counter() - t0 >= budget_s:
             break
     wall = time.perf_counter() - t0
-    return {"dtype": str(p.dtype).replace("torch.", ""), "batch_size": batch_size, "utterances": done,
-            "utt_per_s": done / model_s, "utt_per_s_wall": done / wall, "model_s": model_s}
+    return {
+        "dtype": str(p.dtype).replace("torch.", ""),
+        "batch_size": batch_size,
+        "utterances": done,
+        "utt_per_s": done / model_s,
+        "utt_per_s_wall": done / wall,
+        "model_s": model_s,
+    }
 
 
 async def driver(a: argparse.Namespace) -> dict:
@@ -469,11 +529,15 @@ async def driver(a: argparse.Namespace) -> dict:
     order = replay_order(convs, a.lanes)
     ordered_prompts = [examples[sum(len(c.utterances) for c in convs[:ci]) + ti][0] for ci, ti in order]
     del probe
-    print(f"model {version_dir.name}; {len(order)} MELD dev turns in {len(convs)} conversations; worker dtype {worker_dtype}",
-          flush=True)
+    print(
+        f"model {version_dir.name}; {len(order)} MELD dev turns in {len(convs)} conversations; worker dtype {worker_dtype}",
+        flush=True,
+    )
 
     print("model path reference (in this process, nothing else running)", flush=True)
-    ref = model_path_reference(version_dir, a.dtype, ordered_prompts, [ci for ci, _ in order], a.max_batch_size, a.reference_budget_s)
+    ref = model_path_reference(
+        version_dir, a.dtype, ordered_prompts, [ci for ci, _ in order], a.max_batch_size, a.reference_budget_s
+    )
     print(f"  {ref['utt_per_s']:.1f} utt/s ({ref['utterances']} utterances, batch size {a.max_batch_size})", flush=True)
 
     broker = LocalBroker(log_path=LOG_DIR / "broker.log")
@@ -483,8 +547,14 @@ async def driver(a: argparse.Namespace) -> dict:
     sink = None
     prod = None
     try:
-        topics = {"bench.turns": a.partitions, "bench.emotions": a.partitions, "bench.dlq": 1,
-                  "naive.turns": a.partitions, "naive.emotions": a.partitions, "naive.dlq": 1}
+        topics = {
+            "bench.turns": a.partitions,
+            "bench.emotions": a.partitions,
+            "bench.dlq": 1,
+            "naive.turns": a.partitions,
+            "naive.emotions": a.partitions,
+            "naive.dlq": 1,
+        }
         await acreate_topics(broker.bootstrap, topics)
         sink = Sink(broker.bootstrap, ["bench.emotions", "naive.emotions"], ["bench.dlq"])
         await sink.start()
@@ -492,29 +562,60 @@ async def driver(a: argparse.Namespace) -> dict:
         await prod.start()
 
         port = free_port()
-        worker = Proc("worker", [str(BIN / "erc-stream"), "worker"], child_env({
-            "ERC_BOOTSTRAP_SERVERS": broker.bootstrap, "ERC_INPUT_TOPIC": "bench.turns", "ERC_OUTPUT_TOPIC": "bench.emotions",
-            "ERC_DLQ_TOPIC": "bench.dlq", "ERC_GROUP_ID": "bench-worker", "ERC_MODEL_STORE": version_dir.parent,
-            "ERC_DTYPE": a.dtype, "ERC_METRICS_HOST": "127.0.0.1", "ERC_METRICS_PORT": port,
-            "ERC_MAX_BATCH_SIZE": a.max_batch_size, "ERC_MAX_WAIT_MS": a.max_wait_ms,
-            "ERC_SESSION_TIMEOUT_MS": 2000, "ERC_HEARTBEAT_INTERVAL_MS": 300, "ERC_LOG_LEVEL": "INFO",
-            **({"PYTHONPATH": a.worker_src.resolve()} if a.worker_src else {}),
-        }), cwd=a.worker_src.resolve() if a.worker_src else ROOT)
+        worker = Proc(
+            "worker",
+            [str(BIN / "erc-stream"), "worker"],
+            child_env(
+                {
+                    "ERC_BOOTSTRAP_SERVERS": broker.bootstrap,
+                    "ERC_INPUT_TOPIC": "bench.turns",
+                    "ERC_OUTPUT_TOPIC": "bench.emotions",
+                    "ERC_DLQ_TOPIC": "bench.dlq",
+                    "ERC_GROUP_ID": "bench-worker",
+                    "ERC_MODEL_STORE": version_dir.parent,
+                    "ERC_DTYPE": a.dtype,
+                    "ERC_METRICS_HOST": "127.0.0.1",
+                    "ERC_METRICS_PORT": port,
+                    "ERC_MAX_BATCH_SIZE": a.max_batch_size,
+                    "ERC_MAX_WAIT_MS": a.max_wait_ms,
+                    "ERC_SESSION_TIMEOUT_MS": 2000,
+                    "ERC_HEARTBEAT_INTERVAL_MS": 300,
+                    "ERC_LOG_LEVEL": "INFO",
+                    **({"PYTHONPATH": a.worker_src.resolve()} if a.worker_src else {}),
+                }
+            ),
+            cwd=a.worker_src.resolve() if a.worker_src else ROOT,
+        )
         procs.append(worker)
         await wait_until(lambda: _http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 180, "worker ready", worker)
         print("worker ready", flush=True)
         profile_path = LOG_DIR / f"{a.name}_worker_stacks.txt"
         if a.profile:  # sampled stacks of the busy worker (idle threads are not sampled)
-            spy = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(worker.popen.pid), "--rate", "100",
-                                    "--format", "raw", "-o", str(profile_path), "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            spy = subprocess.Popen(
+                [
+                    str(BIN / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(worker.popen.pid),
+                    "--rate",
+                    "100",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(profile_path),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
         wprocs = {"worker": worker}
         points = []
         warm = messages(convs, order[: min(len(order), 64)], "warm")
         await run_point("warm", prod, sink, "bench.turns", warm, None, wprocs, a.point_timeout_s, port)
         all_msgs = order
-        mx = await run_point("max", prod, sink, "bench.turns", messages(convs, all_msgs, "max"), None, wprocs,
-                             a.point_timeout_s, port)
+        mx = await run_point(
+            "max", prod, sink, "bench.turns", messages(convs, all_msgs, "max"), None, wprocs, a.point_timeout_s, port
+        )
         points.append(mx)
         max_rate = mx["events_per_s"]
         profile = None
@@ -526,8 +627,9 @@ async def driver(a: argparse.Namespace) -> dict:
             rate = frac * max_rate
             n = min(len(order), max(20, int(rate * a.rate_duration_s)))
             name = f"rate{int(frac * 100)}"
-            s = await run_point(name, prod, sink, "bench.turns", messages(convs, order[:n], name), rate, wprocs,
-                                a.point_timeout_s, port)
+            s = await run_point(
+                name, prod, sink, "bench.turns", messages(convs, order[:n], name), rate, wprocs, a.point_timeout_s, port
+            )
             s["fraction_of_max"] = frac
             points.append(s)
         rc = worker.stop()
@@ -536,20 +638,46 @@ async def driver(a: argparse.Namespace) -> dict:
 
         ready = LOG_DIR / "naive.ready"
         ready.unlink(missing_ok=True)
-        naive = Proc("naive", [sys.executable, str(Path(__file__).resolve()), "--naive", "--bootstrap", broker.bootstrap,
-                               "--version-dir", str(version_dir), "--input-topic", "naive.turns",
-                               "--output-topic", "naive.emotions", "--group", "bench-naive", "--ready-file", str(ready)],
-                     child_env({}))
+        naive = Proc(
+            "naive",
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--naive",
+                "--bootstrap",
+                broker.bootstrap,
+                "--version-dir",
+                str(version_dir),
+                "--input-topic",
+                "naive.turns",
+                "--output-topic",
+                "naive.emotions",
+                "--group",
+                "bench-naive",
+                "--ready-file",
+                str(ready),
+            ],
+            child_env({}),
+        )
         procs.append(naive)
         await wait_until(ready.exists, 180, "naive consumer ready", naive)
         n_naive = min(len(order), a.naive_turns)
-        nv = await run_point("naive", prod, sink, "naive.turns", messages(convs, order[:n_naive], "naive"), None,
-                             {"naive": naive}, a.point_timeout_s)
+        nv = await run_point(
+            "naive",
+            prod,
+            sink,
+            "naive.turns",
+            messages(convs, order[:n_naive], "naive"),
+            None,
+            {"naive": naive},
+            a.point_timeout_s,
+        )
         naive.stop()
         procs.remove(naive)
         print("model path reference again (load on this machine may have changed)", flush=True)
-        ref_after = model_path_reference(version_dir, a.dtype, ordered_prompts, [ci for ci, _ in order], a.max_batch_size,
-                                         a.reference_budget_s)
+        ref_after = model_path_reference(
+            version_dir, a.dtype, ordered_prompts, [ci for ci, _ in order], a.max_batch_size, a.reference_budget_s
+        )
         print(f"  {ref_after['utt_per_s']:.1f} utt/s", flush=True)
     finally:
         for p in procs:
@@ -561,14 +689,27 @@ async def driver(a: argparse.Namespace) -> dict:
         broker.stop()
 
     return {
-        "command": command_line(), "machine": info, "model": {"version": version_dir.name, "path": str(version_dir)},
-        "worker_dtype": worker_dtype, "naive_dtype": "float32",
-        "settings": {"lanes": a.lanes, "partitions": a.partitions, "max_batch_size": a.max_batch_size,
-                     "max_wait_ms": a.max_wait_ms, "rate_duration_s": a.rate_duration_s, "turns": len(order),
-                     "conversations": len(convs)},
-        "model_path_reference": ref, "model_path_reference_after": ref_after, "points": points, "naive": nv,
+        "command": command_line(),
+        "machine": info,
+        "model": {"version": version_dir.name, "path": str(version_dir)},
+        "worker_dtype": worker_dtype,
+        "naive_dtype": "float32",
+        "settings": {
+            "lanes": a.lanes,
+            "partitions": a.partitions,
+            "max_batch_size": a.max_batch_size,
+            "max_wait_ms": a.max_wait_ms,
+            "rate_duration_s": a.rate_duration_s,
+            "turns": len(order),
+            "conversations": len(convs),
+        },
+        "model_path_reference": ref,
+        "model_path_reference_after": ref_after,
+        "points": points,
+        "naive": nv,
         "profile": profile,
-        "worker_src": str(a.worker_src) if a.worker_src else None, "machine_end": machine_info(),
+        "worker_src": str(a.worker_src) if a.worker_src else None,
+        "machine_end": machine_info(),
     }
 
 
@@ -584,14 +725,23 @@ def plot(payload: dict, path: Path) -> None:
     for q, style in ((50, "o-"), (95, "s--"), (99, "^:")):
         ax.plot(x, [p["latency_ms"][q] for p in pts], style, label=f"worker p{q}")
     for p in pts:
-        ax.annotate(p["point"], (p["events_per_s"], p["latency_ms"][50]), textcoords="offset points", xytext=(4, -12), fontsize=7)
+        ax.annotate(
+            p["point"],
+            (p["events_per_s"], p["latency_ms"][50]),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=7,
+        )
     nv = payload["naive"]
     if nv["events"]:
         ax.plot([nv["events_per_s"]], [nv["latency_ms"][50]], "kx", ms=9, label="naive consumer p50 (max rate)")
     ax.set_yscale("log")
     ax.set_xlabel("sustained events/s")
     ax.set_ylabel("latency (ms): record timestamp -> event read", fontsize=8)
-    ax.set_title(f"erc-stream worker on MELD dev ({payload['worker_dtype']}, {payload['machine']['logical_cpus']} CPUs)", fontsize=9)
+    ax.set_title(
+        f"erc-stream worker on MELD dev ({payload['worker_dtype']}, {payload['machine']['logical_cpus']} CPUs)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -611,23 +761,41 @@ def render(payload: dict, png_name: str) -> str:
     wm = mx["worker_metrics"]
     inside_rate = mx["events"] / wm["inference_s"] if wm and wm["inference_s"] else float("nan")
     lines = [
-        "# Streaming benchmark", "",
-        f"Command: `{payload['command']}`", "",
-        machine_md(payload["machine"], payload["machine_end"]), "",
+        "# Streaming benchmark",
+        "",
+        f"Command: `{payload['command']}`",
+        "",
+        machine_md(payload["machine"], payload["machine_end"]),
+        "",
         f"Model `{payload['model']['version']}`; worker dtype {payload['worker_dtype']} (`dtype=auto`), "
         f"max_batch_size {st['max_batch_size']}, max_wait_ms {st['max_wait_ms']}; local broker (Tansu, memory), "
         f"{st['partitions']} partitions. Data: {st['turns']} MELD dev turns of {st['conversations']} conversations, "
         f"replayed {st['lanes']} conversations at a time (each conversation's turns in order). Latency: record "
         "timestamp (the scheduled send time) -> the event read by a separate consumer. CPU: cores used by each "
-        "process over the point (`psutil` user+system / wall).", "",
-        "## Result", "",
-        md_table(["", "events/s", "vs naive", "vs model path"],
-                 [["worker, max rate", mx["events_per_s"], f"{ratio_naive:.1f}x", f"{ratio_model:.0%}"],
-                  ["naive consumer", nv["events_per_s"], "1x", f"{nv['events_per_s'] / ref['utt_per_s']:.0%}"],
-                  [f"model path alone (Predictor.predict, batch {ref['batch_size']}, {ref['dtype']}; mean of "
-                   f"{ref_list} measured before/after)", ref_rate, "", "100%"],
-                  ["model path inside the worker, same run (events / erc_inference_seconds)", inside_rate, "",
-                   f"{inside_rate / ref_rate:.0%}"]]),
+        "process over the point (`psutil` user+system / wall).",
+        "",
+        "## Result",
+        "",
+        md_table(
+            ["", "events/s", "vs naive", "vs model path"],
+            [
+                ["worker, max rate", mx["events_per_s"], f"{ratio_naive:.1f}x", f"{ratio_model:.0%}"],
+                ["naive consumer", nv["events_per_s"], "1x", f"{nv['events_per_s'] / ref['utt_per_s']:.0%}"],
+                [
+                    f"model path alone (Predictor.predict, batch {ref['batch_size']}, {ref['dtype']}; mean of "
+                    f"{ref_list} measured before/after)",
+                    ref_rate,
+                    "",
+                    "100%",
+                ],
+                [
+                    "model path inside the worker, same run (events / erc_inference_seconds)",
+                    inside_rate,
+                    "",
+                    f"{inside_rate / ref_rate:.0%}",
+                ],
+            ],
+        ),
         "",
         f"At max rate the worker's model thread was busy {wm['model_busy_fraction']:.0%} of the wall time, i.e. the worker "
         f"delivered {mx['events_per_s'] / inside_rate:.0%} of what its own model path did in the same run; the rest of "
@@ -637,38 +805,91 @@ def render(payload: dict, png_name: str) -> str:
         "",
         f"Acceptance bar (issue 5): worker >= 10x the naive consumer: **{'met' if ratio_naive >= 10 else 'not met'}** "
         f"({ratio_naive:.1f}x); worker >= 70% of the model path's batched throughput: "
-        f"**{'met' if ratio_model >= 0.7 else 'not met'}** ({ratio_model:.0%}).", "",
-        "## Points", "",
+        f"**{'met' if ratio_model >= 0.7 else 'not met'}** ({ratio_model:.0%}).",
+        "",
+        "## Points",
+        "",
     ]
     rows = []
     for p in [*payload["points"], nv]:
         lat = p["latency_ms"]
         wm = p.get("worker_metrics") or {}
         proc = "worker" if p["point"] != "naive" else "naive"
-        rows.append([p["point"], "max" if p["offered_rate"] is None else round(p["offered_rate"], 1),
-                     f"{p['events']}/{p['sent']}", p["events_per_s"], lat.get(50), lat.get(95), lat.get(99),
-                     round(wm.get("mean_batch_size", 1.0), 1), f"{wm['model_busy_fraction']:.0%}" if wm else "-",
-                     round(p["cpu"][proc]["cores"], 2), round(p["cpu"]["bench_process"]["cores"], 2), p["dead_letters"]])
-    lines += [md_table(["point", "offered/s", "events", "events/s", "p50 ms", "p95 ms", "p99 ms", "mean batch",
-                        "model busy", "consumer CPU cores", "bench proc cores", "dead letters"], rows), ""]
-    lines += ["*model busy*: the worker's `erc_inference_seconds` sum over the point's wall time (the model thread's "
-              "share of the time). The naive consumer runs every message as a batch of 1.", "",
-              "Batch sizes per point (from the worker's `erc_batch_size` histogram; bucket upper bounds):", ""]
+        rows.append(
+            [
+                p["point"],
+                "max" if p["offered_rate"] is None else round(p["offered_rate"], 1),
+                f"{p['events']}/{p['sent']}",
+                p["events_per_s"],
+                lat.get(50),
+                lat.get(95),
+                lat.get(99),
+                round(wm.get("mean_batch_size", 1.0), 1),
+                f"{wm['model_busy_fraction']:.0%}" if wm else "-",
+                round(p["cpu"][proc]["cores"], 2),
+                round(p["cpu"]["bench_process"]["cores"], 2),
+                p["dead_letters"],
+            ]
+        )
+    lines += [
+        md_table(
+            [
+                "point",
+                "offered/s",
+                "events",
+                "events/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "mean batch",
+                "model busy",
+                "consumer CPU cores",
+                "bench proc cores",
+                "dead letters",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    lines += [
+        "*model busy*: the worker's `erc_inference_seconds` sum over the point's wall time (the model thread's "
+        "share of the time). The naive consumer runs every message as a batch of 1.",
+        "",
+        "Batch sizes per point (from the worker's `erc_batch_size` histogram; bucket upper bounds):",
+        "",
+    ]
     brows = []
     for p in payload["points"]:
         wm = p["worker_metrics"]
-        brows.append([p["point"], wm["batches"], ", ".join(f"<={le}: {c}" for le, c in wm["batch_size_hist"].items()),
-                      f"{wm['padding_fraction']:.1%}"])
-    lines += [md_table(["point", "batches", "batch-size histogram", "padding"], brows), "",
-              f"![latency vs throughput]({png_name})", ""]
+        brows.append(
+            [
+                p["point"],
+                wm["batches"],
+                ", ".join(f"<={le}: {c}" for le, c in wm["batch_size_hist"].items()),
+                f"{wm['padding_fraction']:.1%}",
+            ]
+        )
+    lines += [
+        md_table(["point", "batches", "batch-size histogram", "padding"], brows),
+        "",
+        f"![latency vs throughput]({png_name})",
+        "",
+    ]
     if payload.get("profile"):
         pr = payload["profile"]
-        lines += ["## Where the worker's CPU goes (py-spy, warm-up and max points)", "",
-                  f"{pr['samples']} busy samples at 100 Hz (`{pr['path']}`); each stack filed under the first matching "
-                  "category (rules in `_PROFILE_RULES`).", "",
-                  md_table(["category", "share of busy samples"], [[k, f"{v:.1%}"] for k, v in pr["shares"].items()]), "",
-                  "Innermost Python frames (native torch time shows under the Python call that entered it):", "",
-                  md_table(["leaf frame", "share"], [[f"`{k}`", f"{v:.1%}"] for k, v in pr["top_leaf_frames"].items()]), ""]
+        lines += [
+            "## Where the worker's CPU goes (py-spy, warm-up and max points)",
+            "",
+            f"{pr['samples']} busy samples at 100 Hz (`{pr['path']}`); each stack filed under the first matching "
+            "category (rules in `_PROFILE_RULES`).",
+            "",
+            md_table(["category", "share of busy samples"], [[k, f"{v:.1%}"] for k, v in pr["shares"].items()]),
+            "",
+            "Innermost Python frames (native torch time shows under the Python call that entered it):",
+            "",
+            md_table(["leaf frame", "share"], [[f"`{k}`", f"{v:.1%}"] for k, v in pr["top_leaf_frames"].items()]),
+            "",
+        ]
     if payload.get("worker_src"):
         lines += [f"Worker code from `{payload['worker_src']}` (a before/after comparison), not this checkout.", ""]
     return "\n".join(lines)
@@ -688,10 +909,16 @@ def main() -> None:
     ap.add_argument("--reference-budget-s", type=float, default=20.0)
     ap.add_argument("--point-timeout-s", type=float, default=300.0)
     ap.add_argument("--conversations", type=int, default=None, help="first N MELD dev conversations (default all)")
-    ap.add_argument("--profile", action="store_true", help="sample the worker with py-spy during the warm-up and max points")
-    ap.add_argument("--worker-src", type=Path, default=None,
-                    help="run the worker from another source tree's erc_stream (e.g. `git archive HEAD erc_stream`) "
-                         "for before/after comparisons")
+    ap.add_argument(
+        "--profile", action="store_true", help="sample the worker with py-spy during the warm-up and max points"
+    )
+    ap.add_argument(
+        "--worker-src",
+        type=Path,
+        default=None,
+        help="run the worker from another source tree's erc_stream (e.g. `git archive HEAD erc_stream`) "
+        "for before/after comparisons",
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_stream")

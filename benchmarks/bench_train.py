@@ -55,8 +55,10 @@ def run_dtype(dtype_name: str, train_ex, batches, cfg, steps: int, budget_s: flo
     model.train()
     anchor_enc.train()
     params = list(encoder.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW([{"params": list(encoder.parameters()), "lr": cfg.lr},
-                             {"params": list(head.parameters()), "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [{"params": list(encoder.parameters()), "lr": cfg.lr}, {"params": list(head.parameters()), "lr": cfg.head_lr}],
+        weight_decay=cfg.weight_decay,
+    )
     pad_id = tokenizer.pad_token_id or 0
 
     times, used, losses = [], [], []
@@ -69,8 +71,9 @@ def run_dtype(dtype_name: str, train_ex, batches, cfg, steps: int, budget_s: flo
         with _autocast(device, dtype):
             reps = model.represent(**batch)  # (B, D)
             anchors = anchor_enc()  # (C, D)
-        loss, _ = stage1_loss(reps.float(), y, anchors.float(), temperature=cfg.temperature,
-                              lambda1=cfg.lambda1, lambda2=cfg.lambda2)
+        loss, _ = stage1_loss(
+            reps.float(), y, anchors.float(), temperature=cfg.temperature, lambda1=cfg.lambda1, lambda2=cfg.lambda2
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -80,8 +83,11 @@ def run_dtype(dtype_name: str, train_ex, batches, cfg, steps: int, budget_s: flo
             times.append(dt)
             used.append(batch_idx)
             losses.append(float(loss))
-        print(f"  {dtype_name} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s, {len(batch_idx)} samples, "
-              f"width {batch['input_ids'].shape[1]}, loss {float(loss):.3f}", flush=True)
+        print(
+            f"  {dtype_name} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s, {len(batch_idx)} samples, "
+            f"width {batch['input_ids'].shape[1]}, loss {float(loss):.3f}",
+            flush=True,
+        )
         if k >= 2 and time.perf_counter() - t_start >= budget_s:
             break
     return {"dtype": dtype_name, "steps": len(times), "step_s": times, "batches": used, "losses": losses}
@@ -91,7 +97,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per dtype (after one warm-up step)")
-    ap.add_argument("--budget-s", type=float, default=150.0, help="stop a dtype after this many seconds (at least 2 timed steps)")
+    ap.add_argument(
+        "--budget-s", type=float, default=150.0, help="stop a dtype after this many seconds (at least 2 timed steps)"
+    )
     ap.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig.batch_size (16)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
@@ -112,7 +120,9 @@ def main() -> None:
     info = machine_info()
     cfg = TrainConfig() if args.batch_size is None else TrainConfig(batch_size=args.batch_size)
     tokenizer = AutoTokenizer.from_pretrained(default_encoder_path(), local_files_only=True)
-    builder = PromptBuilder(tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length, template=cfg.template)
+    builder = PromptBuilder(
+        tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length, template=cfg.template
+    )
     labels = list(DATASETS["meld"].labels)
     train_ex = build_examples(builder, load_split("meld", "train"), {l: i for i, l in enumerate(labels)})
     lengths = [len(p) for p, _ in train_ex]
@@ -134,7 +144,9 @@ def main() -> None:
         samples = sum(len(b) for b in r["batches"])
         c = cost(r["batches"])
         r.update(
-            samples=samples, measured_s=measured_s, samples_per_s=samples / measured_s,
+            samples=samples,
+            measured_s=measured_s,
+            samples_per_s=samples / measured_s,
             achieved_train_gflops=_TRAIN_FLOPS_FACTOR * c / measured_s / 1e9,
             projected_epoch_s=measured_s * epoch_cost / c,
             naive_projected_epoch_s=len(batches) * measured_s / len(r["step_s"]),
@@ -143,34 +155,73 @@ def main() -> None:
         del r["batches"]
         results.append(r)
     payload = {
-        "command": command_line(), "machine": info,
-        "data": {"dataset": "meld", "split": "train", "prompts": len(train_ex), "batch_size": cfg.batch_size,
-                 "batches_per_epoch": len(batches), "context_turns": cfg.context_turns, "max_length": cfg.max_length,
-                 "epoch_forward_tflop_padded": epoch_cost / 1e12},
-        "results": results, "machine_end": machine_info(),
+        "command": command_line(),
+        "machine": info,
+        "data": {
+            "dataset": "meld",
+            "split": "train",
+            "prompts": len(train_ex),
+            "batch_size": cfg.batch_size,
+            "batches_per_epoch": len(batches),
+            "context_turns": cfg.context_turns,
+            "max_length": cfg.max_length,
+            "epoch_forward_tflop_padded": epoch_cost / 1e12,
+        },
+        "results": results,
+        "machine_end": machine_info(),
     }
     by = {r["dtype"]: r for r in results}
     lines = [
-        "# Training benchmark (stage 1)", "",
-        f"Command: `{payload['command']}`", "",
-        machine_md(info, payload["machine_end"]), "",
+        "# Training benchmark (stage 1)",
+        "",
+        f"Command: `{payload['command']}`",
+        "",
+        machine_md(info, payload["machine_end"]),
+        "",
         f"MELD train: {len(train_ex)} prompts ({cfg.context_turns} context turns, max_length {cfg.max_length}), "
         f"{len(batches)} length-sorted batches of {cfg.batch_size} per epoch (the trainer's own batching, seed {cfg.seed}); "
         "the same batches for every dtype. One step = pad, forward (encoder on the batch and on the 7 anchor "
-        "descriptions), stage-1 loss, backward, clip, AdamW. The first step is a warm-up and not counted.", "",
-        md_table(["dtype", "timed steps", "samples", "mean padded width", "s/step", "samples/s",
-                  "achieved GFLOP/s (3x fwd)", "projected epoch"],
-                 [[r["dtype"], r["steps"], r["samples"], r["mean_width"], r["measured_s"] / r["steps"], r["samples_per_s"],
-                   r["achieved_train_gflops"], f"{r['projected_epoch_s'] / 60:.0f} min"] for r in results]), "",
+        "descriptions), stage-1 loss, backward, clip, AdamW. The first step is a warm-up and not counted.",
+        "",
+        md_table(
+            [
+                "dtype",
+                "timed steps",
+                "samples",
+                "mean padded width",
+                "s/step",
+                "samples/s",
+                "achieved GFLOP/s (3x fwd)",
+                "projected epoch",
+            ],
+            [
+                [
+                    r["dtype"],
+                    r["steps"],
+                    r["samples"],
+                    r["mean_width"],
+                    r["measured_s"] / r["steps"],
+                    r["samples_per_s"],
+                    r["achieved_train_gflops"],
+                    f"{r['projected_epoch_s'] / 60:.0f} min",
+                ]
+                for r in results
+            ],
+        ),
+        "",
         "*projected epoch*: measured time x (encoder FLOPs of all the epoch's padded batches / FLOPs of the measured "
         "batches); the anchor forward and the optimizer add a per-step cost that this scales with FLOPs too, so "
         "it is approximate. Per-step times: see the JSON. Training FLOPs are counted as 3x the forward FLOPs "
-        "(forward + backward); anchor-description forwards are not counted.", "",
+        "(forward + backward); anchor-description forwards are not counted.",
+        "",
     ]
     if "fp32" in by and "bf16" in by:
         ratio = by["bf16"]["measured_s"] / by["bf16"]["samples"] / (by["fp32"]["measured_s"] / by["fp32"]["samples"])
-        lines += [f"bf16 autocast is **{ratio:.1f}x {'slower' if ratio > 1 else 'faster'}** than fp32 per sample "
-                  f"on this CPU (native bf16: {info['cpu_native_bf16']}); `dtype=auto` trains in fp32 here.", ""]
+        lines += [
+            f"bf16 autocast is **{ratio:.1f}x {'slower' if ratio > 1 else 'faster'}** than fp32 per sample "
+            f"on this CPU (native bf16: {info['cpu_native_bf16']}); `dtype=auto` trains in fp32 here.",
+            "",
+        ]
     write_results(args.name, payload, "\n".join(lines), args.out_dir)
 
 

@@ -49,7 +49,18 @@ HEAD_FILE = "head.safetensors"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Files that would be unpickled by some loader: never accepted inside a version.
 _FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".joblib")
-_REQUIRED_KEYS = ("format_version", "version", "created_at", "dataset", "labels", "prompt", "temperature", "encoder", "anchors", "files")
+_REQUIRED_KEYS = (
+    "format_version",
+    "version",
+    "created_at",
+    "dataset",
+    "labels",
+    "prompt",
+    "temperature",
+    "encoder",
+    "anchors",
+    "files",
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -69,9 +80,7 @@ def new_version_name(dataset: str) -> str:
 def version_path(store: Path, version: str) -> Path:
     """The folder of ``version`` inside ``store``; refuses names that could escape the store."""
     if not isinstance(version, str) or not _VERSION_RE.match(version) or version in (".", ".."):
-        raise ArtifactError(
-            f"invalid model version name {version!r}: use letters, digits, '.', '_' and '-' only"
-        )
+        raise ArtifactError(f"invalid model version name {version!r}: use letters, digits, '.', '_' and '-' only")
     store = Path(store).resolve()
     path = (store / version).resolve()
     if path.parent != store:
@@ -112,7 +121,9 @@ def list_versions(store: Path) -> list[str]:
     store = Path(store)
     if not store.is_dir():
         return []
-    return sorted(p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file())
+    return sorted(
+        p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -225,7 +236,9 @@ def verify_version(version_dir: Path) -> dict:
     manifest = _read_manifest(version_dir)
     files: dict = manifest["files"]
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise ArtifactError(f"{version_dir.name}: manifest 'files' must map relative paths to sha256 hex strings; republish this version")
+        raise ArtifactError(
+            f"{version_dir.name}: manifest 'files' must map relative paths to sha256 hex strings; republish this version"
+        )
     root = version_dir.resolve()
     for rel, digest in files.items():
         path = (root / rel).resolve()
@@ -241,7 +254,9 @@ def verify_version(version_dir: Path) -> dict:
         raise ArtifactError(f"{version_dir.name} holds files its manifest does not list: {', '.join(extra[:5])}")
     bad = [f for f in present if f.endswith(_FORBIDDEN_SUFFIXES)]
     if bad:
-        raise ArtifactError(f"{version_dir.name} holds pickle-capable files ({', '.join(bad)}); only safetensors and JSON are loaded")
+        raise ArtifactError(
+            f"{version_dir.name} holds pickle-capable files ({', '.join(bad)}); only safetensors and JSON are loaded"
+        )
     if HEAD_FILE not in files:
         raise ArtifactError(f"{version_dir.name} lacks {HEAD_FILE}")
     if not any(f.startswith("encoder/") and f.endswith(".safetensors") for f in files):

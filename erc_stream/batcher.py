@@ -20,8 +20,9 @@ __all__ = ["MicroBatcher", "form_batch"]
 T = TypeVar("T")
 
 
-def form_batch(lengths: Sequence[int], max_size: int, max_tokens: int,
-               keys: Sequence[object] | None = None) -> list[int]:
+def form_batch(
+    lengths: Sequence[int], max_size: int, max_tokens: int, keys: Sequence[object] | None = None
+) -> list[int]:
     """Indices (into ``lengths``) of one batch that contains index 0 (the oldest).
 
     Candidates are taken in order of closeness in length to the oldest prompt while the
@@ -71,8 +72,14 @@ def form_batch(lengths: Sequence[int], max_size: int, max_tokens: int,
 class MicroBatcher(Generic[T]):
     """A FIFO of (item, length) with the batch-forming policy. Not thread-safe: loop only."""
 
-    def __init__(self, max_batch_size: int, max_batch_tokens: int, max_wait_s: float,
-                 clock: Callable[[], float] = time.monotonic, pool_factor: int = 4) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        max_wait_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        pool_factor: int = 4,
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
@@ -108,8 +115,14 @@ class MicroBatcher(Generic[T]):
         if not self._items:
             return []
         pool = [self._items[i] for i in range(min(self._pool, len(self._items)))]
-        picked_set = set(form_batch([n for _, n, _, _ in pool], self.max_batch_size, self.max_batch_tokens,
-                                    keys=[key for _, _, _, key in pool]))
+        picked_set = set(
+            form_batch(
+                [n for _, n, _, _ in pool],
+                self.max_batch_size,
+                self.max_batch_tokens,
+                keys=[key for _, _, _, key in pool],
+            )
+        )
         batch = [pool[i][0] for i in sorted(picked_set)]
         rest = [pool[i] for i in range(len(pool)) if i not in picked_set]
         for _ in range(len(pool)):

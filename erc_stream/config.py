@@ -94,7 +94,9 @@ class WorkerConfig:
             raise ConfigError("input_topic, output_topic and dlq_topic must be three different topics")
         if self.uses_sasl:
             if self.sasl_mechanism is None:
-                raise ConfigError(f"security_protocol={self.security_protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
+                raise ConfigError(
+                    f"security_protocol={self.security_protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+                )
             if not self.sasl_username or self.sasl_password is None:
                 raise ConfigError("SASL needs sasl_username and a password (ERC_SASL_PASSWORD or --sasl-password-file)")
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):

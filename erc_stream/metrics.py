@@ -51,12 +51,8 @@ class WorkerMetrics:
         self.consumer_lag = Gauge(
             "erc_consumer_lag", "High watermark minus next offset to consume.", ["topic", "partition"], registry=r
         )
-        self.active_conversations = Gauge(
-            "erc_active_conversations", "Conversations with a live window.", registry=r
-        )
-        self.window_evictions = Counter(
-            "erc_window_evictions", "Conversation windows evicted.", ["cause"], registry=r
-        )
+        self.active_conversations = Gauge("erc_active_conversations", "Conversations with a live window.", registry=r)
+        self.window_evictions = Counter("erc_window_evictions", "Conversation windows evicted.", ["cause"], registry=r)
         self.in_flight_turns = Gauge(
             "erc_in_flight_turns", "Turns read but not yet acknowledged downstream.", registry=r
         )
@@ -66,18 +62,12 @@ class WorkerMetrics:
         self.model_info = Gauge(
             "erc_model_info", "The model version being served (value 1).", ["version", "dataset"], registry=r
         )
-        self.model_reloads = Counter(
-            "erc_model_reloads", "Model reload attempts by result.", ["result"], registry=r
-        )
+        self.model_reloads = Counter("erc_model_reloads", "Model reload attempts by result.", ["result"], registry=r)
         self.partitions_assigned = Gauge(
             "erc_partitions_assigned", "Input partitions assigned to this worker.", registry=r
         )
-        self.consumer_paused = Gauge(
-            "erc_consumer_paused", "1 while fetching is paused for backpressure.", registry=r
-        )
-        self.commits = Counter(
-            "erc_offset_commits", "Offset commits by result.", ["result"], registry=r
-        )
+        self.consumer_paused = Gauge("erc_consumer_paused", "1 while fetching is paused for backpressure.", registry=r)
+        self.commits = Counter("erc_offset_commits", "Offset commits by result.", ["result"], registry=r)
 
         # Series created at 0 up front: a counter born by its first increment shows
         # increase() == 0, which would hide a worker's first failed reload or dead letter.

@@ -79,7 +79,9 @@ def normalize_text(text: str) -> str:
     """
     text = unicodedata.normalize("NFC", text).translate(_PUNCT)
     if any(unicodedata.category(ch) == "Cc" for ch in text):
-        text = "".join(" " if ch in "\t\n\r" else ch for ch in text if ch in "\t\n\r" or unicodedata.category(ch) != "Cc")
+        text = "".join(
+            " " if ch in "\t\n\r" else ch for ch in text if ch in "\t\n\r" or unicodedata.category(ch) != "Cc"
+        )
     return _SPACES.sub(" ", text).strip()
 
 

@@ -133,8 +133,9 @@ def interleave(conversations: Sequence[Conversation], k: int) -> Iterator[tuple[
             refill()
 
 
-def turn_record(conv: Conversation, turn_index: int, utt: Utterance, *, dataset: str, split: str,
-                ts_s: float) -> tuple[bytes, bytes]:
+def turn_record(
+    conv: Conversation, turn_index: int, utt: Utterance, *, dataset: str, split: str, ts_s: float
+) -> tuple[bytes, bytes]:
     """(key, value) of one input record, following ``schemas/chat_turn.schema.json``."""
     value = {
         "conversation_id": conv.id,
@@ -189,13 +190,16 @@ async def replay(
 
     own = producer is None
     if own:
-        producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, acks="all", linger_ms=5,
-                                    **(producer_kwargs or {}))
+        producer = AIOKafkaProducer(
+            bootstrap_servers=cfg.bootstrap_servers, acks="all", linger_ms=5, **(producer_kwargs or {})
+        )
         try:
             await producer.start()
         except KafkaError as exc:
             await producer.stop()
-            raise BrokerError(f"cannot connect to Kafka at {cfg.bootstrap_servers}: {exc!r}; is the broker running?") from exc
+            raise BrokerError(
+                f"cannot connect to Kafka at {cfg.bootstrap_servers}: {exc!r}; is the broker running?"
+            ) from exc
     interval_s = 1.0 / cfg.rate_per_s if cfg.rate_per_s > 0 else 0.0
     sent = 0
     interrupted = False
@@ -206,8 +210,9 @@ async def replay(
         try:
             await asyncio.gather(*acks)
         except KafkaError as exc:
-            raise BrokerError(f"the broker at {cfg.bootstrap_servers} did not acknowledge a record on "
-                              f"{cfg.topic!r}: {exc!r}") from exc
+            raise BrokerError(
+                f"the broker at {cfg.bootstrap_servers} did not acknowledge a record on {cfg.topic!r}: {exc!r}"
+            ) from exc
         acks.clear()
 
     try:
@@ -237,5 +242,6 @@ async def replay(
     finally:
         if own:
             await producer.stop()
-    return ReplayResult(turns_sent=sent, conversations=len(conversations), wall_s=time.monotonic() - t0,
-                        interrupted=interrupted)
+    return ReplayResult(
+        turns_sent=sent, conversations=len(conversations), wall_s=time.monotonic() - t0, interrupted=interrupted
+    )

@@ -31,13 +31,23 @@ __all__ = ["EMOTION_STYLES", "TailConfig", "TextJoin", "top_scores", "render_eve
 # Colours per emotion, over the labels of all supported datasets; unknown labels are plain.
 EMOTION_STYLES: dict[str, str] = {
     "neutral": "white",
-    "joy": "bold yellow", "joyful": "bold yellow", "happy": "bold yellow", "happiness": "bold yellow",
-    "excited": "bold bright_yellow", "powerful": "bold bright_magenta", "peaceful": "bold cyan",
+    "joy": "bold yellow",
+    "joyful": "bold yellow",
+    "happy": "bold yellow",
+    "happiness": "bold yellow",
+    "excited": "bold bright_yellow",
+    "powerful": "bold bright_magenta",
+    "peaceful": "bold cyan",
     "surprise": "bold magenta",
-    "fear": "bold bright_blue", "scared": "bold bright_blue",
-    "sadness": "bold blue", "sad": "bold blue",
+    "fear": "bold bright_blue",
+    "scared": "bold bright_blue",
+    "sadness": "bold blue",
+    "sad": "bold blue",
     "disgust": "bold green",
-    "anger": "bold red", "angry": "bold red", "mad": "bold red", "frustrated": "bold bright_red",
+    "anger": "bold red",
+    "angry": "bold red",
+    "mad": "bold red",
+    "frustrated": "bold bright_red",
 }
 _MISSING_TEXT = "(text not seen)"
 _CONV_WIDTH = 20
@@ -65,8 +75,10 @@ def render_event(event: Mapping[str, Any], text: str | None, *, text_width: int 
     line = Text()
     line.append(conv + " ", style="dim")
     line.append(_fit(str(event.get("speaker", "")), _SPEAKER_WIDTH) + " ", style="cyan")
-    line.append(_fit(text if text is not None else _MISSING_TEXT, text_width) + " ",
-                style=None if text is not None else "dim italic")
+    line.append(
+        _fit(text if text is not None else _MISSING_TEXT, text_width) + " ",
+        style=None if text is not None else "dim italic",
+    )
     line.append(_fit(emotion, _EMOTION_WIDTH), style=EMOTION_STYLES.get(emotion, ""))
     line.append(f" {float(event['confidence']):.2f}  ")
     for j, (label, score) in enumerate(top_scores(event.get("scores", {}))):
@@ -179,13 +191,19 @@ async def tail(cfg: TailConfig, *, console: Console, stop: asyncio.Event | None 
     from aiokafka.errors import KafkaError
 
     stop = stop or asyncio.Event()
-    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest" if cfg.from_beginning else "latest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=cfg.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if cfg.from_beginning else "latest",
+    )
     try:
         await consumer.start()
     except KafkaError as exc:
         await consumer.stop()
-        raise BrokerError(f"cannot connect to Kafka at {cfg.bootstrap_servers}: {exc!r}; is the broker running?") from exc
+        raise BrokerError(
+            f"cannot connect to Kafka at {cfg.bootstrap_servers}: {exc!r}; is the broker running?"
+        ) from exc
     shown = 0
     join = TextJoin(wait_s=cfg.text_wait_s)
 
@@ -203,8 +221,10 @@ async def tail(cfg: TailConfig, *, console: Console, stop: asyncio.Event | None 
         existing = await consumer.topics()
         missing = [t for t in wanted if t not in existing]
         if missing:
-            raise BrokerError(f"topic(s) {missing} do not exist on {cfg.bootstrap_servers}; start the worker "
-                              "(or `erc-stream broker`, which creates them) or pass --topic/--input-topic")
+            raise BrokerError(
+                f"topic(s) {missing} do not exist on {cfg.bootstrap_servers}; start the worker "
+                "(or `erc-stream broker`, which creates them) or pass --topic/--input-topic"
+            )
         consumer.subscribe(wanted)
         done = False
         while not done and not stop.is_set():
@@ -228,8 +248,12 @@ async def tail(cfg: TailConfig, *, console: Console, stop: asyncio.Event | None 
                         event = orjson.loads(rec.value)
                         event["event_id"], event["emotion"], event["confidence"]  # noqa: B018 - shape check
                     except (orjson.JSONDecodeError, TypeError, KeyError):
-                        console.print(Text(f"(skipped a record at {tp.topic}[{tp.partition}]@{rec.offset}: "
-                                           "not an emotion event)", style="dim"))
+                        console.print(
+                            Text(
+                                f"(skipped a record at {tp.topic}[{tp.partition}]@{rec.offset}: not an emotion event)",
+                                style="dim",
+                            )
+                        )
                         continue
                     if cfg.input_topic is None:
                         done = show([(event, None)])

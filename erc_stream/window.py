@@ -76,11 +76,7 @@ class WindowStore:
             raise ValueError(f"context_turns must be an int >= 0, got {context_turns!r}")
         if not ttl_s > 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s!r}")
-        if (
-            isinstance(max_conversations, bool)
-            or not isinstance(max_conversations, int)
-            or max_conversations < 1
-        ):
+        if isinstance(max_conversations, bool) or not isinstance(max_conversations, int) or max_conversations < 1:
             raise ValueError(f"max_conversations must be an int >= 1, got {max_conversations!r}")
         if dedup_turns is None:
             dedup_turns = max(4 * context_turns, _MIN_DEDUP_TURNS)

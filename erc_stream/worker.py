@@ -128,7 +128,9 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self._predictor is not None and bool(self._consumer and self._consumer.assignment()) and not self._stopping
+        return (
+            self._predictor is not None and bool(self._consumer and self._consumer.assignment()) and not self._stopping
+        )
 
     @property
     def model_version(self) -> str | None:
@@ -150,21 +152,35 @@ class Worker:
         self._install(predictor)
         self.metrics.model_reloads.labels(result="ok").inc()
         self._windows = WindowStore(
-            context_turns=predictor.builder.context_turns, ttl_s=cfg.window_ttl_s, max_conversations=cfg.max_conversations,
+            context_turns=predictor.builder.context_turns,
+            ttl_s=cfg.window_ttl_s,
+            max_conversations=cfg.max_conversations,
             on_evict=self._on_evict,
         )
         self._batcher = MicroBatcher(cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_wait_s)
         kw = {**cfg.kafka_kwargs(), "retry_backoff_ms": _RETRY_BACKOFF_MS}
         self._producer = AIOKafkaProducer(
-            **kw, acks="all", enable_idempotence=cfg.enable_idempotence, linger_ms=5, request_timeout_ms=30000,
+            **kw,
+            acks="all",
+            enable_idempotence=cfg.enable_idempotence,
+            linger_ms=5,
+            request_timeout_ms=30000,
         )
         self._consumer = AIOKafkaConsumer(
-            **kw, group_id=cfg.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_interval_ms=300000, session_timeout_ms=cfg.session_timeout_ms,
+            **kw,
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=300000,
+            session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
         )
-        self._restorer = AIOKafkaConsumer(**{**kw, "client_id": cfg.client_id + "-restore"}, enable_auto_commit=False,
-                                          group_id=None, auto_offset_reset="earliest")
+        self._restorer = AIOKafkaConsumer(
+            **{**kw, "client_id": cfg.client_id + "-restore"},
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
+        )
         try:
             await self._producer.start()
             await self._restorer.start()
@@ -177,15 +193,25 @@ class Worker:
             ) from exc
         self._consumer.subscribe([cfg.input_topic], listener=_Rebalance(self))
         loop = asyncio.get_running_loop()
-        for coro, name in ((self._fetch_loop(), "fetch"), (self._inference_loop(), "inference"),
-                           (self._commit_loop(), "commit"), (self._housekeeping_loop(), "housekeeping"),
-                           (self._reload_loop(), "reload")):
+        for coro, name in (
+            (self._fetch_loop(), "fetch"),
+            (self._inference_loop(), "inference"),
+            (self._commit_loop(), "commit"),
+            (self._housekeeping_loop(), "housekeeping"),
+            (self._reload_loop(), "reload"),
+        ):
             task = loop.create_task(coro, name=f"erc-{name}")
             task.add_done_callback(self._task_died)
             self._tasks.append(task)
         self._started = True
-        log.info("worker started: model %s, input %s, group %s, metrics on %s:%d", self.model_version,
-                 cfg.input_topic, cfg.group_id, cfg.metrics_host, self._http.port)
+        log.info(
+            "worker started: model %s, input %s, group %s, metrics on %s:%d",
+            self.model_version,
+            cfg.input_topic,
+            cfg.group_id,
+            cfg.metrics_host,
+            self._http.port,
+        )
 
     def _task_died(self, task: asyncio.Task) -> None:
         if task.cancelled() or self._stopping:
@@ -222,7 +248,9 @@ class Worker:
         inference = [t for t in self._tasks if t.get_name() == "erc-inference"]
         if inference:
             try:
-                await asyncio.wait_for(asyncio.gather(*inference, return_exceptions=True), max(0.1, deadline - time.monotonic()))
+                await asyncio.wait_for(
+                    asyncio.gather(*inference, return_exceptions=True), max(0.1, deadline - time.monotonic())
+                )
             except asyncio.TimeoutError:
                 log.warning("in-flight batches did not finish within shutdown_timeout_s; they will be re-read")
         if self._deliveries:
@@ -313,12 +341,19 @@ class Worker:
         if self._predictor is not None and predictor.labels != self._predictor.labels:
             self._failed_versions.add(version)
             self.metrics.model_reloads.labels(result="incompatible").inc()
-            log.error("model %s predicts %s, the served model %s; still serving %s", version,
-                      list(predictor.labels), list(self._predictor.labels), self.model_version)
+            log.error(
+                "model %s predicts %s, the served model %s; still serving %s",
+                version,
+                list(predictor.labels),
+                list(self._predictor.labels),
+                self.model_version,
+            )
             return
         self._next_predictor = predictor  # swapped in by the inference loop between batches
         self._wake.set()
-        log.info("model %s loaded and warmed in %.1f s; switching after the current batch", version, time.perf_counter() - t0)
+        log.info(
+            "model %s loaded and warmed in %.1f s; switching after the current batch", version, time.perf_counter() - t0
+        )
 
     # ------------------------------------------------------------------ intake
     async def _fetch_loop(self) -> None:
@@ -373,7 +408,9 @@ class Worker:
             try:
                 turn = parse_turn(rec.value, rec.key, max_text_chars=cfg.max_text_chars)
                 if windows.seen(turn.conversation_id, turn.turn_id):
-                    raise BadInput(Reason.DUPLICATE_TURN, f"turn {turn.turn_id!r} of {turn.conversation_id!r} was already seen")
+                    raise BadInput(
+                        Reason.DUPLICATE_TURN, f"turn {turn.turn_id!r} of {turn.conversation_id!r} was already seen"
+                    )
             except BadInput as exc:
                 self._send_dead_letter(tp, rec.offset, rec.key, rec.value, exc.reason, exc.detail)
                 continue
@@ -439,7 +476,9 @@ class Worker:
                     try:
                         self._build_prompt(p, predictor, gen)
                     except PromptTooLongError as exc:
-                        self._send_dead_letter(p.tp, p.offset, p.key, None, Reason.PROMPT_TOO_LONG, str(exc), turn=p.turn)
+                        self._send_dead_letter(
+                            p.tp, p.offset, p.key, None, Reason.PROMPT_TOO_LONG, str(exc), turn=p.turn
+                        )
                         continue
                 runnable.append(p)
             if not runnable:
@@ -450,7 +489,9 @@ class Worker:
             except Exception as exc:  # a model failure must not lose the turns
                 log.exception("inference failed for a batch of %d", len(runnable))
                 for p in runnable:
-                    self._send_dead_letter(p.tp, p.offset, p.key, None, Reason.INTERNAL, f"inference failed: {exc!r}", turn=p.turn)
+                    self._send_dead_letter(
+                        p.tp, p.offset, p.key, None, Reason.INTERNAL, f"inference failed: {exc!r}", turn=p.turn
+                    )
                 continue
             self._emit(runnable, preds, predictor)
 
@@ -470,22 +511,53 @@ class Worker:
             scores = {labels[j]: round(float(preds.scores[i, j]), 6) for j in range(len(labels))}
             latency_ms = (now * 1000.0 - p.record_ts_ms) if p.record_ts_ms else 0.0
             value = emotion_event(
-                p.turn, emotion=labels[lid], confidence=float(preds.confidence[i, lid]), scores=scores,
-                model_version=predictor.version, context_turns=p.prompt.context_used,
-                source=SourceRef(p.tp.topic, p.tp.partition, p.offset), record_ts_ms=p.record_ts_ms,
-                produced_at=now, latency_ms=max(0.0, latency_ms),
+                p.turn,
+                emotion=labels[lid],
+                confidence=float(preds.confidence[i, lid]),
+                scores=scores,
+                model_version=predictor.version,
+                context_turns=p.prompt.context_used,
+                source=SourceRef(p.tp.topic, p.tp.partition, p.offset),
+                record_ts_ms=p.record_ts_ms,
+                produced_at=now,
+                latency_ms=max(0.0, latency_ms),
             )
-            msgs.append((self.cfg.output_topic, p.key or p.turn.conversation_id.encode(), value, p.tp, p.offset,
-                         p.record_ts_ms, labels[lid]))
+            msgs.append(
+                (
+                    self.cfg.output_topic,
+                    p.key or p.turn.conversation_id.encode(),
+                    value,
+                    p.tp,
+                    p.offset,
+                    p.record_ts_ms,
+                    labels[lid],
+                )
+            )
         self._deliver(msgs)
 
     # ------------------------------------------------------------------ output
-    def _send_dead_letter(self, tp, offset: int, key, value, reason: Reason, detail: str, turn: ChatTurn | None = None) -> None:
+    def _send_dead_letter(
+        self, tp, offset: int, key, value, reason: Reason, detail: str, turn: ChatTurn | None = None
+    ) -> None:
         if value is None and turn is not None:
-            value = orjson.dumps({"conversation_id": turn.conversation_id, "turn_id": turn.turn_id,
-                                  "speaker": turn.speaker, "text": turn.text, "ts": turn.ts, "metadata": turn.metadata})
-        body = dead_letter(value, key, reason=reason, detail=detail, source=SourceRef(tp.topic, tp.partition, offset),
-                           failed_at=time.time())
+            value = orjson.dumps(
+                {
+                    "conversation_id": turn.conversation_id,
+                    "turn_id": turn.turn_id,
+                    "speaker": turn.speaker,
+                    "text": turn.text,
+                    "ts": turn.ts,
+                    "metadata": turn.metadata,
+                }
+            )
+        body = dead_letter(
+            value,
+            key,
+            reason=reason,
+            detail=detail,
+            source=SourceRef(tp.topic, tp.partition, offset),
+            failed_at=time.time(),
+        )
         self._deliver([(self.cfg.dlq_topic, key, body, tp, offset, None, reason)])
 
     def _deliver(self, msgs) -> None:
@@ -601,8 +673,12 @@ class Worker:
             if not committed:
                 continue
             restored += await self._restore_partition(tp, committed)
-        log.info("partitions assigned: %s (restored %d turns into windows in %.2f s)",
-                 sorted(tp.partition for tp in assigned), restored, time.perf_counter() - t0)
+        log.info(
+            "partitions assigned: %s (restored %d turns into windows in %.2f s)",
+            sorted(tp.partition for tp in assigned),
+            restored,
+            time.perf_counter() - t0,
+        )
 
     async def _restore_partition(self, tp: TopicPartition, end: int) -> int:
         lookback = self.cfg.restore_lookback_records

@@ -250,7 +250,9 @@ def embed_descriptions(
     out = encoder_embed(texts)
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != len(texts):
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"encoder_embed must return a tensor of shape ({len(texts)}, H) for {len(texts)} labels, got {shape}")
+        raise ValueError(
+            f"encoder_embed must return a tensor of shape ({len(texts)}, H) for {len(texts)} labels, got {shape}"
+        )
     if not torch.isfinite(out).all():
         raise ValueError("encoder_embed returned non-finite values (NaN or inf) for the anchor descriptions")
     return out  # (C, H)
@@ -316,7 +318,9 @@ def _from_file(path: Path, labels: tuple[str, ...], dataset: str) -> AnchorSourc
         )
     file_provenance = data.get("provenance", {})
     if not isinstance(file_provenance, dict):
-        raise AnchorSourceError(f"descriptions file {path}: 'provenance' must be a JSON object, got {file_provenance!r}")
+        raise AnchorSourceError(
+            f"descriptions file {path}: 'provenance' must be a JSON object, got {file_provenance!r}"
+        )
 
     given: dict = data["descriptions"]
     missing = [label for label in labels if label not in given]
@@ -330,7 +334,9 @@ def _from_file(path: Path, labels: tuple[str, ...], dataset: str) -> AnchorSourc
     for label in labels:
         text = given[label]
         if not isinstance(text, str):
-            raise AnchorSourceError(f"descriptions file {path}: description of {label!r} must be a string, got {text!r}")
+            raise AnchorSourceError(
+                f"descriptions file {path}: description of {label!r} must be a string, got {text!r}"
+            )
         collapsed = " ".join(text.split())
         if not collapsed:
             raise AnchorSourceError(f"descriptions file {path}: description of {label!r} is empty")

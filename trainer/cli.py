@@ -17,7 +17,9 @@ from erc_stream.errors import ErcError
 
 __all__ = ["app"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and evaluate erc-stream emotion models (EACL).")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Train and evaluate erc-stream emotion models (EACL)."
+)
 console = Console(stderr=True)
 
 
@@ -72,8 +74,12 @@ def fit(
     temperature: float = typer.Option(0.1, help="tau of the cosine logits"),
     stage2: bool = typer.Option(True, "--stage2/--no-stage2", help="anchor adaptation after stage 1"),
     stage2_epochs: int = typer.Option(20),
-    anchors: str = typer.Option("file", help="plain (label words), llm (OpenAI-compatible LLM) or file (descriptions JSON)"),
-    descriptions: Optional[Path] = typer.Option(None, help="descriptions JSON for --anchors file (default: the shipped one)"),
+    anchors: str = typer.Option(
+        "file", help="plain (label words), llm (OpenAI-compatible LLM) or file (descriptions JSON)"
+    ),
+    descriptions: Optional[Path] = typer.Option(
+        None, help="descriptions JSON for --anchors file (default: the shipped one)"
+    ),
     llm_model: Optional[str] = typer.Option(None, help="LLM model for --anchors llm (else OPENAI_MODEL)"),
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (else OPENAI_BASE_URL)"),
     embeddings_model: Optional[str] = typer.Option(None, help="embed descriptions with this embeddings endpoint model"),
@@ -83,7 +89,9 @@ def fit(
     max_train_conversations: Optional[int] = typer.Option(None, help="use only the first N train conversations"),
     max_dev_conversations: Optional[int] = typer.Option(None, help="use only the first N dev conversations"),
     version: Optional[str] = typer.Option(None, help="version name (default: dataset-timestamp-random)"),
-    make_current: bool = typer.Option(True, "--make-current/--no-make-current", help="point CURRENT at the new version"),
+    make_current: bool = typer.Option(
+        True, "--make-current/--no-make-current", help="point CURRENT at the new version"
+    ),
     quick: bool = typer.Option(False, "--quick", help="a few-minute run: 1 epoch on 80 train / 40 dev conversations"),
 ) -> None:
     """Train with EACL (stage 1 + anchor adaptation), select on dev, publish to the store."""
@@ -93,21 +101,49 @@ def fit(
 
     try:
         cfg = TrainConfig(
-            dataset=dataset, data_dir=data_dir, store=store, encoder=encoder, context_turns=context_turns,
-            max_length=max_length, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, lambda1=lambda1,
-            lambda2=lambda2, temperature=temperature, stage2=stage2, stage2_epochs=stage2_epochs, anchors=anchors,
-            descriptions=descriptions, llm_model=llm_model, llm_base_url=llm_base_url, embeddings_model=embeddings_model,
-            device=device, dtype=dtype, seed=seed, max_train_conversations=max_train_conversations,
-            max_dev_conversations=max_dev_conversations, version=version, make_current=make_current,
+            dataset=dataset,
+            data_dir=data_dir,
+            store=store,
+            encoder=encoder,
+            context_turns=context_turns,
+            max_length=max_length,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            head_lr=head_lr,
+            lambda1=lambda1,
+            lambda2=lambda2,
+            temperature=temperature,
+            stage2=stage2,
+            stage2_epochs=stage2_epochs,
+            anchors=anchors,
+            descriptions=descriptions,
+            llm_model=llm_model,
+            llm_base_url=llm_base_url,
+            embeddings_model=embeddings_model,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            max_train_conversations=max_train_conversations,
+            max_dev_conversations=max_dev_conversations,
+            version=version,
+            make_current=make_current,
         )
         if quick:
-            cfg = cfg.replace(**{k: v for k, v in QUICK_OVERRIDES.items()
-                                 if k not in ("max_train_conversations", "max_dev_conversations") or getattr(cfg, k) is None})
+            cfg = cfg.replace(
+                **{
+                    k: v
+                    for k, v in QUICK_OVERRIDES.items()
+                    if k not in ("max_train_conversations", "max_dev_conversations") or getattr(cfg, k) is None
+                }
+            )
         result = run_fit(cfg)
     except (ErcError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     print_metrics(result.metrics, f"dev metrics of {result.version}")
-    console.print(f"published [bold]{result.version}[/] to {result.path} in {result.wall_s:.0f} s (best epoch {result.best_epoch})")
+    console.print(
+        f"published [bold]{result.version}[/] to {result.path} in {result.wall_s:.0f} s (best epoch {result.best_epoch})"
+    )
 
 
 @app.command()
@@ -134,14 +170,18 @@ def evaluate(
     try:
         version = version or read_current(store)
         if version is None:
-            raise ErcError(f"model store {store} has no CURRENT version; train one with `erc-train fit` or pass --version")
+            raise ErcError(
+                f"model store {store} has no CURRENT version; train one with `erc-train fit` or pass --version"
+            )
         predictor = Predictor.load(version_path(store, version), device=device, dtype=dtype)
         ds = dataset or predictor.manifest["dataset"]
         convs = load_split(ds, split, data_dir)
         if max_conversations:
             convs = convs[:max_conversations]
         if list(DATASETS[ds].labels) != list(predictor.labels):
-            raise ErcError(f"model {version} predicts {list(predictor.labels)}, dataset {ds} uses {list(DATASETS[ds].labels)}")
+            raise ErcError(
+                f"model {version} predicts {list(predictor.labels)}, dataset {ds} uses {list(DATASETS[ds].labels)}"
+            )
         res = predict_conversations(predictor, convs, batch_size=batch_size, progress=True)
         m = compute_metrics(res.gold, res.predictions.label_ids.tolist(), predictor.labels, DATASETS[ds].neutral_label)
         out = out or Path("reports") / version / split
@@ -154,8 +194,18 @@ def evaluate(
             predictions.parent.mkdir(parents=True, exist_ok=True)
             with open(predictions, "w", encoding="utf-8") as f:
                 for (cid, i), g, lid, sc in zip(res.keys, res.gold, res.predictions.label_ids, res.predictions.scores):
-                    f.write(json.dumps({"conversation_id": cid, "index": i, "gold": predictor.labels[g],
-                                        "emotion": predictor.labels[int(lid)], "scores": [round(float(s), 6) for s in sc]}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "conversation_id": cid,
+                                "index": i,
+                                "gold": predictor.labels[g],
+                                "emotion": predictor.labels[int(lid)],
+                                "scores": [round(float(s), 6) for s in sc],
+                            }
+                        )
+                        + "\n"
+                    )
     except (ErcError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     print_metrics(m, f"{ds} {split}: {version}")

@@ -255,8 +255,7 @@ def _spec(dataset: str) -> DatasetSpec:
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ConfigError(
-            f"split: unknown name {split!r}; valid names: {', '.join(SPLITS)} "
-            "(DailyDialog's 'validation' is 'dev')"
+            f"split: unknown name {split!r}; valid names: {', '.join(SPLITS)} (DailyDialog's 'validation' is 'dev')"
         )
 
 
@@ -312,9 +311,7 @@ def _read_csv(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[s
                 raise ValueError(f"{path}: empty file; expected a header with columns {', '.join(required)}")
             missing = [column for column in required if column not in header]
             if missing:
-                raise ValueError(
-                    f"{path}: missing columns {', '.join(missing)}; the header has {', '.join(header)}"
-                )
+                raise ValueError(f"{path}: missing columns {', '.join(missing)}; the header has {', '.join(header)}")
             for row in reader:
                 if None in row or any(value is None for value in row.values()):
                     raise ValueError(

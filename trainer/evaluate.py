@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 
-def build_examples(builder: PromptBuilder, conversations: Sequence[Conversation], label_id: dict[str, int]) -> list[tuple[Prompt, int]]:
+def build_examples(
+    builder: PromptBuilder, conversations: Sequence[Conversation], label_id: dict[str, int]
+) -> list[tuple[Prompt, int]]:
     """One (prompt, label id) per utterance, in conversation order: the same windows the worker sees."""
     out: list[tuple[Prompt, int]] = []
     for conv in conversations:
@@ -39,8 +41,14 @@ def build_examples(builder: PromptBuilder, conversations: Sequence[Conversation]
     return out
 
 
-def predict_examples(predictor: Predictor, examples: Sequence[tuple[Prompt, int]] | Sequence[Prompt], *,
-                     batch_size: int = 64, progress: bool = False, desc: str = "predict") -> Predictions:
+def predict_examples(
+    predictor: Predictor,
+    examples: Sequence[tuple[Prompt, int]] | Sequence[Prompt],
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "predict",
+) -> Predictions:
     """Predictions for many prompts, batched by length, returned in input order."""
     prompts = [e[0] if isinstance(e, tuple) else e for e in examples]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -66,8 +74,9 @@ class ConversationPredictions:
     predictions: Predictions
 
 
-def predict_conversations(predictor: Predictor, conversations: Sequence[Conversation], *, batch_size: int = 64,
-                          progress: bool = False) -> ConversationPredictions:
+def predict_conversations(
+    predictor: Predictor, conversations: Sequence[Conversation], *, batch_size: int = 64, progress: bool = False
+) -> ConversationPredictions:
     label_id = {l: i for i, l in enumerate(predictor.labels)}
     examples = build_examples(predictor.builder, conversations, label_id)
     keys = [(c.id, i) for c in conversations for i in range(len(c.utterances))]
@@ -75,7 +84,9 @@ def predict_conversations(predictor: Predictor, conversations: Sequence[Conversa
     return ConversationPredictions(keys=keys, gold=[y for _, y in examples], predictions=preds)
 
 
-def compute_metrics(gold: Sequence[int], pred: Sequence[int], labels: Sequence[str], neutral_label: str | None = None) -> dict:
+def compute_metrics(
+    gold: Sequence[int], pred: Sequence[int], labels: Sequence[str], neutral_label: str | None = None
+) -> dict:
     """All the papers' metrics for one split. Values are plain floats, ready for JSON."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef
 
@@ -104,9 +115,16 @@ def _cosine_matrix(anchors: torch.Tensor) -> np.ndarray:
     return (a @ a.T).numpy()  # (C, C)
 
 
-def write_report(out_dir: Path, metrics_by_split: dict[str, dict], labels: Sequence[str], *,
-                 anchors_before: torch.Tensor | None = None, anchors_after: torch.Tensor | None = None,
-                 history: list[dict] | None = None, title: str = "") -> Path:
+def write_report(
+    out_dir: Path,
+    metrics_by_split: dict[str, dict],
+    labels: Sequence[str],
+    *,
+    anchors_before: torch.Tensor | None = None,
+    anchors_after: torch.Tensor | None = None,
+    history: list[dict] | None = None,
+    title: str = "",
+) -> Path:
     """metrics.json, confusion_<split>.png, anchors_cosine.png (before/after) and training curve."""
     import matplotlib
 
@@ -120,8 +138,10 @@ def write_report(out_dir: Path, metrics_by_split: dict[str, dict], labels: Seque
         payload["history"] = history
     if anchors_before is not None and anchors_after is not None:
         # float64 before rounding: a rounded float32 prints as 0.707099974155426 in JSON.
-        payload["anchor_cosine"] = {"before": _cosine_matrix(anchors_before).astype(np.float64).round(4).tolist(),
-                                    "after": _cosine_matrix(anchors_after).astype(np.float64).round(4).tolist()}
+        payload["anchor_cosine"] = {
+            "before": _cosine_matrix(anchors_before).astype(np.float64).round(4).tolist(),
+            "after": _cosine_matrix(anchors_after).astype(np.float64).round(4).tolist(),
+        }
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
     for split, m in metrics_by_split.items():
@@ -135,8 +155,15 @@ def write_report(out_dir: Path, metrics_by_split: dict[str, dict], labels: Seque
         ax.set_ylabel("gold")
         for i in range(len(labels)):
             for j in range(len(labels)):
-                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(cm[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
         ax.set_title(f"{title} {split}: weighted F1 {m['weighted_f1']:.3f} (rows normalised)", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
@@ -161,7 +188,9 @@ def write_report(out_dir: Path, metrics_by_split: dict[str, dict], labels: Seque
 
     if history:
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
-        ax.plot([h["epoch"] for h in history], [h["dev_weighted_f1"] for h in history], marker="o", label="dev weighted F1")
+        ax.plot(
+            [h["epoch"] for h in history], [h["dev_weighted_f1"] for h in history], marker="o", label="dev weighted F1"
+        )
         ax.plot([h["epoch"] for h in history], [h["dev_macro_f1"] for h in history], marker="s", label="dev macro F1")
         ax.set_xlabel("epoch")
         ax.legend()

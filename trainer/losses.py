@@ -125,9 +125,7 @@ def supcon_loss(reps: Tensor, labels: Tensor, anchors: Tensor, temperature: floa
     with _fp32_math(reps):
         feats = torch.cat([reps.float(), anchors.float()], dim=0)  # (N, D), N = B + C
         feats = F.normalize(feats, dim=-1, eps=_NORM_EPS)
-        item_labels = torch.cat(
-            [labels.long(), torch.arange(num_anchors, device=labels.device)]
-        )  # (N,)
+        item_labels = torch.cat([labels.long(), torch.arange(num_anchors, device=labels.device)])  # (N,)
         n = feats.shape[0]
         sims = (feats @ feats.T) / temperature  # (N, N)
         self_mask = torch.eye(n, dtype=torch.bool, device=feats.device)  # (N, N)
@@ -158,9 +156,7 @@ def angle_loss(anchors: Tensor) -> Tensor:
     """
     _check_matrix("anchors", anchors)
     if anchors.shape[0] < 2:
-        raise ValueError(
-            f"angle_loss needs at least 2 anchors, got anchors of shape {tuple(anchors.shape)}"
-        )
+        raise ValueError(f"angle_loss needs at least 2 anchors, got anchors of shape {tuple(anchors.shape)}")
     with _fp32_math(anchors):
         a = F.normalize(anchors.float(), dim=-1, eps=_NORM_EPS)  # (C, D)
         cos = a @ a.T  # (C, C)
@@ -207,9 +203,7 @@ def stage1_loss(
     return total, dict(zip(("loss", "sup", "angle", "ce"), values, strict=True))
 
 
-def anchor_adaptation_loss(
-    reps: Tensor, labels: Tensor, anchors: Tensor, temperature: float
-) -> Tensor:
+def anchor_adaptation_loss(reps: Tensor, labels: Tensor, anchors: Tensor, temperature: float) -> Tensor:
     """Stage-2 loss: cross-entropy of ``cos(r, a_c) / tau`` with the encoder frozen.
 
     ``reps`` is detached here, so only the anchors receive a gradient even if the caller

@@ -28,7 +28,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from erc_stream.artifact import new_version_name, publish_version
-from erc_stream.model import EmotionModel, Predictor, ProjectionHead, default_encoder_path, resolve_device, resolve_dtype
+from erc_stream.model import (
+    EmotionModel,
+    Predictor,
+    ProjectionHead,
+    default_encoder_path,
+    resolve_device,
+    resolve_dtype,
+)
 from erc_stream.prompt import Prompt, PromptBuilder, pad_batch
 from trainer.anchors import LLMSettings, describe_emotions, embed_descriptions
 from trainer.config import TrainConfig
@@ -123,10 +130,16 @@ def fit(cfg: TrainConfig, *, progress: bool = True) -> FitResult:
     enc_path = Path(cfg.encoder) if cfg.encoder else default_encoder_path()
     tokenizer = AutoTokenizer.from_pretrained(enc_path, local_files_only=True)
     encoder = AutoModel.from_pretrained(enc_path, local_files_only=True)
-    builder = PromptBuilder(tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length, template=cfg.template)
+    builder = PromptBuilder(
+        tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length, template=cfg.template
+    )
 
     # Anchor texts (label words, LLM or file descriptions) and, optionally, external embeddings.
-    llm = LLMSettings.from_env(model=cfg.llm_model, base_url=cfg.llm_base_url) if cfg.anchors == "llm" or cfg.embeddings_model else None
+    llm = (
+        LLMSettings.from_env(model=cfg.llm_model, base_url=cfg.llm_base_url)
+        if cfg.anchors == "llm" or cfg.embeddings_model
+        else None
+    )
     source = describe_emotions(cfg.anchors, labels, cfg.dataset, llm=llm, descriptions_file=cfg.descriptions)
     external = None
     if cfg.embeddings_model:
@@ -150,7 +163,11 @@ def fit(cfg: TrainConfig, *, progress: bool = True) -> FitResult:
     head_params = list(head.parameters()) + ([p for p in anchor_enc.adapter.parameters()] if anchor_enc.adapter else [])
     no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "norm" in n.lower()  # noqa: E731
     groups = [
-        {"params": [p for n, p in encoder.named_parameters() if not no_decay(n)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {
+            "params": [p for n, p in encoder.named_parameters() if not no_decay(n)],
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+        },
         {"params": [p for n, p in encoder.named_parameters() if no_decay(n)], "lr": cfg.lr, "weight_decay": 0.0},
         {"params": head_params, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
     ]
@@ -173,7 +190,9 @@ def fit(cfg: TrainConfig, *, progress: bool = True) -> FitResult:
         eval_model = EmotionModel(encoder, head, anchors.to(device))
         manifest = _manifest_core(cfg, labels, builder, source, enc_path)
         manifest["version"] = "in-training"
-        return Predictor(eval_model.eval(), builder, manifest, device, torch.float32 if dtype != torch.float16 else dtype)
+        return Predictor(
+            eval_model.eval(), builder, manifest, device, torch.float32 if dtype != torch.float16 else dtype
+        )
 
     best = {"f1": -1.0, "epoch": 0, "state": None, "anchor_state": None}
     history: list[dict] = []
@@ -181,7 +200,9 @@ def fit(cfg: TrainConfig, *, progress: bool = True) -> FitResult:
         model.train()
         anchor_enc.train()
         batches = _length_sorted_batches(lengths, cfg.batch_size, rng)
-        bar = tqdm(batches, desc=f"stage 1 epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            batches, desc=f"stage 1 epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, dynamic_ncols=True
+        )
         seen, t_epoch, running = 0, time.perf_counter(), {}
         for batch_idx in bar:
             prompts = [train_ex[i][0] for i in batch_idx]
@@ -209,24 +230,44 @@ def fit(cfg: TrainConfig, *, progress: bool = True) -> FitResult:
             seen += len(batch_idx)
             for k, v in parts.items():
                 running[k] = 0.9 * running.get(k, v) + 0.1 * v
-            bar.set_postfix(loss=f"{running['loss']:.3f}", ce=f"{running['ce']:.3f}", sup=f"{running['sup']:.3f}",
-                            utt_s=f"{seen / (time.perf_counter() - t_epoch):.1f}")
+            bar.set_postfix(
+                loss=f"{running['loss']:.3f}",
+                ce=f"{running['ce']:.3f}",
+                sup=f"{running['sup']:.3f}",
+                utt_s=f"{seen / (time.perf_counter() - t_epoch):.1f}",
+            )
         bar.close()
         train_s = time.perf_counter() - t_epoch
         model.eval()
         anchor_enc.eval()
         with torch.no_grad():
             anchors_now = anchor_enc().float()
-        dev_pred = predict_examples(current_predictor(anchors_now), dev_ex, batch_size=cfg.eval_batch_size, progress=progress, desc="dev")
+        dev_pred = predict_examples(
+            current_predictor(anchors_now), dev_ex, batch_size=cfg.eval_batch_size, progress=progress, desc="dev"
+        )
         m = compute_metrics([y for _, y in dev_ex], dev_pred.label_ids.tolist(), labels, spec.neutral_label)
-        history.append({"epoch": epoch, "train_s": round(train_s, 1), "utt_per_s": round(len(train_ex) / train_s, 2),
-                        "dev_weighted_f1": m["weighted_f1"], "dev_macro_f1": m["macro_f1"], **{f"loss_{k}": round(v, 4) for k, v in running.items()}})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_s": round(train_s, 1),
+                "utt_per_s": round(len(train_ex) / train_s, 2),
+                "dev_weighted_f1": m["weighted_f1"],
+                "dev_macro_f1": m["macro_f1"],
+                **{f"loss_{k}": round(v, 4) for k, v in running.items()},
+            }
+        )
         log.info("epoch %d: dev weighted F1 %.4f (%.1f utt/s)", epoch, m["weighted_f1"], len(train_ex) / train_s)
         if progress:
-            tqdm.write(f"epoch {epoch}: dev weighted F1 {m['weighted_f1']:.4f}  macro F1 {m['macro_f1']:.4f}  ({len(train_ex) / train_s:.1f} utt/s)")
+            tqdm.write(
+                f"epoch {epoch}: dev weighted F1 {m['weighted_f1']:.4f}  macro F1 {m['macro_f1']:.4f}  ({len(train_ex) / train_s:.1f} utt/s)"
+            )
         if m["weighted_f1"] > best["f1"]:
-            best.update(f1=m["weighted_f1"], epoch=epoch, state=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}),
-                        anchor_state=anchors_now.cpu().clone())
+            best.update(
+                f1=m["weighted_f1"],
+                epoch=epoch,
+                state=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}),
+                anchor_state=anchors_now.cpu().clone(),
+            )
 
     if best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -239,7 +280,9 @@ def fit(cfg: TrainConfig, *, progress: bool = True) -> FitResult:
     final_anchors = stage1_anchors
     stage2_info: dict = {"enabled": cfg.stage2}
     if cfg.stage2 and cfg.stage2_epochs > 0:
-        final_anchors, stage2_info = _adapt_anchors(cfg, model, builder, train_ex, dev_ex, stage1_anchors, labels, spec.neutral_label, progress)
+        final_anchors, stage2_info = _adapt_anchors(
+            cfg, model, builder, train_ex, dev_ex, stage1_anchors, labels, spec.neutral_label, progress
+        )
 
     # ---- evaluate and publish ----
     predictor = current_predictor(final_anchors)
@@ -250,18 +293,37 @@ def fit(cfg: TrainConfig, *, progress: bool = True) -> FitResult:
     manifest = _manifest_core(cfg, labels, builder, source, enc_path)
     manifest["metrics"] = {"dev": _headline(dev_metrics)}
     manifest["training"] = {
-        "config": cfg.to_json(), "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-        "best_epoch": best["epoch"], "history": history, "stage2": stage2_info, "wall_s": round(wall_s, 1),
-        "train_utterances": len(train_ex), "dev_utterances": len(dev_ex),
+        "config": cfg.to_json(),
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "best_epoch": best["epoch"],
+        "history": history,
+        "stage2": stage2_info,
+        "wall_s": round(wall_s, 1),
+        "train_utterances": len(train_ex),
+        "dev_utterances": len(dev_ex),
     }
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report"
-        write_report(report, {"dev": dev_metrics}, labels, anchors_before=anchors_before, anchors_after=final_anchors.cpu(),
-                     history=history, title=f"{cfg.dataset} {version}")
+        write_report(
+            report,
+            {"dev": dev_metrics},
+            labels,
+            anchors_before=anchors_before,
+            anchors_after=final_anchors.cpu(),
+            history=history,
+            title=f"{cfg.dataset} {version}",
+        )
         path = publish_version(
-            cfg.store, version=version, encoder=encoder, tokenizer=tokenizer,
-            head_state=head.state_dict(), anchors=final_anchors, manifest=manifest,
-            report_dir=report, make_current=cfg.make_current,
+            cfg.store,
+            version=version,
+            encoder=encoder,
+            tokenizer=tokenizer,
+            head_state=head.state_dict(),
+            anchors=final_anchors,
+            manifest=manifest,
+            report_dir=report,
+            make_current=cfg.make_current,
         )
     return FitResult(version=version, path=path, metrics=dev_metrics, wall_s=wall_s, best_epoch=best["epoch"])
 
@@ -276,7 +338,10 @@ def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neut
         chunks = [order[i : i + cfg.eval_batch_size] for i in range(0, len(order), cfg.eval_batch_size)]
         with torch.inference_mode():
             for ch in tqdm(chunks, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-                batch = {k: v.to(device) for k, v in pad_batch([examples[i][0] for i in ch], builder.tokenizer.pad_token_id or 0).items()}
+                batch = {
+                    k: v.to(device)
+                    for k, v in pad_batch([examples[i][0] for i in ch], builder.tokenizer.pad_token_id or 0).items()
+                }
                 out.append((ch, model.represent(**batch).float()))
         reps = torch.empty(len(examples), out[0][1].shape[1], device=device)
         for ch, r in out:
@@ -298,7 +363,9 @@ def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neut
 
     best_f1, best_a, best_epoch = dev_f1(anchors0), anchors0.detach().clone(), 0
     start_f1 = best_f1
-    bar = tqdm(range(1, cfg.stage2_epochs + 1), desc="stage 2 anchors", unit="epoch", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(1, cfg.stage2_epochs + 1), desc="stage 2 anchors", unit="epoch", disable=not progress, dynamic_ncols=True
+    )
     for epoch in bar:
         perm = torch.randperm(len(train_r), generator=gen).to(device)
         for i in range(0, len(perm), 256):
@@ -311,25 +378,52 @@ def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neut
         bar.set_postfix(loss=f"{loss.item():.3f}", dev_wf1=f"{f1:.4f}")
         if f1 > best_f1:
             best_f1, best_a, best_epoch = f1, anchors.detach().clone(), epoch
-    return best_a, {"enabled": True, "epochs": cfg.stage2_epochs, "best_epoch": best_epoch,
-                    "dev_weighted_f1_before": round(start_f1, 4), "dev_weighted_f1_after": round(best_f1, 4)}
+    return best_a, {
+        "enabled": True,
+        "epochs": cfg.stage2_epochs,
+        "best_epoch": best_epoch,
+        "dev_weighted_f1_before": round(start_f1, 4),
+        "dev_weighted_f1_after": round(best_f1, 4),
+    }
 
 
 def _manifest_core(cfg: TrainConfig, labels, builder: PromptBuilder, source, enc_path: Path) -> dict:
     return {
         "dataset": cfg.dataset,
         "labels": list(labels),
-        "prompt": {"template": builder.template, "context_turns": builder.context_turns, "max_length": builder.max_length,
-                   "normalization": "erc_stream.prompt.normalize_text v1"},
+        "prompt": {
+            "template": builder.template,
+            "context_turns": builder.context_turns,
+            "max_length": builder.max_length,
+            "normalization": "erc_stream.prompt.normalize_text v1",
+        },
         "temperature": cfg.temperature,
         "encoder": {"id": enc_path.name if enc_path.name != "model" else enc_path.parent.name, "source": str(enc_path)},
         "head": {"proj_dim": cfg.proj_dim, "activation": "gelu"},
-        "anchors": {**json.loads(json.dumps(source.provenance, default=str)), "mode": source.mode,
-                    "descriptions": dict(source.descriptions), "embeddings_model": cfg.embeddings_model},
-        "losses": {"lambda1": cfg.lambda1, "lambda2": cfg.lambda2, "temperature": cfg.temperature, "stage2": cfg.stage2},
+        "anchors": {
+            **json.loads(json.dumps(source.provenance, default=str)),
+            "mode": source.mode,
+            "descriptions": dict(source.descriptions),
+            "embeddings_model": cfg.embeddings_model,
+        },
+        "losses": {
+            "lambda1": cfg.lambda1,
+            "lambda2": cfg.lambda2,
+            "temperature": cfg.temperature,
+            "stage2": cfg.stage2,
+        },
     }
 
 
 def _headline(m: dict) -> dict:
-    keys = ("weighted_f1", "macro_f1", "accuracy", "mcc", "per_class_f1", "micro_f1_no_neutral", "macro_f1_no_neutral", "support")
+    keys = (
+        "weighted_f1",
+        "macro_f1",
+        "accuracy",
+        "mcc",
+        "per_class_f1",
+        "micro_f1_no_neutral",
+        "macro_f1_no_neutral",
+        "support",
+    )
     return {k: m[k] for k in keys if k in m}

@@ -30,11 +30,17 @@ def main(store: Path) -> None:
         d = main_m["metrics"]["dev"]
         t = main_m["training"]
         print("### Main model (meld-main)\n")
-        print(f"- dev weighted F1 **{d['weighted_f1']:.4f}**, macro F1 {d['macro_f1']:.4f}, accuracy {d['accuracy']:.4f}, MCC {d['mcc']:.4f}")
+        print(
+            f"- dev weighted F1 **{d['weighted_f1']:.4f}**, macro F1 {d['macro_f1']:.4f}, accuracy {d['accuracy']:.4f}, MCC {d['mcc']:.4f}"
+        )
         s2 = t["stage2"]
-        print(f"- best stage-1 epoch {t['best_epoch']} of {len(t['history'])}; stage 2 ({s2.get('epochs', 0)} epochs): dev weighted F1 "
-              f"{s2.get('dev_weighted_f1_before')} -> {s2.get('dev_weighted_f1_after')} (best stage-2 epoch {s2.get('best_epoch')}; 0 = stage-1 anchors kept)")
-        print(f"- wall time {t['wall_s']:.0f} s on {t['device']} ({t['dtype']}), {t['train_utterances']} train / {t['dev_utterances']} dev utterances\n")
+        print(
+            f"- best stage-1 epoch {t['best_epoch']} of {len(t['history'])}; stage 2 ({s2.get('epochs', 0)} epochs): dev weighted F1 "
+            f"{s2.get('dev_weighted_f1_before')} -> {s2.get('dev_weighted_f1_after')} (best stage-2 epoch {s2.get('best_epoch')}; 0 = stage-1 anchors kept)"
+        )
+        print(
+            f"- wall time {t['wall_s']:.0f} s on {t['device']} ({t['dtype']}), {t['train_utterances']} train / {t['dev_utterances']} dev utterances\n"
+        )
         print("| class | dev F1 | support |\n|---|---|---|")
         for label, f1 in d["per_class_f1"].items():
             print(f"| {label} | {f1:.4f} | {d['support'][label]} |")
@@ -53,7 +59,11 @@ def main(store: Path) -> None:
         if which == "before":
             s2 = t["stage2"]
             wf1 = s2.get("dev_weighted_f1_before")
-            print(f"| {name} | {wf1:.4f} | (not recorded) | {t['wall_s']:.0f} |" if wf1 is not None else f"| {name} | n/a | | |")
+            print(
+                f"| {name} | {wf1:.4f} | (not recorded) | {t['wall_s']:.0f} |"
+                if wf1 is not None
+                else f"| {name} | n/a | | |"
+            )
             continue
         d = m["metrics"]["dev"]
         print(f"| {name} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {t['wall_s']:.0f} |")

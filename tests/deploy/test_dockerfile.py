@@ -106,7 +106,7 @@ def _console_scripts() -> dict[str, str]:
 
 
 def test_parser_joins_continuations_and_skips_comments() -> None:
-    text = "# c\nARG A=1\nFROM x AS b\nRUN a \\\n  # inner\n  && b\nCMD [\"w\"]\n"
+    text = '# c\nARG A=1\nFROM x AS b\nRUN a \\\n  # inner\n  && b\nCMD ["w"]\n'
     got = parse_dockerfile(text)
     assert [(i.stage, i.keyword, i.args, i.line) for i in got] == [
         (-1, "ARG", "A=1", 2),
@@ -128,8 +128,11 @@ def test_every_stage_is_python_3_11_slim(instructions: list[Instruction]) -> Non
 
 def test_cpu_torch_is_installed_before_the_project(instructions: list[Instruction]) -> None:
     defaults = _arg_defaults(instructions)
-    runs = [Instruction(i.stage, i.keyword, _resolve(i.args, defaults).replace('"', ""), i.line)
-            for i in instructions if i.keyword == "RUN"]
+    runs = [
+        Instruction(i.stage, i.keyword, _resolve(i.args, defaults).replace('"', ""), i.line)
+        for i in instructions
+        if i.keyword == "RUN"
+    ]
     torch_runs = [i for i in runs if f"--index-url {CPU_INDEX}" in i.args and "torch==" in i.args]
     assert torch_runs, f"no RUN installs torch from {CPU_INDEX}"
     project_runs = [i for i in runs if re.search(r"pip install (?:[^&]* )?\.(?:\s|$)", i.args)]

@@ -98,7 +98,11 @@ def _walk(node: Any) -> Iterator[Any]:
 def _check_scaled_object(doc: dict[str, Any], docs: list[dict[str, Any]]) -> None:
     spec = doc["spec"]
     deployment = one(docs, "Deployment")
-    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     for field in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod"):
         assert isinstance(spec[field], int) and spec[field] >= 0, field
     assert spec["minReplicaCount"] <= spec["maxReplicaCount"]
@@ -159,7 +163,9 @@ def test_helm_binary_is_real(helm: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("v"), proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("values", [None, GPU_VALUES, HPA_VALUES, IMAGE_VALUES], ids=["default", "gpu-keda", "cpu-hpa", "image-store"])
+@pytest.mark.parametrize(
+    "values", [None, GPU_VALUES, HPA_VALUES, IMAGE_VALUES], ids=["default", "gpu-keda", "cpu-hpa", "image-store"]
+)
 def test_helm_lint_strict(helm: Path, values: Path | None) -> None:
     args = ["lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
     proc = _run(helm, *args)
@@ -169,15 +175,31 @@ def test_helm_lint_strict(helm: Path, values: Path | None) -> None:
 
 def test_default_render_is_valid_kubernetes(helm: Path) -> None:
     docs = render(helm)
-    assert kinds(docs) == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "PodDisruptionBudget", "Service", "ServiceAccount"]
+    assert kinds(docs) == [
+        "ConfigMap",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
+    ]
     validate_all(docs)
 
 
 def test_gpu_keda_render_is_valid(helm: Path) -> None:
     docs = render(helm, [GPU_VALUES])
     assert kinds(docs) == [
-        "ConfigMap", "ConfigMap", "CronJob", "Deployment", "PersistentVolumeClaim", "PodDisruptionBudget",
-        "PrometheusRule", "ScaledObject", "Service", "ServiceAccount", "ServiceMonitor",
+        "ConfigMap",
+        "ConfigMap",
+        "CronJob",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "PrometheusRule",
+        "ScaledObject",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
     ]
     validate_all(docs)
 
@@ -185,7 +207,13 @@ def test_gpu_keda_render_is_valid(helm: Path) -> None:
 def test_cpu_hpa_and_image_store_renders_are_valid(helm: Path) -> None:
     hpa_docs = render(helm, [HPA_VALUES])
     assert kinds(hpa_docs) == [
-        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Job", "PodDisruptionBudget", "Service", "ServiceAccount",
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "Job",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
     ]
     validate_all(hpa_docs)
     image_docs = render(helm, [IMAGE_VALUES])
@@ -298,7 +326,9 @@ def test_kafka_secrets_come_from_existing_secrets(helm: Path) -> None:
     assert config["ERC_CONTEXT_TURNS"] == "6"
     (tls,) = [v for v in pod["volumes"] if v["name"] == "kafka-tls"]
     assert tls["secret"]["secretName"] == "erc-stream-kafka-tls"
-    assert {"name": "kafka-tls", "mountPath": "/etc/erc-stream/kafka-tls", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "kafka-tls", "mountPath": "/etc/erc-stream/kafka-tls", "readOnly": True} in container[
+        "volumeMounts"
+    ]
     # Mutual TLS.
     config = one(render(helm, [HPA_VALUES]), "ConfigMap", "-worker")["data"]
     assert config["ERC_SSL_CERTFILE"] == "/etc/erc-stream/kafka-tls/tls.crt"
@@ -345,7 +375,9 @@ def test_hpa_is_the_fallback_without_keda(helm: Path) -> None:
     assert hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 6
     assert hpa["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"]["name"]
     assert not [d for d in docs if d["kind"] == "ScaledObject"]
-    assert one(render(helm, sets=["autoscaling.hpa.enabled=true"]), "HorizontalPodAutoscaler")["spec"]["maxReplicas"] == 12
+    assert (
+        one(render(helm, sets=["autoscaling.hpa.enabled=true"]), "HorizontalPodAutoscaler")["spec"]["maxReplicas"] == 12
+    )
     err = render_error(helm, [HPA_VALUES], ["autoscaling.hpa.maxReplicas=7"])
     assert "autoscaling.hpa.maxReplicas=7 exceeds kafka.inputPartitions=6" in err
     err = render_error(helm, [HPA_VALUES], ["autoscaling.keda.enabled=true"])
@@ -361,7 +393,8 @@ def test_trainer_cronjob_and_job(helm: Path) -> None:
     assert trainer["args"] == ["fit", "--dataset", "meld", "--store", "/models", "--epochs", "8"]
     env = {e["name"]: e for e in trainer["env"]}
     assert env["OPENAI_API_KEY"] == {
-        "name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "erc-stream-openai", "key": "api-key"}}
+        "name": "OPENAI_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "erc-stream-openai", "key": "api-key"}},
     }
     assert env["OPENAI_BASE_URL"]["value"] == "https://llm.internal.example.com/v1"
     assert env["OPENAI_MODEL"]["value"] == "gpt-4o-mini"
@@ -436,7 +469,10 @@ def test_chart_copies_are_identical(canonical: str, copy: str) -> None:
         (["worker.maxBatchSize=0"], "at '/worker/maxBatchSize': minimum: got 0, want 1"),
         (["worker.dtype=int8"], "at '/worker/dtype': value must be one of 'auto', 'bf16', 'fp16', 'fp32'"),
         (["worker.device=tpu"], "at '/worker/device': value must be one of 'auto', 'cpu', 'cuda'"),
-        (["kafka.securityProtocol=TLS"], "at '/kafka/securityProtocol': value must be one of 'PLAINTEXT', 'SSL', 'SASL_PLAINTEXT', 'SASL_SSL'"),
+        (
+            ["kafka.securityProtocol=TLS"],
+            "at '/kafka/securityProtocol': value must be one of 'PLAINTEXT', 'SSL', 'SASL_PLAINTEXT', 'SASL_SSL'",
+        ),
         (["kafka.inputPartitions=0"], "at '/kafka/inputPartitions': minimum: got 0, want 1"),
         (["worker.maxBatchSzie=8"], "additional properties 'maxBatchSzie' not allowed"),
         (["worker.maxWaitMs=fast"], "at '/worker/maxWaitMs': got string, want integer"),
@@ -453,9 +489,18 @@ def test_bad_values_are_rejected_by_the_schema(helm: Path, sets: list[str], mess
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["kafka.securityProtocol=SASL_SSL", "kafka.sasl.passwordSecret.name=s"], "kafka.securityProtocol=SASL_SSL needs kafka.sasl.mechanism"),
-        (["kafka.securityProtocol=SASL_PLAINTEXT", "kafka.sasl.mechanism=PLAIN"], "kafka.securityProtocol=SASL_PLAINTEXT needs kafka.sasl.username"),
-        (["kafka.securityProtocol=SASL_PLAINTEXT", "kafka.sasl.mechanism=PLAIN", "kafka.sasl.username=u"], "needs kafka.sasl.passwordSecret.name"),
+        (
+            ["kafka.securityProtocol=SASL_SSL", "kafka.sasl.passwordSecret.name=s"],
+            "kafka.securityProtocol=SASL_SSL needs kafka.sasl.mechanism",
+        ),
+        (
+            ["kafka.securityProtocol=SASL_PLAINTEXT", "kafka.sasl.mechanism=PLAIN"],
+            "kafka.securityProtocol=SASL_PLAINTEXT needs kafka.sasl.username",
+        ),
+        (
+            ["kafka.securityProtocol=SASL_PLAINTEXT", "kafka.sasl.mechanism=PLAIN", "kafka.sasl.username=u"],
+            "needs kafka.sasl.passwordSecret.name",
+        ),
         (["kafka.sasl.mechanism=PLAIN"], "kafka.securityProtocol=PLAINTEXT does not use SASL"),
         (["kafka.tls.secretName=t"], "kafka.securityProtocol=PLAINTEXT does not use TLS"),
         (["kafka.securityProtocol=SSL", "kafka.tls.secretName=t", "kafka.tls.certKey=tls.crt"], "set both or neither"),
@@ -507,7 +552,13 @@ def test_schema_covers_every_values_key() -> None:
     ("values", "expected"),
     [
         (None, ["Device: auto, dtype: auto.", "publish a version with `erc-train fit --store ...`"]),
-        (GPU_VALUES, ["Device: cuda (1 nvidia.com/gpu per pod), dtype: fp16.", "KEDA on consumer lag (target 500 per replica), 2..24 replicas."]),
+        (
+            GPU_VALUES,
+            [
+                "Device: cuda (1 nvidia.com/gpu per pod), dtype: fp16.",
+                "KEDA on consumer lag (target 500 per replica), 2..24 replicas.",
+            ],
+        ),
         (HPA_VALUES, ["logs -f job/erc-erc-stream-trainer-1", "CPU HPA, 2..6 replicas."]),
         (IMAGE_VALUES, ["copied from image registry.example.com/erc-models:meld-2024-06-01"]),
     ],

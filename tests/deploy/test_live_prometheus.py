@@ -390,8 +390,11 @@ def test_every_dashboard_and_rule_query_against_a_live_worker(
             bad_rules = [(r["name"], r["health"], r.get("lastError")) for r in group["rules"] if r["health"] != "ok"]
             assert not bad_rules, f"unhealthy rules in {group['name']}: {bad_rules}"
         alerts = prometheus.api("alerts")["data"]["alerts"]
-        assert [(a["labels"]["alertname"], a["labels"]["result"], a["state"]) for a in alerts
-                if a["labels"]["alertname"] == "ErcModelReloadFailures"] == [("ErcModelReloadFailures", "failed", "firing")]
+        assert [
+            (a["labels"]["alertname"], a["labels"]["result"], a["state"])
+            for a in alerts
+            if a["labels"]["alertname"] == "ErcModelReloadFailures"
+        ] == [("ErcModelReloadFailures", "failed", "firing")]
 
         # --- nothing lost: every record fed is consumed and either emitted or dead-lettered
         feeder.stop_event.set()
@@ -400,8 +403,12 @@ def test_every_dashboard_and_rule_query_against_a_live_worker(
         sent = feeder.sent_valid + sum(feeder.sent_bad.values())
         ns = f'namespace="{NAMESPACE}"'
         _wait_for(
-            lambda: prometheus.value(f"sum(erc_events_emitted_total{{{ns}}}) + sum(erc_dead_letters_total{{{ns}}})") == sent,
-            30, f"{sent} records to come out as events or dead letters", diagnostics,
+            lambda: (
+                prometheus.value(f"sum(erc_events_emitted_total{{{ns}}}) + sum(erc_dead_letters_total{{{ns}}})") == sent
+            ),
+            30,
+            f"{sent} records to come out as events or dead letters",
+            diagnostics,
         )
         assert prometheus.value(f"sum(erc_turns_consumed_total{{{ns}}})") == sent
         for reason, count in feeder.sent_bad.items():

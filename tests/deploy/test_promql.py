@@ -62,9 +62,7 @@ def test_substitute_rejects_an_unknown_variable() -> None:
 def test_finds_every_panel_query_variable_and_annotation() -> None:
     dashboard = _dashboard()
     found = dict(promql.dashboard_exprs())
-    expected_targets = [
-        (p, t) for p in _all_panels(dashboard["panels"]) for t in p.get("targets", []) if t.get("expr")
-    ]
+    expected_targets = [(p, t) for p in _all_panels(dashboard["panels"]) for t in p.get("targets", []) if t.get("expr")]
     # Every non-row panel has at least one query, and each one is found.
     for panel in _all_panels(dashboard["panels"]):
         if panel["type"] != "row":
@@ -100,7 +98,9 @@ def test_finds_every_rule() -> None:
 
 
 def test_variable_overrides_reach_every_dashboard_query() -> None:
-    exprs = promql.dashboard_exprs(variables={"namespace": "", "instance": "127.0.0.1:9400"}, intervals={"__rate_interval": "2m"})
+    exprs = promql.dashboard_exprs(
+        variables={"namespace": "", "instance": "127.0.0.1:9400"}, intervals={"__rate_interval": "2m"}
+    )
     for name, expr in exprs:
         if name.startswith("variable"):
             continue
@@ -188,6 +188,8 @@ def test_every_expression_parses_with_promtool(tmp_path: Path) -> None:
 @needs_promtool
 def test_promtool_check_catches_a_broken_expression(tmp_path: Path) -> None:
     path = tmp_path / "bad.rules.yaml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "x:y", "expr": "sum(rate(erc_x[5m])"}]}]}))
+    path.write_text(
+        yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "x:y", "expr": "sum(rate(erc_x[5m])"}]}]})
+    )
     proc = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0

@@ -35,8 +35,15 @@ FAULT_SETTINGS: dict[str, object] = {"max_batch_size": 4, "max_in_flight": 16, "
 
 
 def publish_fault_model(store: Path, version: str, *, seed: int = 0, make_current: bool = True, **kw) -> Path:
-    return publish_test_model(store, version=version, context_turns=CONTEXT_TURNS, max_length=MAX_LENGTH, seed=seed,
-                              make_current=make_current, **kw)
+    return publish_test_model(
+        store,
+        version=version,
+        context_turns=CONTEXT_TURNS,
+        max_length=MAX_LENGTH,
+        seed=seed,
+        make_current=make_current,
+        **kw,
+    )
 
 
 def group_id() -> str:
@@ -57,15 +64,19 @@ class Tally:
 
     def line(self) -> str:
         more = "".join(f" {k}={v}" for k, v in self.extra.items())
-        return (f"[fault] {self.scenario}: turns_in={self.turns_in} events_out={self.events_out} "
-                f"dead_letters={self.dead_letters} duplicates={self.duplicates} missing={self.missing}{more}")
+        return (
+            f"[fault] {self.scenario}: turns_in={self.turns_in} events_out={self.events_out} "
+            f"dead_letters={self.dead_letters} duplicates={self.duplicates} missing={self.missing}{more}"
+        )
 
 
 def tally(scenario: str, records: Sequence[TurnRecord], reader: OutputReader, **extra: object) -> Tally:
     """Counts for ``records`` (the valid turns produced) against what ``reader`` read."""
     counts = reader.id_counts()
     missing = sum(1 for r in records if counts[r.event_id] == 0)
-    return Tally(scenario, len(records), len(reader.events), len(reader.dead), reader.duplicates(), missing, dict(extra))
+    return Tally(
+        scenario, len(records), len(reader.events), len(reader.dead), reader.duplicates(), missing, dict(extra)
+    )
 
 
 def report(t: Tally) -> None:

@@ -17,11 +17,20 @@ import pytest
 from erc_stream.events import MAX_DLQ_ORIGINAL_BYTES
 from tests.data.bad_inputs.corpus import load_corpus
 from tests.faults.helpers import FAULT_SETTINGS, group_id, report, tally
-from tests.integration.worker_harness import OutputReader, WorkerProcess, make_topics, meld_dev, produce_raw, turn_records
+from tests.integration.worker_harness import (
+    OutputReader,
+    WorkerProcess,
+    make_topics,
+    meld_dev,
+    produce_raw,
+    turn_records,
+)
 
 
 @pytest.mark.timeout(300)
-def test_every_bad_input_lands_in_the_dlq_with_its_reason(broker, topic_factory, fault_store: Path, tmp_path: Path) -> None:
+def test_every_bad_input_lands_in_the_dlq_with_its_reason(
+    broker, topic_factory, fault_store: Path, tmp_path: Path
+) -> None:
     topics = make_topics(topic_factory, partitions=2)
     cases = load_corpus()
     valid = turn_records(meld_dev(3, start=5))
@@ -75,8 +84,15 @@ def test_every_bad_input_lands_in_the_dlq_with_its_reason(broker, topic_factory,
             assert letter["value_b64"] is None
         elif case.stage == "parse":  # later stages carry the parsed turn, re-serialized
             assert base64.b64decode(letter["value_b64"]) == value[:MAX_DLQ_ORIGINAL_BYTES]
-    t = tally("bad_input_corpus", valid, reader, cases=len(cases), records_sent=len(sends),
-              reasons=len({c.reason for c in cases}), wrong=len(wrong))
+    t = tally(
+        "bad_input_corpus",
+        valid,
+        reader,
+        cases=len(cases),
+        records_sent=len(sends),
+        reasons=len({c.reason for c in cases}),
+        wrong=len(wrong),
+    )
     report(t)
     assert wrong == []
     assert t.missing == 0 and t.duplicates == 0

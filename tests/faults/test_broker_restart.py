@@ -18,7 +18,15 @@ import pytest
 
 from erc_stream.broker import LocalBroker, create_topics
 from tests.faults.helpers import FAULT_SETTINGS, group_id, report, tally
-from tests.integration.worker_harness import OutputReader, Topics, WorkerProcess, http_get, meld_dev, produce, turn_records
+from tests.integration.worker_harness import (
+    OutputReader,
+    Topics,
+    WorkerProcess,
+    http_get,
+    meld_dev,
+    produce,
+    turn_records,
+)
 
 OUTAGE_S = 8.0
 

@@ -45,7 +45,9 @@ def test_sigkill_at_random_points_loses_nothing(broker, topic_factory, fault_sto
         async with OutputReader(broker.bootstrap, topics) as reader:
             await produce(broker.bootstrap, topics.input, records)
             for i, point in enumerate(points):
-                w = WorkerProcess(broker.bootstrap, topics, fault_store, group, tmp_path / f"w{i}.log", **FAULT_SETTINGS)
+                w = WorkerProcess(
+                    broker.bootstrap, topics, fault_store, group, tmp_path / f"w{i}.log", **FAULT_SETTINGS
+                )
                 try:
                     await w.wait_ready(timeout_s=120)
                     before = len(reader.event_ids())
@@ -69,8 +71,15 @@ def test_sigkill_at_random_points_loses_nothing(broker, topic_factory, fault_sto
             return reader
 
     reader = asyncio.run(scenario())
-    t = tally("sigkill_x5", records, reader, kills=len(points), max_in_flight=max_in_flight,
-              kill_points=[k["point"] for k in kills], in_flight_at_kill=[k["in_flight"] for k in kills])
+    t = tally(
+        "sigkill_x5",
+        records,
+        reader,
+        kills=len(points),
+        max_in_flight=max_in_flight,
+        kill_points=[k["point"] for k in kills],
+        in_flight_at_kill=[k["in_flight"] for k in kills],
+    )
     report(t)
     assert t.missing == 0
     assert reader.dead == []

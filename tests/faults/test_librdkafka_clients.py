@@ -28,18 +28,25 @@ def _produce_with_librdkafka(bootstrap: str, topic: str, records) -> None:
     producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     failures: list[str] = []
     for r in records:
-        producer.produce(topic, key=r.key, value=r.value,
-                         on_delivery=lambda err, msg: failures.append(str(err)) if err else None)
+        producer.produce(
+            topic, key=r.key, value=r.value, on_delivery=lambda err, msg: failures.append(str(err)) if err else None
+        )
         producer.poll(0)
     assert producer.flush(30) == 0, "librdkafka producer did not deliver everything"
     assert not failures, failures
 
 
 def _consume_with_librdkafka(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[dict]:
-    consumer = confluent_kafka.Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"verify-{group_id()}", "auto.offset.reset": "earliest",
-        "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
-    })
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"verify-{group_id()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+        }
+    )
     consumer.subscribe([topic])
     events: list[dict] = []
     deadline = time.monotonic() + timeout_s
@@ -59,7 +66,9 @@ def _consume_with_librdkafka(bootstrap: str, topic: str, expected: int, timeout_
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_restart_with_librdkafka_producer_and_consumer(broker, topic_factory, fault_store: Path, tmp_path: Path) -> None:
+def test_sigkill_restart_with_librdkafka_producer_and_consumer(
+    broker, topic_factory, fault_store: Path, tmp_path: Path
+) -> None:
     topics = make_topics(topic_factory, partitions=3)
     records = turn_records(meld_dev(8, start=40))
     expected_ids = {r.event_id for r in records}

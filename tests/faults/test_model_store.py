@@ -178,8 +178,14 @@ def test_bad_new_versions_keep_the_old_one_serving(broker, topic_factory, fault_
             w.close()
 
     reader = asyncio.run(scenario())
-    t = tally("bad_model_versions", records, reader, bad_versions=len(BAD_VERSIONS) + 2, bad_currents=2,
-              served=";".join(f"{step}->{','.join(sorted(v))}" for step, v in served))
+    t = tally(
+        "bad_model_versions",
+        records,
+        reader,
+        bad_versions=len(BAD_VERSIONS) + 2,
+        bad_currents=2,
+        served=";".join(f"{step}->{','.join(sorted(v))}" for step, v in served),
+    )
     report(t)
     assert t.missing == 0 and reader.dead == [] and t.duplicates == 0
     for step, versions in served:
@@ -190,8 +196,12 @@ def test_bad_new_versions_keep_the_old_one_serving(broker, topic_factory, fault_
 
 
 def _mount_tmpfs(path: Path, size_bytes: int) -> None:
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 def _remount(path: Path, options: str) -> None:
@@ -218,8 +228,9 @@ def tiny_store(fault_store: Path, tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.timeout(300)
-def test_full_disk_and_read_only_store_leave_current_and_serving_alone(broker, topic_factory, tiny_store: Path,
-                                                                       tmp_path: Path) -> None:
+def test_full_disk_and_read_only_store_leave_current_and_serving_alone(
+    broker, topic_factory, tiny_store: Path, tmp_path: Path
+) -> None:
     store = tiny_store
     topics = make_topics(topic_factory, partitions=2)
     records = turn_records(meld_dev(8, start=100))
@@ -254,7 +265,9 @@ def test_full_disk_and_read_only_store_leave_current_and_serving_alone(broker, t
                 _remount(store, "ro")
                 try:
                     publish_must_fail("read_only", "v3-read-only", errno.EROFS)
-                    assert await _serve_chunk(reader, broker.bootstrap, topics.input, chunks[2]) == {FAULT_MODEL_VERSION}
+                    assert await _serve_chunk(reader, broker.bootstrap, topics.input, chunks[2]) == {
+                        FAULT_MODEL_VERSION
+                    }
                 finally:
                     _remount(store, f"rw,size={200 * 2**20}")
                 publish_fault_model(store, "v4-good", seed=4)  # room again: the next version is taken

@@ -49,10 +49,10 @@ def test_workers_joining_and_leaving_during_a_replay(broker, topic_factory, faul
 
     async def storm() -> None:
         await asyncio.sleep(2)
-        await leave("w2", signal.SIGTERM)      # leaves: its partitions move to w1, w3
-        start("w4")                            # joins (model load, then a rebalance)
+        await leave("w2", signal.SIGTERM)  # leaves: its partitions move to w1, w3
+        start("w4")  # joins (model load, then a rebalance)
         await asyncio.sleep(4)
-        await leave("w1", signal.SIGKILL)      # crashes: its partitions move after the session times out
+        await leave("w1", signal.SIGKILL)  # crashes: its partitions move after the session times out
         start("w5")
         await workers["w4"].wait_ready(timeout_s=120)
         await asyncio.sleep(2)
@@ -75,8 +75,14 @@ def test_workers_joining_and_leaving_during_a_replay(broker, topic_factory, faul
             return reader
 
     reader = asyncio.run(scenario())
-    t = tally("rebalance_storm", records, reader, workers=len(workers), timeline=" ".join(timeline),
-              max_in_flight=max_in_flight)
+    t = tally(
+        "rebalance_storm",
+        records,
+        reader,
+        workers=len(workers),
+        timeline=" ".join(timeline),
+        max_in_flight=max_in_flight,
+    )
     report(t)
     assert t.missing == 0
     assert reader.dead == []

@@ -71,9 +71,7 @@ async def _produce(bootstrap: str, topic: str, start: int, n: int) -> dict[Topic
     return offsets
 
 
-def test_group_consumer_resumes_at_committed_offsets(
-    broker: LocalBroker, topic_factory: Callable[..., str]
-) -> None:
+def test_group_consumer_resumes_at_committed_offsets(broker: LocalBroker, topic_factory: Callable[..., str]) -> None:
     topic = topic_factory(3)
     group = f"{topic}-group"
 
@@ -160,9 +158,7 @@ def test_rebalance_timings(broker: LocalBroker, topic_factory: Callable[..., str
             assert assigned["a"][-1][1] == [0, 1, 2, 3]
             t0 = time.monotonic()
             await asyncio.gather(b.start(), a.getmany(timeout_ms=100))
-            timings["second_join_s"] = await until(
-                lambda: bool(assigned["b"]) and len(assigned["a"]) == 2, [a, b], t0
-            )
+            timings["second_join_s"] = await until(lambda: bool(assigned["b"]) and len(assigned["a"]) == 2, [a, b], t0)
             split = sorted(assigned["a"][-1][1] + assigned["b"][-1][1])
             assert split == [0, 1, 2, 3] and len(assigned["b"][-1][1]) == 2
             t0 = time.monotonic()
@@ -180,9 +176,7 @@ def test_rebalance_timings(broker: LocalBroker, topic_factory: Callable[..., str
     assert all(0 < t < 30 for t in timings.values()), timings
 
 
-def test_aiokafka_idempotent_producer_is_rejected(
-    broker: LocalBroker, topic_factory: Callable[..., str]
-) -> None:
+def test_aiokafka_idempotent_producer_is_rejected(broker: LocalBroker, topic_factory: Callable[..., str]) -> None:
     """Documents the quirk in erc_stream/broker.py; if this fails, update that docstring."""
     topic = topic_factory(1)
 
@@ -198,9 +192,7 @@ def test_aiokafka_idempotent_producer_is_rejected(
     asyncio.run(scenario())
 
 
-def test_confluent_kafka_produces_and_consumes(
-    broker: LocalBroker, topic_factory: Callable[..., str]
-) -> None:
+def test_confluent_kafka_produces_and_consumes(broker: LocalBroker, topic_factory: Callable[..., str]) -> None:
     ck = pytest.importorskip("confluent_kafka")
     topic = topic_factory(3)
     n = 60
@@ -215,9 +207,7 @@ def test_confluent_kafka_produces_and_consumes(
 
     # murmur2_random: the Java/aiokafka partitioner, so a key lands on the same
     # partition whichever client produced it (librdkafka's default differs).
-    producer = ck.Producer(
-        {"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random", "acks": "all"}
-    )
+    producer = ck.Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random", "acks": "all"})
     for i in range(n):
         producer.produce(topic, key=f"conv-{i % 7}", value=str(i), on_delivery=on_delivery)
     assert producer.flush(30) == 0

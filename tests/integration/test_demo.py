@@ -44,8 +44,13 @@ def _meld_dev_dir() -> Path:
 
 
 def _env(data_dir: Path) -> dict[str, str]:
-    return {**os.environ, "ERC_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "COLUMNS": "200"}
+    return {
+        **os.environ,
+        "ERC_DATA_DIR": str(data_dir),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "COLUMNS": "200",
+    }
 
 
 # -------------------------------------------------------------------- replay, pure
@@ -79,8 +84,13 @@ def test_replay_cli_bad_dataset_exits_2_with_message() -> None:
 
 # -------------------------------------------------------------------- tail, pure
 EVENT = {
-    "event_id": "c1:0", "conversation_id": "c1", "turn_id": "0", "speaker": "Monica", "emotion": "joy",
-    "confidence": 0.876, "scores": {"neutral": 0.1, "joy": 0.61, "surprise": 0.42, "anger": 0.3},
+    "event_id": "c1:0",
+    "conversation_id": "c1",
+    "turn_id": "0",
+    "speaker": "Monica",
+    "emotion": "joy",
+    "confidence": 0.876,
+    "scores": {"neutral": 0.1, "joy": 0.61, "surprise": 0.42, "anger": 0.3},
 }
 
 
@@ -92,7 +102,10 @@ def test_render_event_line() -> None:
 
 
 def test_render_event_cuts_long_text_and_marks_missing_text() -> None:
-    assert render_event(EVENT, "Ohh, you guys, remember", text_width=10).plain.split("Monica       ")[1][:11] == "Ohh, you … "
+    assert (
+        render_event(EVENT, "Ohh, you guys, remember", text_width=10).plain.split("Monica       ")[1][:11]
+        == "Ohh, you … "
+    )
     assert "Monica       (text not… joy" in render_event(EVENT, None, text_width=10).plain
 
 
@@ -153,8 +166,15 @@ async def _read_all(bootstrap: str, topic: str, n: int, timeout_s: float = 30.0)
 def test_replay_publishes_every_turn_keyed_with_gold(broker, topic_factory) -> None:
     data_dir = _meld_dev_dir()
     topic = topic_factory(3)
-    cfg = ReplayConfig(dataset="meld", split="dev", bootstrap_servers=broker.bootstrap, topic=topic,
-                       conversations=5, interleave=3, data_dir=data_dir)
+    cfg = ReplayConfig(
+        dataset="meld",
+        split="dev",
+        bootstrap_servers=broker.bootstrap,
+        topic=topic,
+        conversations=5,
+        interleave=3,
+        data_dir=data_dir,
+    )
     convs = load_conversations(cfg)
     expected = {(c.id, i): u for c in convs for i, u in enumerate(c.utterances)}
     sent = []
@@ -193,32 +213,69 @@ def test_replay_rate_paces_the_records(broker, topic_factory) -> None:
 def test_tail_prints_joined_lines(broker, topic_factory) -> None:
     turns_topic, events_topic = topic_factory(1), topic_factory(1)
     turns = [("c1", 0, "Monica", "Are you kidding me?"), ("c2", 0, "Joey", "How you doin'?")]
-    scores = [{"neutral": 0.2, "surprise": 0.8, "joy": 0.5}, {"neutral": 0.6, "surprise": 0.1, "joy": 0.7},
-              {"neutral": 0.9, "surprise": 0.3, "joy": 0.2}]
+    scores = [
+        {"neutral": 0.2, "surprise": 0.8, "joy": 0.5},
+        {"neutral": 0.6, "surprise": 0.1, "joy": 0.7},
+        {"neutral": 0.9, "surprise": 0.3, "joy": 0.2},
+    ]
     events = []
     for (cid, tid, speaker, text), sc in zip([*turns, ("c1", 1, "Ross", "never sent")], scores):
-        turn = parse_turn(orjson.dumps({"conversation_id": cid, "turn_id": tid, "speaker": speaker, "text": text}), None)
+        turn = parse_turn(
+            orjson.dumps({"conversation_id": cid, "turn_id": tid, "speaker": speaker, "text": text}), None
+        )
         emotion = max(sc, key=sc.get)
-        events.append(emotion_event(turn, emotion=emotion, confidence=0.9, scores=sc, model_version="v",
-                                    context_turns=0, source=SourceRef(turns_topic, 0, tid), record_ts_ms=None,
-                                    produced_at=time.time(), latency_ms=1.0))
+        events.append(
+            emotion_event(
+                turn,
+                emotion=emotion,
+                confidence=0.9,
+                scores=sc,
+                model_version="v",
+                context_turns=0,
+                source=SourceRef(turns_topic, 0, tid),
+                record_ts_ms=None,
+                produced_at=time.time(),
+                latency_ms=1.0,
+            )
+        )
 
     async def publish() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
         await producer.start()
         try:
             for cid, tid, speaker, text in turns:
-                await producer.send_and_wait(turns_topic, orjson.dumps(
-                    {"conversation_id": cid, "turn_id": tid, "speaker": speaker, "text": text}), key=cid.encode())
+                await producer.send_and_wait(
+                    turns_topic,
+                    orjson.dumps({"conversation_id": cid, "turn_id": tid, "speaker": speaker, "text": text}),
+                    key=cid.encode(),
+                )
             for ev in events:
                 await producer.send_and_wait(events_topic, ev, key=orjson.loads(ev)["conversation_id"].encode())
         finally:
             await producer.stop()
 
     asyncio.run(publish())
-    proc = subprocess.run([*CLI, "tail", "--bootstrap-servers", broker.bootstrap, "--topic", events_topic,
-                           "--input-topic", turns_topic, "--from-beginning", "--max-events", "3", "--text-width", "24"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "60"})
+    proc = subprocess.run(
+        [
+            *CLI,
+            "tail",
+            "--bootstrap-servers",
+            broker.bootstrap,
+            "--topic",
+            events_topic,
+            "--input-topic",
+            turns_topic,
+            "--from-beginning",
+            "--max-events",
+            "3",
+            "--text-width",
+            "24",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "60"},
+    )
     assert proc.returncode == 0, proc.stderr
     decoded = [orjson.loads(e) for e in events]
     # The event whose turn never appears is shown last, without text, after text_wait_s.
@@ -235,8 +292,12 @@ def test_tail_prints_joined_lines(broker, topic_factory) -> None:
 
 @pytest.mark.broker
 def test_tail_missing_topic_is_a_clear_error(broker) -> None:
-    proc = subprocess.run([*CLI, "tail", "--bootstrap-servers", broker.bootstrap, "--topic", "no-such-topic-xyz"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*CLI, "tail", "--bootstrap-servers", broker.bootstrap, "--topic", "no-such-topic-xyz"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "no-such-topic-xyz" in proc.stderr and "do not exist" in proc.stderr
 
@@ -259,9 +320,13 @@ def test_demo_end_to_end(test_store: Path, tmp_path: Path) -> None:
     gold = Counter(u.label for c in convs for u in c.utterances)
     total = sum(gold.values())
     summary_path = tmp_path / "summary.json"
-    proc = subprocess.run([*CLI, "demo", "--conversations", "6", "--store", str(test_store),
-                           "--summary-json", str(summary_path)],
-                          capture_output=True, text=True, timeout=300, env=_env(data_dir))
+    proc = subprocess.run(
+        [*CLI, "demo", "--conversations", "6", "--store", str(test_store), "--summary-json", str(summary_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(data_dir),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "weighted F1" in out and "macro F1" in out and "accuracy" in out
@@ -271,7 +336,13 @@ def test_demo_end_to_end(test_store: Path, tmp_path: Path) -> None:
     assert len(event_lines) == total
     assert "worker stopped" in out and "broker stopped" in out and "/metrics" in out
     s = json.loads(summary_path.read_text())
-    assert (s["turns_sent"], s["events"], s["dead_letters"], s["missing"], s["duplicate_events"]) == (total, total, 0, 0, 0)
+    assert (s["turns_sent"], s["events"], s["dead_letters"], s["missing"], s["duplicate_events"]) == (
+        total,
+        total,
+        0,
+        0,
+        0,
+    )
     assert s["metrics"]["n"] == total
     assert 0.0 <= s["metrics"]["weighted_f1"] <= 1.0
     assert {k: v for k, v in s["gold_counts"].items() if v} == dict(gold)
@@ -287,9 +358,24 @@ def test_demo_ctrl_c_stops_cleanly(test_store: Path, tmp_path: Path) -> None:
     summary_path = tmp_path / "summary.json"
     log_path = tmp_path / "demo.out"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([*CLI, "demo", "--conversations", "20", "--rate", "4", "--quiet", "--store",
-                                 str(test_store), "--summary-json", str(summary_path)],
-                                stdout=log, stderr=subprocess.STDOUT, env=_env(data_dir))
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                "demo",
+                "--conversations",
+                "20",
+                "--rate",
+                "4",
+                "--quiet",
+                "--store",
+                str(test_store),
+                "--summary-json",
+                str(summary_path),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(data_dir),
+        )
         try:
             deadline = time.monotonic() + 180
             while "replaying" not in log_path.read_text() and time.monotonic() < deadline and proc.poll() is None:

@@ -70,9 +70,26 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _make_ca(cwd: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
-             "-days", "2", "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=cwd)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +99,41 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
     _make_ca(d, "erc-test-ca")
     _make_ca(d, "other-ca")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-                               "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "erc-test-ca.pem", "-CAkey", "erc-test-ca.key",
-             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        cwd=d,
+    )
+    (d / "ext.cnf").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "erc-test-ca.pem",
+        "-CAkey",
+        "erc-test-ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        cwd=d,
+    )
     return Pki(d / "erc-test-ca.pem", d / "server.pem", d / "server.key", d / "other-ca.pem")
 
 
@@ -148,8 +194,14 @@ def tls_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[T
 def _tls_topics(tb: TlsBroker) -> Topics:
     suffix = uuid.uuid4().hex[:8]
     topics = Topics(f"tls.turns.{suffix}", f"tls.emotions.{suffix}", f"tls.dlq.{suffix}", 2)
-    asyncio.run(acreate_topics(tb.bootstrap, {topics.input: 2, topics.output: 2, topics.dlq: 1},
-                               security_protocol="SSL", ssl_context=tb.ssl_context()))
+    asyncio.run(
+        acreate_topics(
+            tb.bootstrap,
+            {topics.input: 2, topics.output: 2, topics.dlq: 1},
+            security_protocol="SSL",
+            ssl_context=tb.ssl_context(),
+        )
+    )
     return topics
 
 
@@ -157,8 +209,9 @@ def _tls_topics(tb: TlsBroker) -> Topics:
 
 
 @pytest.mark.timeout(300)
-def test_worker_over_tls_end_to_end_without_leaking_the_password(tls_broker: TlsBroker, store: Path,
-                                                                  tmp_path: Path) -> None:
+def test_worker_over_tls_end_to_end_without_leaking_the_password(
+    tls_broker: TlsBroker, store: Path, tmp_path: Path
+) -> None:
     tb = tls_broker
     topics = _tls_topics(tb)
     records = turn_records(meld_dev(3, start=20))
@@ -166,22 +219,40 @@ def test_worker_over_tls_end_to_end_without_leaking_the_password(tls_broker: Tls
 
     async def scenario() -> tuple[set[str], str, list]:
         # The password is loaded (env) though TLS without SASL never uses it: it must not leak.
-        w = WorkerProcess(tb.bootstrap, topics, store, f"tls-{uuid.uuid4().hex[:8]}", tmp_path / "worker.log",
-                          security_protocol="SSL", ssl_cafile=tb.pki.ca, sasl_password=PASSWORD, log_level="DEBUG")
+        w = WorkerProcess(
+            tb.bootstrap,
+            topics,
+            store,
+            f"tls-{uuid.uuid4().hex[:8]}",
+            tmp_path / "worker.log",
+            security_protocol="SSL",
+            ssl_cafile=tb.pki.ca,
+            sasl_password=PASSWORD,
+            log_level="DEBUG",
+        )
         try:
             await w.wait_ready(timeout_s=120)
-            listening = [c.laddr for c in psutil.Process(w.proc.pid).net_connections(kind="tcp")
-                         if c.status == psutil.CONN_LISTEN]
-            producer = AIOKafkaProducer(bootstrap_servers=tb.bootstrap, security_protocol="SSL",
-                                        ssl_context=tb.ssl_context(), acks="all")
+            listening = [
+                c.laddr
+                for c in psutil.Process(w.proc.pid).net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            ]
+            producer = AIOKafkaProducer(
+                bootstrap_servers=tb.bootstrap, security_protocol="SSL", ssl_context=tb.ssl_context(), acks="all"
+            )
             await producer.start()
             try:
                 for r in records:
                     await producer.send_and_wait(topics.input, r.value, key=r.key)
             finally:
                 await producer.stop()
-            consumer = AIOKafkaConsumer(bootstrap_servers=tb.bootstrap, security_protocol="SSL",
-                                        ssl_context=tb.ssl_context(), group_id=None, auto_offset_reset="earliest")
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=tb.bootstrap,
+                security_protocol="SSL",
+                ssl_context=tb.ssl_context(),
+                group_id=None,
+                auto_offset_reset="earliest",
+            )
             await consumer.start()
             got: set[str] = set()
             try:
@@ -208,14 +279,22 @@ def test_worker_over_tls_end_to_end_without_leaking_the_password(tls_broker: Tls
 
 
 @pytest.mark.timeout(120)
-def test_wrong_ca_is_refused_with_a_clear_error_and_nonzero_exit(tls_broker: TlsBroker, store: Path,
-                                                                  tmp_path: Path) -> None:
+def test_wrong_ca_is_refused_with_a_clear_error_and_nonzero_exit(
+    tls_broker: TlsBroker, store: Path, tmp_path: Path
+) -> None:
     tb = tls_broker
     topics = Topics("tls.turns.wrong", "tls.emotions.wrong", "tls.dlq.wrong", 1)
 
     async def scenario() -> tuple[int, float, str]:
-        w = WorkerProcess(tb.bootstrap, topics, store, "tls-wrong-ca", tmp_path / "worker.log",
-                          security_protocol="SSL", ssl_cafile=tb.pki.other_ca)
+        w = WorkerProcess(
+            tb.bootstrap,
+            topics,
+            store,
+            "tls-wrong-ca",
+            tmp_path / "worker.log",
+            security_protocol="SSL",
+            ssl_cafile=tb.pki.other_ca,
+        )
         t0 = time.monotonic()
         try:
             code = await w.wait_exit(STARTUP_FAILURE_LIMIT_S)
@@ -250,14 +329,25 @@ def test_plaintext_client_cannot_talk_to_the_tls_port(tls_broker: TlsBroker) -> 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 def test_sasl_settings_map_onto_aiokafka(protocol: str, mechanism: str, pki: Pki) -> None:
     cafile = pki.ca if protocol == "SASL_SSL" else None
-    cfg = WorkerConfig(bootstrap_servers="kafka-1:9093,kafka-2:9093", security_protocol=protocol,
-                       sasl_mechanism=mechanism, sasl_username="erc", sasl_password=PASSWORD, ssl_cafile=cafile,
-                       client_id="erc-test")
+    cfg = WorkerConfig(
+        bootstrap_servers="kafka-1:9093,kafka-2:9093",
+        security_protocol=protocol,
+        sasl_mechanism=mechanism,
+        sasl_username="erc",
+        sasl_password=PASSWORD,
+        ssl_cafile=cafile,
+        client_id="erc-test",
+    )
     kw = cfg.kafka_kwargs()
     ctx = kw.pop("ssl_context", None)
-    assert kw == {"bootstrap_servers": "kafka-1:9093,kafka-2:9093", "security_protocol": protocol,
-                  "client_id": "erc-test", "sasl_mechanism": mechanism, "sasl_plain_username": "erc",
-                  "sasl_plain_password": PASSWORD}
+    assert kw == {
+        "bootstrap_servers": "kafka-1:9093,kafka-2:9093",
+        "security_protocol": protocol,
+        "client_id": "erc-test",
+        "sasl_mechanism": mechanism,
+        "sasl_plain_username": "erc",
+        "sasl_plain_password": PASSWORD,
+    }
     if protocol == "SASL_SSL":
         assert isinstance(ctx, ssl.SSLContext)
         assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
@@ -278,12 +368,24 @@ def test_tls_without_cafile_uses_the_system_trust_store() -> None:
     [
         ({"security_protocol": "SASL_SSL"}, "needs sasl_mechanism"),
         ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN"}, "SASL needs sasl_username and a password"),
-        ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_username": "u"},
-         "SASL needs sasl_username and a password"),
-        ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "GSSAPI", "sasl_username": "u",
-          "sasl_password": PASSWORD}, "sasl_mechanism has an invalid value: 'GSSAPI'"),
+        (
+            {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_username": "u"},
+            "SASL needs sasl_username and a password",
+        ),
+        (
+            {
+                "security_protocol": "SASL_PLAINTEXT",
+                "sasl_mechanism": "GSSAPI",
+                "sasl_username": "u",
+                "sasl_password": PASSWORD,
+            },
+            "sasl_mechanism has an invalid value: 'GSSAPI'",
+        ),
         ({"security_protocol": "TLS"}, "security_protocol has an invalid value: 'TLS'"),
-        ({"security_protocol": "SSL", "ssl_cafile": Path("/nonexistent/ca.pem")}, "ssl_cafile: file '/nonexistent/ca.pem' does not exist"),
+        (
+            {"security_protocol": "SSL", "ssl_cafile": Path("/nonexistent/ca.pem")},
+            "ssl_cafile: file '/nonexistent/ca.pem' does not exist",
+        ),
     ],
 )
 def test_bad_security_settings_name_the_field(changes: dict, message: str) -> None:
@@ -294,8 +396,9 @@ def test_bad_security_settings_name_the_field(changes: dict, message: str) -> No
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("source", ["env", "file"])
-def test_refused_sasl_handshake_exits_nonzero_quickly_without_leaking(broker, store: Path, tmp_path: Path,
-                                                                       source: str) -> None:
+def test_refused_sasl_handshake_exits_nonzero_quickly_without_leaking(
+    broker, store: Path, tmp_path: Path, source: str
+) -> None:
     """The local broker supports no SASL mechanism: the worker must stop at startup, say so
     and exit 1, with the password nowhere in its output."""
     topics = Topics("sasl.turns", "sasl.emotions", "sasl.dlq", 1)
@@ -305,9 +408,18 @@ def test_refused_sasl_handshake_exits_nonzero_quickly_without_leaking(broker, st
         secret = {"sasl_password_file": tmp_path / "password"}
 
     async def scenario() -> tuple[int, float, str]:
-        w = WorkerProcess(broker.bootstrap, topics, store, "sasl-refused", tmp_path / "worker.log",
-                          security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
-                          sasl_username="erc-worker", log_level="DEBUG", **secret)
+        w = WorkerProcess(
+            broker.bootstrap,
+            topics,
+            store,
+            "sasl-refused",
+            tmp_path / "worker.log",
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username="erc-worker",
+            log_level="DEBUG",
+            **secret,
+        )
         t0 = time.monotonic()
         try:
             code = await w.wait_exit(STARTUP_FAILURE_LIMIT_S)
@@ -337,10 +449,24 @@ def test_http_serves_only_metrics_healthz_readyz() -> None:
         server = HealthServer("127.0.0.1", 0, metrics.registry, ready=lambda: False)
         await server.start()
         base = f"http://127.0.0.1:{server.port}"
-        probes = [("GET", "/metrics"), ("GET", "/healthz"), ("GET", "/readyz"), ("HEAD", "/metrics"),
-                  ("GET", "/"), ("GET", "/admin"), ("GET", "/metrics/x"), ("GET", "/debug/pprof"),
-                  ("GET", "/../etc/passwd"), ("GET", "/static/"), ("POST", "/metrics"), ("PUT", "/healthz"),
-                  ("DELETE", "/readyz"), ("PATCH", "/metrics"), ("OPTIONS", "/metrics"), ("POST", "/")]
+        probes = [
+            ("GET", "/metrics"),
+            ("GET", "/healthz"),
+            ("GET", "/readyz"),
+            ("HEAD", "/metrics"),
+            ("GET", "/"),
+            ("GET", "/admin"),
+            ("GET", "/metrics/x"),
+            ("GET", "/debug/pprof"),
+            ("GET", "/../etc/passwd"),
+            ("GET", "/static/"),
+            ("POST", "/metrics"),
+            ("PUT", "/healthz"),
+            ("DELETE", "/readyz"),
+            ("PATCH", "/metrics"),
+            ("OPTIONS", "/metrics"),
+            ("POST", "/"),
+        ]
         try:
             async with aiohttp.ClientSession() as session:
                 return {(m, p): await _status(session, m, base + p) for m, p in probes}
@@ -349,11 +475,22 @@ def test_http_serves_only_metrics_healthz_readyz() -> None:
 
     got = asyncio.run(scenario())
     assert got == {
-        ("GET", "/metrics"): 200, ("GET", "/healthz"): 200, ("GET", "/readyz"): 503, ("HEAD", "/metrics"): 200,
-        ("GET", "/"): 404, ("GET", "/admin"): 404, ("GET", "/metrics/x"): 404, ("GET", "/debug/pprof"): 404,
-        ("GET", "/../etc/passwd"): 404, ("GET", "/static/"): 404, ("POST", "/metrics"): 405,
-        ("PUT", "/healthz"): 405, ("DELETE", "/readyz"): 405, ("PATCH", "/metrics"): 405,
-        ("OPTIONS", "/metrics"): 405, ("POST", "/"): 404,
+        ("GET", "/metrics"): 200,
+        ("GET", "/healthz"): 200,
+        ("GET", "/readyz"): 503,
+        ("HEAD", "/metrics"): 200,
+        ("GET", "/"): 404,
+        ("GET", "/admin"): 404,
+        ("GET", "/metrics/x"): 404,
+        ("GET", "/debug/pprof"): 404,
+        ("GET", "/../etc/passwd"): 404,
+        ("GET", "/static/"): 404,
+        ("POST", "/metrics"): 405,
+        ("PUT", "/healthz"): 405,
+        ("DELETE", "/readyz"): 405,
+        ("PATCH", "/metrics"): 405,
+        ("OPTIONS", "/metrics"): 405,
+        ("POST", "/"): 404,
     }
 
 
@@ -380,8 +517,11 @@ def test_http_binds_only_the_configured_address() -> None:
         try:
             status, _ = await http_get(f"http://127.0.0.1:{server.port}/healthz")
             reach = {host: await asyncio.to_thread(_connects, host, server.port) for host in _other_local_addresses()}
-            sockets = [c.laddr for c in psutil.Process().net_connections(kind="tcp")
-                       if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port]
+            sockets = [
+                c.laddr
+                for c in psutil.Process().net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port
+            ]
             return status, repr(sockets), reach
         finally:
             await server.stop()

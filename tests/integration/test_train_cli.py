@@ -92,7 +92,9 @@ def test_fit_manifest_is_complete(fitted):
     assert m["prompt"] == {"template": "For utterance {utterance}, {speaker} feels {mask}", "context_turns": 2,
                            "max_length": 256, "normalization": "erc_stream.prompt.normalize_text v1"}  # fmt: skip
     assert m["temperature"] == 0.1
-    assert m["encoder"]["weights_sha256"] == {"encoder/model.safetensors": sha256(vdir / "encoder" / "model.safetensors")}
+    assert m["encoder"]["weights_sha256"] == {
+        "encoder/model.safetensors": sha256(vdir / "encoder" / "model.safetensors")
+    }
     # Anchors: mode file, the shipped descriptions, and where they came from.
     shipped = json.loads(SHIPPED_MELD.read_text())
     anchors = m["anchors"]
@@ -211,7 +213,9 @@ def test_llm_anchors_end_to_end(tmp_path):
         chats = server.requests_to("/v1/chat/completions")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    asked = [re.search(r"emotion '([^']+)'", " ".join(msg["content"] for msg in r.body["messages"])).group(1) for r in chats]
+    asked = [
+        re.search(r"emotion '([^']+)'", " ".join(msg["content"] for msg in r.body["messages"])).group(1) for r in chats
+    ]
     assert sorted(asked) == sorted(MELD_LABELS)
     assert all(r.body["model"] == model and r.authorization == f"Bearer {key}" for r in chats)
 

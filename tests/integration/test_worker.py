@@ -133,8 +133,11 @@ def test_clean_run_one_event_per_turn_in_order(broker, topic_factory, store, pre
         assert (v["conversation_id"], v["turn_id"]) == (rec.conversation_id, rec.turn_id)
         assert v["model_version"] == VERSION
         assert e.key == rec.conversation_id.encode()
-        assert v["source"] == {"topic": topics.input, "partition": source_of[v["event_id"]][0],
-                               "offset": source_of[v["event_id"]][1]}
+        assert v["source"] == {
+            "topic": topics.input,
+            "partition": source_of[v["event_id"]][0],
+            "offset": source_of[v["event_id"]][1],
+        }
         assert v["emotion"] in MELD_LABELS and set(v["scores"]) == set(MELD_LABELS)
     # Per-conversation order in the output log equals input order; one output partition each.
     per_conv = reader.by_conversation()
@@ -205,7 +208,7 @@ def test_bad_inputs_go_to_the_dlq_with_their_reason(broker, topic_factory, store
         return orjson.dumps({"conversation_id": cid, "turn_id": turn_id, "speaker": "Ross", **fields})
 
     bad = [
-        (key, b"\xff\xfe{\"conversation_id\": 1}", "not_utf8"),
+        (key, b'\xff\xfe{"conversation_id": 1}', "not_utf8"),
         (key, b'{"conversation_id": "' + key, "not_json"),
         (key, turn(900), "schema_violation"),  # no text
         (key, turn(901, text=5), "schema_violation"),
@@ -234,15 +237,23 @@ def test_bad_inputs_go_to_the_dlq_with_their_reason(broker, topic_factory, store
                 await reader.wait_for_ids([r.event_id for r in valid], timeout_s=150, dead=len(bad))
                 await reader.settle(1.0)
                 reg = w.metrics.registry
-                counts = {why: reg.get_sample_value("erc_dead_letters_total", {"reason": why})
-                          for why in {b[2] for b in bad}}
+                counts = {
+                    why: reg.get_sample_value("erc_dead_letters_total", {"reason": why}) for why in {b[2] for b in bad}
+                }
             return reader, metas, counts
 
     reader, metas, counts = asyncio.run(scenario())
     assert len(reader.dead) == len(bad)
     assert len(reader.events) == len(valid) and reader.duplicates() == 0
-    assert counts == {"not_utf8": 1, "not_json": 1, "schema_violation": 3, "empty_text": 1,
-                      "text_too_long": 1, "duplicate_turn": 1, "key_mismatch": 1}
+    assert counts == {
+        "not_utf8": 1,
+        "not_json": 1,
+        "schema_violation": 3,
+        "empty_text": 1,
+        "text_too_long": 1,
+        "duplicate_turn": 1,
+        "key_mismatch": 1,
+    }
     letters = {(d.value["source"]["partition"], d.value["source"]["offset"]): d.value for d in reader.dead}
     for (k, v, why, rec), meta in zip(plan, metas):
         if why is None:
@@ -268,16 +279,25 @@ def test_bad_inputs_go_to_the_dlq_with_their_reason(broker, topic_factory, store
 def test_hot_reload_ok_failed_and_incompatible(broker, topic_factory, tmp_path, predictor) -> None:
     store = tmp_path / "store"
     publish_test_model(store, version="v1", context_turns=CONTEXT_TURNS, max_length=MAX_LENGTH, seed=0)
-    publish_test_model(store, version="v2", context_turns=CONTEXT_TURNS, max_length=MAX_LENGTH, seed=1,
-                       make_current=False)
-    v3 = publish_test_model(store, version="v3-corrupt", context_turns=CONTEXT_TURNS, max_length=MAX_LENGTH,
-                            seed=2, make_current=False)
+    publish_test_model(
+        store, version="v2", context_turns=CONTEXT_TURNS, max_length=MAX_LENGTH, seed=1, make_current=False
+    )
+    v3 = publish_test_model(
+        store, version="v3-corrupt", context_turns=CONTEXT_TURNS, max_length=MAX_LENGTH, seed=2, make_current=False
+    )
     head = v3 / "head.safetensors"
     data = bytearray(head.read_bytes())
     data[-1] ^= 0x01  # one flipped bit in the tensor data
     head.write_bytes(bytes(data))
-    publish_test_model(store, version="v4-labels", labels=MELD_LABELS[:5], context_turns=CONTEXT_TURNS,
-                       max_length=MAX_LENGTH, seed=3, make_current=False)
+    publish_test_model(
+        store,
+        version="v4-labels",
+        labels=MELD_LABELS[:5],
+        context_turns=CONTEXT_TURNS,
+        max_length=MAX_LENGTH,
+        seed=3,
+        make_current=False,
+    )
 
     topics = make_topics(topic_factory, partitions=2)
     convs = meld_dev(8, start=40)
@@ -380,8 +400,10 @@ def test_two_workers_split_partitions_and_lose_nothing(broker, topic_factory, st
             async with Worker(cfg.replace(client_id="w1")) as w1:
                 assert await reader.wait_for(lambda: len(reader.events) >= 5, timeout_s=90)
                 async with Worker(cfg.replace(client_id="w2")) as w2:  # joins mid-stream: rebalance
-                    split = await reader.wait_for(lambda: assigned(w1) >= 1 and assigned(w2) >= 1
-                                                  and assigned(w1) + assigned(w2) == 4, timeout_s=60)
+                    split = await reader.wait_for(
+                        lambda: assigned(w1) >= 1 and assigned(w2) >= 1 and assigned(w1) + assigned(w2) == 4,
+                        timeout_s=60,
+                    )
                     shares = (assigned(w1), assigned(w2))
                     await reader.wait_for_ids([r.event_id for r in phase1], timeout_s=90)
                     before = (w1.stats["events"], w2.stats["events"])
@@ -402,8 +424,7 @@ def test_two_workers_split_partitions_and_lose_nothing(broker, topic_factory, st
     assert after[0] > before[0] and after[1] > before[1], f"both workers should serve phase 2: {before} -> {after}"
     # Windows of moved partitions were restored: phase-2 turns see the same context as offline.
     phase2_ids = {r.event_id for r in phase2}
-    _check_against_offline([e for e in reader.events if e.value["event_id"] in phase2_ids], expected,
-                           predictor.labels)
+    _check_against_offline([e for e in reader.events if e.value["event_id"] in phase2_ids], expected, predictor.labels)
     # First occurrences keep each conversation's order.
     for cid, events in reader.by_conversation().items():
         firsts = list(dict.fromkeys(int(e.value["turn_id"]) for e in events))
@@ -493,8 +514,16 @@ def test_sigterm_drains_commits_and_exits_zero(broker, topic_factory, store, pre
     async def scenario():
         async with OutputReader(broker.bootstrap, topics) as reader:
             # Small batches and a small in-flight bound so the SIGTERM lands mid-stream.
-            w1 = WorkerProcess(broker.bootstrap, topics, store, group, tmp_path / "w1.log", max_batch_size=2,
-                               max_in_flight=8, shutdown_timeout_s=shutdown_timeout_s)
+            w1 = WorkerProcess(
+                broker.bootstrap,
+                topics,
+                store,
+                group,
+                tmp_path / "w1.log",
+                max_batch_size=2,
+                max_in_flight=8,
+                shutdown_timeout_s=shutdown_timeout_s,
+            )
             try:
                 await w1.wait_ready()
                 await produce(broker.bootstrap, topics.input, phase_a)
@@ -528,7 +557,7 @@ def test_sigterm_drains_commits_and_exits_zero(broker, topic_factory, store, pre
     everything = phase_a + phase_b
     assert reader.duplicates() == 0
     assert reader.event_ids() == {r.event_id for r in everything}
-    second_run = reader.events[len(first_run):]
+    second_run = reader.events[len(first_run) :]
     _check_against_offline(second_run, expected, predictor.labels)  # windows restored from the log
     print(f"sigterm: exit in {exit_s:.1f} s; first run {len(first_run)} events, second {len(second_run)}")
 
@@ -577,8 +606,13 @@ def test_health_ready_and_metrics_over_http(broker, topic_factory, store) -> Non
     assert metric_value(text, "erc_in_flight_turns") == 0
     assert metric_value(text, "erc_batch_size_count") >= 1
     assert metric_value(text, "erc_end_to_end_latency_seconds_count") == n
-    for name in ("erc_inference_seconds_bucket", "erc_tokens_processed_total", "erc_offset_commits_total",
-                 "erc_active_conversations", "erc_consumer_paused"):
+    for name in (
+        "erc_inference_seconds_bucket",
+        "erc_tokens_processed_total",
+        "erc_offset_commits_total",
+        "erc_active_conversations",
+        "erc_consumer_paused",
+    ):
         assert name in text, name
     # No per-conversation labels: no conversation id or speaker reaches /metrics.
     assert "meld-dev" not in text
@@ -595,22 +629,39 @@ def test_cli_missing_model_store_and_bad_flag(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
     env.update({"HF_HUB_OFFLINE": "1", "COLUMNS": "400"})
     store = tmp_path / "no-store"
-    run = subprocess.run([str(CLI), "worker", "--model-store", str(store), "--metrics-port", "0",
-                          "--metrics-host", "127.0.0.1", "--bootstrap-servers", "127.0.0.1:1"],
-                         env=env, capture_output=True, text=True, timeout=100)
+    run = subprocess.run(
+        [
+            str(CLI),
+            "worker",
+            "--model-store",
+            str(store),
+            "--metrics-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     out = " ".join((run.stdout + run.stderr).split())
     assert run.returncode == 1, out
     assert "has no CURRENT version; train and publish one with" in out
     assert f"erc-train fit --store {store}" in out
 
-    run = subprocess.run([str(CLI), "worker", "--max-batch-size", "0"], env=env, capture_output=True, text=True,
-                         timeout=100)
+    run = subprocess.run(
+        [str(CLI), "worker", "--max-batch-size", "0"], env=env, capture_output=True, text=True, timeout=100
+    )
     out = " ".join((run.stdout + run.stderr).split())
     assert run.returncode == 2, out
     assert "WorkerConfig.max_batch_size has an invalid value: 0" in out
 
-    run = subprocess.run([str(CLI), "worker"], env={**env, "ERC_MAX_IN_FLIGHT": "4"}, capture_output=True,
-                         text=True, timeout=100)
+    run = subprocess.run(
+        [str(CLI), "worker"], env={**env, "ERC_MAX_IN_FLIGHT": "4"}, capture_output=True, text=True, timeout=100
+    )
     out = " ".join((run.stdout + run.stderr).split())
     assert run.returncode == 2, out
     assert "WorkerConfig.max_in_flight has an invalid value: 4" in out

@@ -132,10 +132,23 @@ def worker_config(bootstrap: str, topics: Topics, store: Path, group_id: str, **
     """A WorkerConfig for tests: own topics and group, CPU fp32, quick commits, polls and rebalances,
     metrics on a free loopback port."""
     settings = dict(
-        bootstrap_servers=bootstrap, input_topic=topics.input, output_topic=topics.output, dlq_topic=topics.dlq,
-        group_id=group_id, model_store=store, device="cpu", dtype="fp32", max_batch_size=8,
-        max_in_flight=64, max_wait_ms=10, commit_interval_ms=100, reload_poll_s=0.3,
-        metrics_host="127.0.0.1", metrics_port=0, shutdown_timeout_s=20.0, **FAST_GROUP,
+        bootstrap_servers=bootstrap,
+        input_topic=topics.input,
+        output_topic=topics.output,
+        dlq_topic=topics.dlq,
+        group_id=group_id,
+        model_store=store,
+        device="cpu",
+        dtype="fp32",
+        max_batch_size=8,
+        max_in_flight=64,
+        max_wait_ms=10,
+        commit_interval_ms=100,
+        reload_poll_s=0.3,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        shutdown_timeout_s=20.0,
+        **FAST_GROUP,
     )
     settings.update(changes)
     return WorkerConfig(**settings)
@@ -163,8 +176,9 @@ class OutputReader:
     _consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> OutputReader:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                          auto_offset_reset="earliest", group_id=None)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
+        )
         await self._consumer.start()
         tps = [TopicPartition(self.topics.output, p) for p in range(self.topics.partitions)]
         tps.append(TopicPartition(self.topics.dlq, 0))
@@ -199,8 +213,10 @@ class OutputReader:
         ok = await self.wait_for(lambda: want <= self.event_ids() and len(self.dead) >= dead, timeout_s)
         if not ok:
             missing = sorted(want - self.event_ids())
-            raise AssertionError(f"after {timeout_s} s: {len(missing)} events missing (e.g. {missing[:5]}), "
-                                 f"{len(self.dead)}/{dead} dead letters")
+            raise AssertionError(
+                f"after {timeout_s} s: {len(missing)} events missing (e.g. {missing[:5]}), "
+                f"{len(self.dead)}/{dead} dead letters"
+            )
 
     async def settle(self, quiet_s: float = 1.5) -> None:
         """Keep reading until nothing new arrived for ``quiet_s`` (catches late duplicates)."""
@@ -267,24 +283,38 @@ class WorkerProcess:
     Output goes to ``log_path``; /metrics, /healthz and /readyz listen on ``self.port``.
     """
 
-    def __init__(self, bootstrap: str, topics: Topics, store: Path, group_id: str, log_path: Path,
-                 **settings: object) -> None:
+    def __init__(
+        self, bootstrap: str, topics: Topics, store: Path, group_id: str, log_path: Path, **settings: object
+    ) -> None:
         self.port = free_port()
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
-        env.update({
-            "ERC_BOOTSTRAP_SERVERS": bootstrap, "ERC_INPUT_TOPIC": topics.input, "ERC_OUTPUT_TOPIC": topics.output,
-            "ERC_DLQ_TOPIC": topics.dlq, "ERC_GROUP_ID": group_id, "ERC_MODEL_STORE": str(store),
-            "ERC_DEVICE": "cpu", "ERC_DTYPE": "fp32", "ERC_METRICS_HOST": "127.0.0.1",
-            "ERC_METRICS_PORT": str(self.port), "ERC_COMMIT_INTERVAL_MS": "100", "ERC_MAX_WAIT_MS": "10",
-            "ERC_SESSION_TIMEOUT_MS": str(FAST_GROUP["session_timeout_ms"]),
-            "ERC_HEARTBEAT_INTERVAL_MS": str(FAST_GROUP["heartbeat_interval_ms"]),
-            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "400",
-        })
+        env.update(
+            {
+                "ERC_BOOTSTRAP_SERVERS": bootstrap,
+                "ERC_INPUT_TOPIC": topics.input,
+                "ERC_OUTPUT_TOPIC": topics.output,
+                "ERC_DLQ_TOPIC": topics.dlq,
+                "ERC_GROUP_ID": group_id,
+                "ERC_MODEL_STORE": str(store),
+                "ERC_DEVICE": "cpu",
+                "ERC_DTYPE": "fp32",
+                "ERC_METRICS_HOST": "127.0.0.1",
+                "ERC_METRICS_PORT": str(self.port),
+                "ERC_COMMIT_INTERVAL_MS": "100",
+                "ERC_MAX_WAIT_MS": "10",
+                "ERC_SESSION_TIMEOUT_MS": str(FAST_GROUP["session_timeout_ms"]),
+                "ERC_HEARTBEAT_INTERVAL_MS": str(FAST_GROUP["heartbeat_interval_ms"]),
+                "HF_HUB_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "COLUMNS": "400",
+            }
+        )
         env.update({f"ERC_{k.upper()}": str(v) for k, v in settings.items()})
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([str(CLI), "worker"], env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [str(CLI), "worker"], env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
     @property
     def url(self) -> str:

@@ -95,7 +95,9 @@ def test_manifest_is_complete(store):
     assert manifest["prompt"]["max_length"] == 128
     assert manifest["temperature"] == 0.1
     assert manifest["encoder"]["source"] == str(default_encoder_path())
-    assert manifest["encoder"]["weights_sha256"] == {"encoder/model.safetensors": sha256(vdir / "encoder/model.safetensors")}
+    assert manifest["encoder"]["weights_sha256"] == {
+        "encoder/model.safetensors": sha256(vdir / "encoder/model.safetensors")
+    }
     assert manifest["anchors"]["mode"] == "random" and manifest["anchors"]["seed"] == 0
     assert set(manifest["anchors"]["descriptions"]) == set(MELD_LABELS)
 
@@ -255,8 +257,15 @@ def test_publish_refuses_a_bad_version_name_before_writing(store_copy):
     tokenizer, encoder = load_default_encoder()
     head_state, anchors = random_head(encoder.config.hidden_size, 7, seed=1)
     with pytest.raises(ArtifactError, match="invalid model version name"):
-        publish_version(store_copy, version="../escape", encoder=encoder, tokenizer=tokenizer,
-                        head_state=head_state, anchors=anchors, manifest={})
+        publish_version(
+            store_copy,
+            version="../escape",
+            encoder=encoder,
+            tokenizer=tokenizer,
+            head_state=head_state,
+            anchors=anchors,
+            manifest={},
+        )
     assert sorted(p.name for p in store_copy.iterdir()) == [CURRENT_FILE, VERSION]
     assert not (store_copy.parent / "escape").exists()
 
@@ -282,8 +291,15 @@ def test_publishing_an_existing_version_is_refused(store):
     head_state, anchors = random_head(encoder.config.hidden_size, 7, seed=1)
     before = sha256(store / VERSION / "head.safetensors")
     with pytest.raises(ArtifactError, match="model version test-v1 already exists .* versions are immutable"):
-        publish_version(store, version=VERSION, encoder=encoder, tokenizer=tokenizer,
-                        head_state=head_state, anchors=anchors, manifest={})
+        publish_version(
+            store,
+            version=VERSION,
+            encoder=encoder,
+            tokenizer=tokenizer,
+            head_state=head_state,
+            anchors=anchors,
+            manifest={},
+        )
     assert sha256(store / VERSION / "head.safetensors") == before
 
 
@@ -325,9 +341,15 @@ def test_interrupted_publish_leaves_nothing_and_current_unchanged(store_copy, ex
     # An OS error (full disk) becomes an ArtifactError that names the version; Ctrl-C stays itself.
     expected = ArtifactError if isinstance(exc, OSError) else type(exc)
     with pytest.raises(expected) as info:
-        publish_version(store_copy, version="test-broken", encoder=encoder,
-                        tokenizer=_TokenizerThatFailsToSave(tokenizer, exc),
-                        head_state=head_state, anchors=anchors, manifest={})
+        publish_version(
+            store_copy,
+            version="test-broken",
+            encoder=encoder,
+            tokenizer=_TokenizerThatFailsToSave(tokenizer, exc),
+            head_state=head_state,
+            anchors=anchors,
+            manifest={},
+        )
     if isinstance(exc, OSError):
         assert "test-broken" in str(info.value) and info.value.__cause__ is exc
     assert sorted(p.name for p in store_copy.iterdir()) == [CURRENT_FILE, VERSION]
@@ -339,7 +361,14 @@ def test_publish_with_an_incomplete_manifest_is_refused_and_cleaned_up(store_cop
     tokenizer, encoder = load_default_encoder()
     head_state, anchors = random_head(encoder.config.hidden_size, 7, seed=4)
     with pytest.raises(ArtifactError, match="lacks dataset, labels, prompt, temperature, anchors"):
-        publish_version(store_copy, version="test-empty", encoder=encoder, tokenizer=tokenizer,
-                        head_state=head_state, anchors=anchors, manifest={})
+        publish_version(
+            store_copy,
+            version="test-empty",
+            encoder=encoder,
+            tokenizer=tokenizer,
+            head_state=head_state,
+            anchors=anchors,
+            manifest={},
+        )
     assert sorted(p.name for p in store_copy.iterdir()) == [CURRENT_FILE, VERSION]
     assert read_current(store_copy) == VERSION

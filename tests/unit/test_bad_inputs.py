@@ -51,14 +51,18 @@ def test_corpus_reaches_every_input_reason() -> None:
     assert {c.reason for c in CASES} == {r.value for r in Reason} - {Reason.INTERNAL.value}
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.stage == "parse"], ids=_ids([c for c in CASES if c.stage == "parse"]))
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.stage == "parse"], ids=_ids([c for c in CASES if c.stage == "parse"])
+)
 def test_parse_stage_case_gets_its_reason(case: Case) -> None:
     with pytest.raises(BadInput) as info:
         parse_turn(case.value, case.key)
     err = info.value
     assert err.reason.value == case.reason, err.detail
     assert err.detail.strip()
-    letter = orjson.loads(dead_letter(case.value, case.key, reason=err.reason, detail=err.detail, source=SRC, failed_at=1.0))
+    letter = orjson.loads(
+        dead_letter(case.value, case.key, reason=err.reason, detail=err.detail, source=SRC, failed_at=1.0)
+    )
     DLQ_SCHEMA.validate(letter)
     assert letter["reason"] == case.reason
     if case.value is not None and len(case.value) <= MAX_DLQ_ORIGINAL_BYTES:
@@ -97,7 +101,9 @@ def test_megabyte_text_dead_letter_fits_a_kafka_message() -> None:
         parse_turn(case.value, case.key)
     assert info.value.reason is Reason.TEXT_TOO_LONG
     assert f"text has {MEGABYTE_TEXT_CHARS} characters, at most 4000 allowed" in info.value.detail
-    body = dead_letter(case.value, case.key, reason=info.value.reason, detail=info.value.detail, source=SRC, failed_at=1.0)
+    body = dead_letter(
+        case.value, case.key, reason=info.value.reason, detail=info.value.detail, source=SRC, failed_at=1.0
+    )
     assert len(body) < 1_000_000  # Kafka's default message.max.bytes is 1048588
     letter = orjson.loads(body)
     DLQ_SCHEMA.validate(letter)
@@ -107,7 +113,9 @@ def test_megabyte_text_dead_letter_fits_a_kafka_message() -> None:
 
 def test_oversized_key_and_long_detail_are_both_capped() -> None:
     key = b"k" * (MAX_DLQ_ORIGINAL_BYTES + 5)
-    letter = orjson.loads(dead_letter(b"v", key, reason=Reason.KEY_MISMATCH, detail="d" * 5000, source=SRC, failed_at=1.0))
+    letter = orjson.loads(
+        dead_letter(b"v", key, reason=Reason.KEY_MISMATCH, detail="d" * 5000, source=SRC, failed_at=1.0)
+    )
     DLQ_SCHEMA.validate(letter)
     note = f" [key_b64 holds the first {MAX_DLQ_ORIGINAL_BYTES} of {len(key)} bytes]"
     assert len(letter["detail"]) == MAX_DETAIL_CHARS

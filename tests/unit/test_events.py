@@ -170,13 +170,11 @@ def test_missing_fields_named() -> None:
         ({"ts": -1}, "ts must be epoch seconds in 0..100000000000, got -1"),
         (
             {"ts": 1714566600000},
-            "ts must be epoch seconds in 0..100000000000, got 1714566600000 "
-            "(looks like milliseconds: divide by 1000)",
+            "ts must be epoch seconds in 0..100000000000, got 1714566600000 (looks like milliseconds: divide by 1000)",
         ),
         (
             {"ts": "yesterday"},
-            "ts string 'yesterday' is not an ISO-8601 date-time like 2024-05-01T12:30:00Z; "
-            "send that or epoch seconds",
+            "ts string 'yesterday' is not an ISO-8601 date-time like 2024-05-01T12:30:00Z; send that or epoch seconds",
         ),
     ],
 )
@@ -327,9 +325,7 @@ _turn_like = st.dictionaries(
 
 @settings(max_examples=400, deadline=None)
 @given(base=st.just(_turn()), over=_turn_like)
-def test_parse_turn_agrees_with_schema_on_generated_samples(
-    base: dict[str, object], over: dict[str, object]
-) -> None:
+def test_parse_turn_agrees_with_schema_on_generated_samples(base: dict[str, object], over: dict[str, object]) -> None:
     sample = {**base, **over}
     schema_ok = TURN_SCHEMA.is_valid(sample)
     try:
@@ -429,9 +425,7 @@ def test_emotion_event_rejects_values_the_schema_would(over: dict[str, object], 
 
 def test_dead_letter_exact_fields_and_roundtrip() -> None:
     value, key = b'{"text": "\xff"}', b"c\x00"
-    letter = orjson.loads(
-        dead_letter(value, key, reason=Reason.NOT_UTF8, detail="bad", source=SRC, failed_at=5.25)
-    )
+    letter = orjson.loads(dead_letter(value, key, reason=Reason.NOT_UTF8, detail="bad", source=SRC, failed_at=5.25))
     assert letter == {
         "reason": "not_utf8",
         "detail": "bad",
@@ -445,9 +439,7 @@ def test_dead_letter_exact_fields_and_roundtrip() -> None:
 
 
 def test_dead_letter_without_value_or_key_and_long_detail() -> None:
-    letter = orjson.loads(
-        dead_letter(None, None, reason=Reason.INTERNAL, detail="d" * 5000, source=SRC, failed_at=1.0)
-    )
+    letter = orjson.loads(dead_letter(None, None, reason=Reason.INTERNAL, detail="d" * 5000, source=SRC, failed_at=1.0))
     assert (letter["value_b64"], letter["key_b64"]) == (None, None)
     assert letter["detail"] == "d" * 999 + "\u2026"
     DLQ_SCHEMA.validate(letter)
@@ -470,9 +462,7 @@ def test_dead_letter_from_every_parse_failure_validates() -> None:
         err = info.value
         reasons.add(err.reason)
         DLQ_SCHEMA.validate(
-            orjson.loads(
-                dead_letter(value, key, reason=err.reason, detail=err.detail, source=SRC, failed_at=0.0)
-            )
+            orjson.loads(dead_letter(value, key, reason=err.reason, detail=err.detail, source=SRC, failed_at=0.0))
         )
     assert reasons == {
         Reason.NOT_JSON,

@@ -93,11 +93,26 @@ def test_write_report(tmp_path):
     m = compute_metrics(GOLD3, PRED3, LABELS3, neutral_label="neutral")
     before = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # (C, D)
     after = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]])
-    history = [{"epoch": 1, "dev_weighted_f1": 0.5, "dev_macro_f1": 0.4}, {"epoch": 2, "dev_weighted_f1": 0.6, "dev_macro_f1": 0.5}]
-    out = write_report(tmp_path / "report", {"dev": m}, LABELS3, anchors_before=before, anchors_after=after,
-                       history=history, title="unit")
+    history = [
+        {"epoch": 1, "dev_weighted_f1": 0.5, "dev_macro_f1": 0.4},
+        {"epoch": 2, "dev_weighted_f1": 0.6, "dev_macro_f1": 0.5},
+    ]
+    out = write_report(
+        tmp_path / "report",
+        {"dev": m},
+        LABELS3,
+        anchors_before=before,
+        anchors_after=after,
+        history=history,
+        title="unit",
+    )
     assert out == tmp_path / "report"
-    assert sorted(p.name for p in out.iterdir()) == ["anchors_cosine.png", "confusion_dev.png", "metrics.json", "training_curve.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "anchors_cosine.png",
+        "confusion_dev.png",
+        "metrics.json",
+        "training_curve.png",
+    ]
     for png in ("anchors_cosine.png", "confusion_dev.png", "training_curve.png"):
         data = (out / png).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000, png

@@ -27,7 +27,9 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(default_encoder_path(), local_files_only=True)
 
 
-def builder(tokenizer, context_turns: int = 2, max_length: int = 128, template: str = DEFAULT_TEMPLATE) -> PromptBuilder:
+def builder(
+    tokenizer, context_turns: int = 2, max_length: int = 128, template: str = DEFAULT_TEMPLATE
+) -> PromptBuilder:
     return PromptBuilder(tokenizer, context_turns=context_turns, max_length=max_length, template=template)
 
 
@@ -168,7 +170,9 @@ def test_piecewise_ids_equal_tokenizing_the_rendered_string(tokenizer, speakers,
     enc = b.encode_turns(speakers, texts)
     p = b.build(enc[:-1], enc[-1])
     lines = " ".join(f"{s}: {t}" for s, t in zip(speakers, texts))
-    rendered = lines + " " + DEFAULT_TEMPLATE.format(utterance=texts[-1], speaker=speakers[-1], mask=tokenizer.mask_token)
+    rendered = (
+        lines + " " + DEFAULT_TEMPLATE.format(utterance=texts[-1], speaker=speakers[-1], mask=tokenizer.mask_token)
+    )
     assert list(p.input_ids) == tokenizer(rendered)["input_ids"]
 
 
@@ -196,7 +200,7 @@ def test_turn_ids_are_normalized_text(tokenizer):
         ("a\u2014b", "a-b"),
         ("a\u2013b", "a-b"),
         ("a\u00a0b", "a b"),
-        ("I\u2019m \u201cfine\u201d\u2026 really \u2014 ok", "I'm \"fine\"... really - ok"),
+        ("I\u2019m \u201cfine\u201d\u2026 really \u2014 ok", 'I\'m "fine"... really - ok'),
         ("zero\u200bwidth\ufeff", "zerowidth"),
         ("a\x00b\x07c\x1bd\x7fe", "abcde"),  # control characters removed
         ("line\none\r\ntwo\tthree", "line one two three"),  # newlines and tabs become spaces

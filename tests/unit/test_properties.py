@@ -67,7 +67,13 @@ def _check_turn(turn: ChatTurn, key: bytes | None, max_text_chars: int) -> None:
 
 # -- parse_turn -------------------------------------------------------------------------
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=50)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=50)
+)
 json_values = st.recursive(
     json_scalars,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
@@ -96,8 +102,11 @@ def test_any_json_value_gives_a_turn_or_bad_input(obj: object, ascii_escapes: bo
 
 
 @SETTINGS
-@given(obj=st.dictionaries(field_names, json_values, max_size=7), ascii_escapes=st.booleans(),
-       key=st.none() | st.sampled_from([b"c", b"", b"\xff"]))
+@given(
+    obj=st.dictionaries(field_names, json_values, max_size=7),
+    ascii_escapes=st.booleans(),
+    key=st.none() | st.sampled_from([b"c", b"", b"\xff"]),
+)
 def test_turn_shaped_objects_with_any_field_values(obj: dict, ascii_escapes: bool, key: bytes | None) -> None:
     _parse_or_reason(_encode(obj, ascii_escapes), key)
 
@@ -122,7 +131,11 @@ def test_well_formed_turns_parse_or_fail_only_on_text(conversation_id, turn_id, 
     if cleaned.strip():
         assert isinstance(result, ChatTurn)
         assert (result.conversation_id, result.turn_id, result.speaker, result.text) == (
-            conversation_id, str(turn_id), speaker, cleaned)
+            conversation_id,
+            str(turn_id),
+            speaker,
+            cleaned,
+        )
     else:
         assert result is Reason.EMPTY_TEXT
 
@@ -184,14 +197,23 @@ class WindowMachine(RuleBasedStateMachine):
     """Random pushes, reads, restores, discards, sweeps and clock steps; compared with a
     reference that scans everything (LRU = smallest use sequence, TTL = full scan)."""
 
-    @initialize(k=st.integers(0, 4), max_conversations=st.integers(1, 6), ttl_s=st.sampled_from([1.0, 5.0, 1e9]),
-                dedup=st.none() | st.integers(1, 6))
+    @initialize(
+        k=st.integers(0, 4),
+        max_conversations=st.integers(1, 6),
+        ttl_s=st.sampled_from([1.0, 5.0, 1e9]),
+        dedup=st.none() | st.integers(1, 6),
+    )
     def setup(self, k: int, max_conversations: int, ttl_s: float, dedup: int | None) -> None:
         self.now = 0.0
         self.evicted: list[tuple[str, str]] = []
-        self.store = WindowStore(context_turns=k, ttl_s=ttl_s, max_conversations=max_conversations,
-                                 clock=lambda: self.now, on_evict=lambda c, cause: self.evicted.append((c, cause)),
-                                 dedup_turns=dedup)
+        self.store = WindowStore(
+            context_turns=k,
+            ttl_s=ttl_s,
+            max_conversations=max_conversations,
+            clock=lambda: self.now,
+            on_evict=lambda c, cause: self.evicted.append((c, cause)),
+            dedup_turns=dedup,
+        )
         self.k, self.max, self.ttl = k, max_conversations, ttl_s
         self.dedup = self.store.dedup_turns
         self.ref: dict[str, _RefConversation] = {}
@@ -257,7 +279,9 @@ class WindowMachine(RuleBasedStateMachine):
     @rule()
     def sweep(self) -> None:
         n = self.store.sweep()
-        expired = sorted((c for c in self.ref if self.now - self.ref[c].last_used > self.ttl), key=lambda c: self.ref[c].seq)
+        expired = sorted(
+            (c for c in self.ref if self.now - self.ref[c].last_used > self.ttl), key=lambda c: self.ref[c].seq
+        )
         for cid in expired:
             del self.ref[cid]
             self.expected_evictions.append((cid, EVICT_TTL))
@@ -309,7 +333,9 @@ def test_out_of_order_and_repeated_turn_ids_follow_arrival_order() -> None:
 
 def test_thousands_of_conversations_at_once_keep_the_lru_bound() -> None:
     evicted: list[tuple[str, str]] = []
-    store = WindowStore(context_turns=2, ttl_s=3600, max_conversations=1000, on_evict=lambda c, why: evicted.append((c, why)))
+    store = WindowStore(
+        context_turns=2, ttl_s=3600, max_conversations=1000, on_evict=lambda c, why: evicted.append((c, why))
+    )
     for i in range(5000):
         store.push(f"c{i}", WindowTurn("1", "A", "hello"))
         assert len(store) <= 1000
@@ -364,10 +390,12 @@ def test_memory_of_a_10k_bounded_store_fed_100k_conversations(record_property) -
     assert len(store) == 10_000
     per_conv = held_100k / 10_000
     record_property("window_store_bytes_100k_into_10k", held_100k)
-    print(f"\nWindowStore(max_conversations=10_000, context_turns=2) fed 100k conversations x 2 turns: "
-          f"{held_100k / 2**20:.1f} MiB held ({per_conv:.0f} B/conversation), peak {peak_100k / 2**20:.1f} MiB; "
-          f"fed 10k: {held_10k / 2**20:.1f} MiB; with the worker's cached token ids: {per_conv_cached:.0f} B/conversation "
-          f"(~{per_conv_cached * 10_000 / 2**20:.0f} MiB at 10k); {seconds:.1f} s under tracemalloc")
+    print(
+        f"\nWindowStore(max_conversations=10_000, context_turns=2) fed 100k conversations x 2 turns: "
+        f"{held_100k / 2**20:.1f} MiB held ({per_conv:.0f} B/conversation), peak {peak_100k / 2**20:.1f} MiB; "
+        f"fed 10k: {held_10k / 2**20:.1f} MiB; with the worker's cached token ids: {per_conv_cached:.0f} B/conversation "
+        f"(~{per_conv_cached * 10_000 / 2**20:.0f} MiB at 10k); {seconds:.1f} s under tracemalloc"
+    )
     # Fed 10x more conversations, it holds what 10k hold (within 5 %) and never peaks far above.
     assert held_100k < 1.05 * held_10k
     assert peak_100k < 1.2 * held_100k

@@ -64,9 +64,7 @@ def test_context_is_a_copy(clock: FakeClock, evictions: list[tuple[str, str]]) -
     assert _ids(store.context("c")) == ["1"]
 
 
-def test_zero_context_turns_keeps_nothing_but_remembers_ids(
-    clock: FakeClock, evictions: list[tuple[str, str]]
-) -> None:
+def test_zero_context_turns_keeps_nothing_but_remembers_ids(clock: FakeClock, evictions: list[tuple[str, str]]) -> None:
     store = _store(clock, evictions, context_turns=0)
     store.push("c", _t(1))
     assert store.context("c") == []
@@ -96,9 +94,7 @@ def test_ttl_expiry_on_read(clock: FakeClock, evictions: list[tuple[str, str]]) 
     assert evictions == [("c", "ttl")]
 
 
-def test_context_does_not_refresh_ttl_but_push_does(
-    clock: FakeClock, evictions: list[tuple[str, str]]
-) -> None:
+def test_context_does_not_refresh_ttl_but_push_does(clock: FakeClock, evictions: list[tuple[str, str]]) -> None:
     store = _store(clock, evictions)
     store.push("c", _t(1))
     clock.advance(40)

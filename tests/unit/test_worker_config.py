@@ -63,20 +63,36 @@ def test_invalid_values_name_the_field_and_value(changes: dict, message: str) ->
 
 
 def test_boundary_values_are_accepted() -> None:
-    WorkerConfig(max_batch_size=1, max_in_flight=1, max_batch_tokens=16, max_wait_ms=0, context_turns=0,
-                 restore_lookback_records=0, commit_interval_ms=10, session_timeout_ms=1000,
-                 heartbeat_interval_ms=999, metrics_port=0, log_level="debug")
+    WorkerConfig(
+        max_batch_size=1,
+        max_in_flight=1,
+        max_batch_tokens=16,
+        max_wait_ms=0,
+        context_turns=0,
+        restore_lookback_records=0,
+        commit_interval_ms=10,
+        session_timeout_ms=1000,
+        heartbeat_interval_ms=999,
+        metrics_port=0,
+        log_level="debug",
+    )
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": SECRET},
-         "security_protocol=SASL_PLAINTEXT needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"),
-        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_password": SECRET},
-         "SASL needs sasl_username and a password (ERC_SASL_PASSWORD or --sasl-password-file)"),
-        ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "u"},
-         "SASL needs sasl_username and a password (ERC_SASL_PASSWORD or --sasl-password-file)"),
+        (
+            {"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": SECRET},
+            "security_protocol=SASL_PLAINTEXT needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)",
+        ),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_password": SECRET},
+            "SASL needs sasl_username and a password (ERC_SASL_PASSWORD or --sasl-password-file)",
+        ),
+        (
+            {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "u"},
+            "SASL needs sasl_username and a password (ERC_SASL_PASSWORD or --sasl-password-file)",
+        ),
     ],
 )
 def test_sasl_needs_mechanism_user_and_password(changes: dict, message: str) -> None:
@@ -86,8 +102,9 @@ def test_sasl_needs_mechanism_user_and_password(changes: dict, message: str) -> 
 
 
 def test_password_never_in_repr_or_error_messages() -> None:
-    cfg = WorkerConfig(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="svc",
-                       sasl_password=SECRET)
+    cfg = WorkerConfig(
+        security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="svc", sasl_password=SECRET
+    )
     assert SECRET not in repr(cfg)
     assert SECRET not in str(cfg)
     assert "svc" in repr(cfg)
@@ -107,14 +124,18 @@ def test_password_never_in_repr_or_error_messages() -> None:
 
 def test_kafka_kwargs_plaintext() -> None:
     cfg = WorkerConfig(bootstrap_servers="k1:9092,k2:9092", client_id="w-1")
-    assert cfg.kafka_kwargs() == {"bootstrap_servers": "k1:9092,k2:9092", "security_protocol": "PLAINTEXT",
-                                  "client_id": "w-1"}
+    assert cfg.kafka_kwargs() == {
+        "bootstrap_servers": "k1:9092,k2:9092",
+        "security_protocol": "PLAINTEXT",
+        "client_id": "w-1",
+    }
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 def test_kafka_kwargs_sasl_plaintext(mechanism: str) -> None:
-    cfg = WorkerConfig(security_protocol="SASL_PLAINTEXT", sasl_mechanism=mechanism, sasl_username="svc",
-                       sasl_password=SECRET)
+    cfg = WorkerConfig(
+        security_protocol="SASL_PLAINTEXT", sasl_mechanism=mechanism, sasl_username="svc", sasl_password=SECRET
+    )
     assert cfg.uses_sasl and not cfg.uses_tls
     assert cfg.kafka_kwargs() == {
         "bootstrap_servers": "127.0.0.1:9092",
@@ -132,9 +153,26 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=erc-test-ca"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=erc-test-ca",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -154,8 +192,13 @@ def test_kafka_kwargs_ssl_uses_the_ca_file(tls_files: tuple[Path, Path]) -> None
 
 def test_kafka_kwargs_sasl_ssl_scram(tls_files: tuple[Path, Path]) -> None:
     cert, _ = tls_files
-    cfg = WorkerConfig(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="svc",
-                       sasl_password=SECRET, ssl_cafile=cert)
+    cfg = WorkerConfig(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="svc",
+        sasl_password=SECRET,
+        ssl_cafile=cert,
+    )
     kw = cfg.kafka_kwargs()
     assert kw["security_protocol"] == "SASL_SSL"
     assert kw["sasl_mechanism"] == "SCRAM-SHA-512"

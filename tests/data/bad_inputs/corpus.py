@@ -62,8 +62,17 @@ def load_corpus(*, include_generated: bool = True) -> list[Case]:
         if entry["stage"] not in _STAGES:
             raise ValueError(f"manifest entry {name!r}: stage must be one of {_STAGES}, got {entry['stage']!r}")
         value = None if entry["file"] is None else (CORPUS_DIR / entry["file"]).read_bytes()
-        cases.append(Case(name, value, _key(entry["key"], name), entry["reason"], entry["stage"],
-                          int(entry.get("repeat", 1)), entry["why"]))
+        cases.append(
+            Case(
+                name,
+                value,
+                _key(entry["key"], name),
+                entry["reason"],
+                entry["stage"],
+                int(entry.get("repeat", 1)),
+                entry["why"],
+            )
+        )
     if include_generated:
         for gen in manifest["generated"]:
             value, key = _generated(gen["name"])
