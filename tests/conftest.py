@@ -18,7 +18,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-from erc_stream.broker import LocalBroker, create_topics  # noqa: E402
+from erc_stream.devtools.broker import LocalBroker, create_topics  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -40,7 +40,7 @@ import yaml
 
 import promql
 from erc_stream.artifact import set_current
-from erc_stream.broker import LocalBroker, free_port
+from erc_stream.devtools.broker import LocalBroker, free_port
 from tests.fixtures_model import publish_test_model
 from trainer.datasets import load_split
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from erc_stream.broker import LocalBroker, create_topics
+from erc_stream.devtools.broker import LocalBroker, create_topics
 from tests.faults.helpers import FAULT_SETTINGS, group_id, report, tally
 from tests.integration.worker_harness import (
     OutputReader,

@@ -1,7 +1,7 @@
 """The real local broker with real clients: aiokafka groups and commits, librdkafka, timings.
 
 Consumers use a 6 s session timeout: this broker completes a JoinGroup only after about
-half the session timeout (see erc_stream/broker.py), so defaults would make every
+half the session timeout (see erc_stream/devtools/broker.py), so defaults would make every
 rebalance take 5-7 s (aiokafka) or ~23 s (librdkafka).
 """
 
@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from erc_stream.broker import DEFAULT_TOPICS, LocalBroker, create_topics, free_port
+from erc_stream.devtools.broker import DEFAULT_TOPICS, LocalBroker, create_topics, free_port
 from erc_stream.errors import BrokerError
 
 pytestmark = pytest.mark.broker
@@ -177,7 +177,7 @@ def test_rebalance_timings(broker: LocalBroker, topic_factory: Callable[..., str
 
 
 def test_aiokafka_idempotent_producer_is_rejected(broker: LocalBroker, topic_factory: Callable[..., str]) -> None:
-    """Documents the quirk in erc_stream/broker.py; if this fails, update that docstring."""
+    """Documents the quirk in erc_stream/devtools/broker.py; if this fails, update that docstring."""
     topic = topic_factory(1)
 
     async def scenario() -> None:

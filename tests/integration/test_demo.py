@@ -25,8 +25,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from erc_stream.errors import ConfigError
 from erc_stream.events import SourceRef, emotion_event, parse_turn
-from erc_stream.replay import ReplayConfig, interleave, load_conversations, replay
-from erc_stream.tail import TailConfig, TextJoin, render_event, top_scores
+from erc_stream.devtools.replay import ReplayConfig, interleave, load_conversations, replay
+from erc_stream.devtools.tail import TailConfig, TextJoin, render_event, top_scores
 from trainer.datasets import Conversation, Utterance, data_dir_from_env
 
 CLI = [sys.executable, "-c", "from erc_stream.cli import main; main()"]

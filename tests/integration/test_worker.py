@@ -27,7 +27,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from erc_stream.artifact import set_current, version_path
-from erc_stream.broker import free_port
+from erc_stream.devtools.broker import free_port
 from erc_stream.model import Predictor
 from erc_stream.worker import Worker
 from tests.fixtures_model import MELD_LABELS, publish_test_model

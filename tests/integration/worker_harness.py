@@ -25,7 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from erc_stream.broker import free_port
+from erc_stream.devtools.broker import free_port
 from erc_stream.config import WorkerConfig
 from erc_stream.model import Predictor
 from trainer.datasets import Conversation, load_split
@@ -53,7 +53,7 @@ __all__ = [
 
 CLI = Path(sys.executable).parent / "erc-stream"
 # This broker completes a JoinGroup after about half the session timeout; 6 s keeps rebalances
-# near 3 s (erc_stream/broker.py). The heartbeat must stay well below the session.
+# near 3 s (erc_stream/devtools/broker.py). The heartbeat must stay well below the session.
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
 
 

@@ -7,9 +7,8 @@ show each emotion event as it arrives, then print a summary: counts, throughput,
 and the streamed predictions scored against the gold labels.
 
 The trainer is imported lazily here (training a quick model, loading the dataset,
-scoring with ``trainer.evaluate.compute_metrics``): a deliberate exception to
-"``erc_stream`` never imports ``trainer``", confined to this local tool so that the
-worker never loads the trainer package. Both packages ship in the same distribution.
+scoring with ``trainer.evaluate.compute_metrics``): only ``erc_stream.devtools`` may import
+``trainer``. Both packages ship in the same distribution.
 """
 
 from __future__ import annotations
@@ -29,10 +28,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from erc_stream.artifact import read_current, version_path
-from erc_stream.broker import TopicNames, LocalBroker, acreate_topics, free_port
+from erc_stream.devtools.broker import TopicNames, LocalBroker, acreate_topics, free_port
 from erc_stream.errors import ArtifactError, ConfigError
-from erc_stream.replay import ReplayConfig, ReplayResult, SentTurn, load_conversations, replay
-from erc_stream.tail import render_event
+from erc_stream.devtools.replay import ReplayConfig, ReplayResult, SentTurn, load_conversations, replay
+from erc_stream.devtools.tail import render_event
 
 __all__ = ["DemoConfig", "DemoSummary", "ensure_model", "run_demo", "print_summary"]
 

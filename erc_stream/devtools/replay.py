@@ -7,11 +7,9 @@ and carries the gold label in ``metadata.gold`` so a consumer (the demo) can sco
 streamed predictions. ``rate_per_s`` paces the records (0 = as fast as the broker takes
 them).
 
-Dataset loading lives in ``trainer.datasets``. The architecture says ``erc_stream`` never
-imports ``trainer``; this module is the one deliberate exception, for a local tool only:
-:func:`load_conversations` imports ``trainer.datasets`` lazily, inside the function, so
-importing ``erc_stream`` (the worker) never pulls in the trainer. Both packages ship in
-the same distribution.
+Dataset loading lives in ``trainer.datasets``. Only ``erc_stream.devtools`` may import
+``trainer`` (ARCHITECTURE.md), and :func:`load_conversations` does so lazily, inside the
+function. Both packages ship in the same distribution.
 """
 
 from __future__ import annotations

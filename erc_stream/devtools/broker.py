@@ -508,7 +508,7 @@ async def acreate_topics(
     except KafkaError as exc:
         raise BrokerError(
             f"cannot create topics on {bootstrap}: {exc}. Check that the broker is "
-            "running there (for local work: erc_stream.broker.LocalBroker)"
+            "running there (for local work: erc_stream.devtools.broker.LocalBroker)"
         ) from exc
     finally:
         await admin.close()
