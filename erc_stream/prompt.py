@@ -30,6 +30,7 @@ from erc_stream.errors import ConfigError, PromptTooLongError
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "TURN_TEMPLATE",
     "EncodedTurn",
     "Prompt",
     "PromptBuilder",
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 DEFAULT_TEMPLATE = "For utterance {utterance}, {speaker} feels {mask}"
+# The turn-once architecture encodes each turn alone: "s_t: u_t s_t feels [MASK]". The
+# utterance is already on the line, so the template does not repeat it.
+TURN_TEMPLATE = "{speaker} feels {mask}"
 _TEMPLATE_FIELDS = {"utterance", "speaker", "mask"}
 
 # Typographic punctuation (MELD has ~4k of these in train) mapped to the ASCII forms that
@@ -223,6 +227,14 @@ class PromptBuilder:
         ids.extend(template_ids)
         ids.append(self.tokenizer.sep_token_id)
         return Prompt(input_ids=tuple(ids), mask_index=prefix + mask_at, context_used=len(kept))
+
+    def build_turn(self, current: EncodedTurn) -> Prompt:
+        """The input of the turn-once architecture: ``current`` alone, whatever ``context_turns`` is.
+
+        ``[CLS] s_t: u_t <template> [SEP]``; its context reaches the model later, as the cached
+        vectors of earlier turns. Too long a turn raises ``PromptTooLongError`` as in ``build``.
+        """
+        return self.build((), current)
 
 
 def _parse_template(template: str) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ import torch
 
 from erc_stream.errors import ConfigError, PromptTooLongError
 from erc_stream.model import default_encoder_path
-from erc_stream.prompt import DEFAULT_TEMPLATE, Prompt, PromptBuilder, normalize_text, pad_batch
+from erc_stream.prompt import DEFAULT_TEMPLATE, TURN_TEMPLATE, Prompt, PromptBuilder, normalize_text, pad_batch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -269,3 +269,30 @@ def test_pad_batch_uses_the_given_pad_id():
     batch = pad_batch([Prompt((1, 2), 1, 0), Prompt((1,), 0, 0)], pad_id=-7)
     assert batch["input_ids"].tolist() == [[1, 2], [1, -7]]
     assert tuple(batch["input_ids"].shape) == (2, 2)
+
+
+# ---------------------------------------------------------------------------- turn-once prompt
+
+
+def test_turn_prompt_exact_tokens(tokenizer):
+    b = builder(tokenizer, context_turns=5, template=TURN_TEMPLATE)
+    p = b.build_turn(b.encode_turn("Ross", "I am fine."))
+    assert tokens(tokenizer, p) == ["[CLS]", "ross", ":", "i", "am", "fine", ".", "ross", "feels", "[MASK]", "[SEP]"]
+    assert p.mask_index == 9
+    assert p.context_used == 0
+
+
+def test_turn_prompt_ignores_context_turns_and_equals_a_window_prompt_without_context(tokenizer):
+    b = builder(tokenizer, context_turns=2, template=TURN_TEMPLATE)
+    current = b.encode_turn("Joey", "How you doin'?")
+    p = b.build_turn(current)
+    assert p == builder(tokenizer, context_turns=0, template=TURN_TEMPLATE).build(three_turns(b), current)
+    assert p != b.build(three_turns(b), current)  # the window prompt of the same builder shows context
+
+
+def test_turn_prompt_too_long_is_refused(tokenizer):
+    long_text = " ".join(["word"] * 40)
+    # [CLS] [SEP], "ross :", the text, "ross feels [MASK]"
+    b = builder(tokenizer, template=TURN_TEMPLATE, max_length=2 + 2 + 40 + 3 - 1)
+    with pytest.raises(PromptTooLongError, match="needs 47 tokens"):
+        b.build_turn(b.encode_turn("Ross", long_text))
