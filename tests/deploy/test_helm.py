@@ -20,6 +20,7 @@ CI = CHART / "ci"
 GPU_VALUES = CI / "gpu-keda-values.yaml"
 HPA_VALUES = CI / "cpu-hpa-values.yaml"
 IMAGE_VALUES = CI / "image-store-values.yaml"
+DDP_VALUES = CI / "trainer-ddp-values.yaml"
 RELEASE = "erc"
 NAMESPACE = "erc-test"
 # Oldest supported (Chart.yaml kubeVersion) and newest schemas kubernetes-validate ships.
@@ -164,7 +165,9 @@ def test_helm_binary_is_real(helm: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "values", [None, GPU_VALUES, HPA_VALUES, IMAGE_VALUES], ids=["default", "gpu-keda", "cpu-hpa", "image-store"]
+    "values",
+    [None, GPU_VALUES, HPA_VALUES, IMAGE_VALUES, DDP_VALUES],
+    ids=["default", "gpu-keda", "cpu-hpa", "image-store", "trainer-ddp"],
 )
 def test_helm_lint_strict(helm: Path, values: Path | None) -> None:
     args = ["lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
@@ -416,6 +419,52 @@ def test_trainer_cronjob_and_job(helm: Path) -> None:
     assert worker_pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "shared-models", "readOnly": True}
 
 
+def test_trainer_on_several_gpus_runs_torchrun(helm: Path) -> None:
+    """nprocPerNode=4, gpus=4: `erc-train fit --nproc-per-node=4` (torchrun, NCCL), 4 GPUs in limits, /dev/shm."""
+    docs = render(helm, [DDP_VALUES])
+    assert kinds(docs) == [
+        "ConfigMap",
+        "Deployment",
+        "Job",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
+    ]
+    validate_all(docs)
+    pod = one(docs, "Job")["spec"]["template"]["spec"]
+    (trainer,) = pod["containers"]
+    assert trainer["command"] == ["erc-train"]
+    assert trainer["args"] == ["fit", "--nproc-per-node=4", "--device", "cuda", "--dataset", "meld",
+                               "--store", "/models", "--epochs", "8", "--batch-size", "64"]  # fmt: skip
+    assert trainer["resources"]["limits"] == {"memory": "96Gi", "nvidia.com/gpu": 4}
+    assert "nvidia.com/gpu" not in trainer["resources"]["requests"]
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in trainer["volumeMounts"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in pod["volumes"]
+    # The worker is untouched by the trainer's GPUs.
+    assert "nvidia.com/gpu" not in json.dumps(one(docs, "Deployment"))
+
+
+def test_trainer_processes_on_cpu_and_the_single_process_default(helm: Path) -> None:
+    docs = render(helm, [HPA_VALUES], ["trainer.nprocPerNode=2"])
+    validate_all(docs)
+    pod = one(docs, "Job")["spec"]["template"]["spec"]
+    (trainer,) = pod["containers"]
+    # gloo on CPU: no --device, no GPU, no GPU toleration.
+    assert trainer["args"][:3] == ["fit", "--nproc-per-node=2", "--dataset"]
+    assert "nvidia.com/gpu" not in json.dumps(pod)
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in trainer["volumeMounts"]
+    # nprocPerNode=1 (the default) renders the one-process trainer exactly as before.
+    (single,) = one(render(helm, [HPA_VALUES]), "Job")["spec"]["template"]["spec"]["containers"]
+    assert not any(a.startswith("--nproc-per-node") for a in single["args"])
+    assert "dshm" not in json.dumps(single)
+    # A GPU toleration the user already lists is not added twice.
+    gpu_pod = one(render(helm, [GPU_VALUES], ["trainer.gpus=1"]), "CronJob")["spec"]["jobTemplate"]["spec"]
+    tolerations = gpu_pod["template"]["spec"]["tolerations"]
+    assert tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
 def test_image_model_store_uses_an_init_container(helm: Path) -> None:
     docs = render(helm, [IMAGE_VALUES])
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
@@ -476,8 +525,10 @@ def test_chart_copies_are_identical(canonical: str, copy: str) -> None:
         (["kafka.inputPartitions=0"], "at '/kafka/inputPartitions': minimum: got 0, want 1"),
         (["worker.maxBatchSzie=8"], "additional properties 'maxBatchSzie' not allowed"),
         (["worker.maxWaitMs=fast"], "at '/worker/maxWaitMs': got string, want integer"),
+        (["trainer.nprocPerNode=0"], "at '/trainer/nprocPerNode': minimum: got 0, want 1"),
+        (["trainer.gpus=-1"], "at '/trainer/gpus': minimum: got -1, want 0"),
     ],
-    ids=["negative-batch", "zero-batch", "dtype", "device", "protocol", "partitions", "typo", "type"],
+    ids=["negative-batch", "zero-batch", "dtype", "device", "protocol", "partitions", "typo", "type", "nproc", "gpus"],
 )
 def test_bad_values_are_rejected_by_the_schema(helm: Path, sets: list[str], message: str) -> None:
     assert message in render_error(helm, sets=sets)
@@ -505,6 +556,10 @@ def test_bad_values_are_rejected_by_the_schema(helm: Path, sets: list[str], mess
         (["kafka.tls.secretName=t"], "kafka.securityProtocol=PLAINTEXT does not use TLS"),
         (["kafka.securityProtocol=SSL", "kafka.tls.secretName=t", "kafka.tls.certKey=tls.crt"], "set both or neither"),
         (["trainer.enabled=true"], "trainer.enabled=true needs trainer.data.existingClaim"),
+        (
+            ["trainer.enabled=true", "trainer.data.existingClaim=d", "trainer.gpus=2"],
+            "trainer.gpus=2 with trainer.nprocPerNode=1: torchrun runs one training process per GPU",
+        ),
         (["modelStore.source=image"], "modelStore.source=image needs modelStore.image.repository"),
         (["modelStore.pvc.create=false"], "needs modelStore.pvc.existingClaim"),
     ],

@@ -133,4 +133,7 @@ Cross-field checks the JSON schema cannot express clearly. Included by the Deplo
 {{- if and $v.trainer.enabled (not $v.trainer.data.existingClaim) }}
 {{- fail "trainer.enabled=true needs trainer.data.existingClaim: a PVC holding the datasets (meld/, emorynlp/ ...)" }}
 {{- end }}
+{{- if and $v.trainer.enabled (gt (int $v.trainer.gpus) 0) (ne (int $v.trainer.gpus) (int $v.trainer.nprocPerNode)) }}
+{{- fail (printf "trainer.gpus=%d with trainer.nprocPerNode=%d: torchrun runs one training process per GPU; set trainer.nprocPerNode=%d" (int $v.trainer.gpus) (int $v.trainer.nprocPerNode) (int $v.trainer.gpus)) }}
+{{- end }}
 {{- end }}

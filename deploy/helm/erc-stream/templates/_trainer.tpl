@@ -1,10 +1,27 @@
 {{/*
 The trainer pod spec, shared by the one-off Job and the CronJob:
 erc-train fit --dataset <trainer.dataset> --store <modelStore.mountPath>, publishing into the model-store PVC.
+With trainer.nprocPerNode > 1, `erc-train fit --nproc-per-node N` becomes torchrun (exec) running N
+DistributedDataParallel processes in the pod: gloo on CPU, NCCL with trainer.gpus GPUs (one per process).
 */}}
 {{- define "erc-stream.trainerPodSpec" -}}
 {{- $v := .Values -}}
 {{- $t := $v.trainer -}}
+{{- $nproc := int $t.nprocPerNode -}}
+{{- $gpus := int $t.gpus -}}
+{{- /* GPUs go into limits only (Kubernetes sets requests equal to limits for extended resources). */ -}}
+{{- $resources := deepCopy (default dict $t.resources) -}}
+{{- if gt $gpus 0 -}}
+{{- $limits := deepCopy (default dict $t.resources.limits) -}}
+{{- $_ := set $limits "nvidia.com/gpu" $gpus -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- $_ := set $resources "requests" (omit (deepCopy (default dict $t.resources.requests)) "nvidia.com/gpu") -}}
+{{- end -}}
+{{- $tolerations := default list $t.tolerations -}}
+{{- $gpuToleration := dict "key" "nvidia.com/gpu" "operator" "Exists" "effect" "NoSchedule" -}}
+{{- if and (gt $gpus 0) (not (has $gpuToleration $tolerations)) -}}
+{{- $tolerations = append $tolerations $gpuToleration -}}
+{{- end -}}
 restartPolicy: Never
 serviceAccountName: {{ include "erc-stream.serviceAccountName" . }}
 automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
@@ -23,6 +40,13 @@ containers:
     command: ["erc-train"]
     args:
       - fit
+      {{- if gt $nproc 1 }}
+      - {{ printf "--nproc-per-node=%d" $nproc | quote }}
+      {{- end }}
+      {{- if gt $gpus 0 }}
+      - --device
+      - cuda
+      {{- end }}
       - --dataset
       - {{ $t.dataset | quote }}
       - --store
@@ -57,7 +81,7 @@ containers:
       {{- with $t.extraEnv }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
-    {{- with $t.resources }}
+    {{- with $resources }}
     resources:
       {{- toYaml . | nindent 6 }}
     {{- end }}
@@ -73,6 +97,11 @@ containers:
         readOnly: true
       - name: tmp
         mountPath: /tmp
+      {{- if gt $nproc 1 }}
+      # NCCL and torch's worker processes exchange tensors through /dev/shm (64Mi by default in a container).
+      - name: dshm
+        mountPath: /dev/shm
+      {{- end }}
 volumes:
   - name: models
     persistentVolumeClaim:
@@ -83,11 +112,17 @@ volumes:
       readOnly: true
   - name: tmp
     emptyDir: {}
+  {{- if gt $nproc 1 }}
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ $t.shmSizeLimit }}
+  {{- end }}
 {{- with $t.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with $t.tolerations }}
+{{- with $tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
