@@ -3,23 +3,29 @@
     <store>/CURRENT                     the version being served (replaced atomically)
     <store>/<version>/manifest.json     labels, prompt, temperature, encoder, anchors, metrics, sha256 of every file
     <store>/<version>/encoder/          fine-tuned encoder + tokenizer (safetensors, JSON, vocab text)
-    <store>/<version>/head.safetensors  projection MLP ("head.*") and adapted anchors ("anchors", (C, D))
+    <store>/<version>/head.safetensors  projection MLP ("head.*"), adapted anchors ("anchors", (C, D)) and,
+                                        for turn models, the context transformer ("context.*")
     <store>/<version>/report/           metrics.json and plots
 
 Only safetensors and JSON (plus the tokenizer's vocabulary text) are read: no pickle.
+The manifest is checked against ``schemas/manifest.schema.json`` at every load; it names the
+``architecture`` (``window``, the default when absent, or ``turn``) and, for ``turn``, the
+shape of the context model.
 A version is written to a temporary directory inside the store, verified, renamed into
 place, and only then is CURRENT replaced, so a reader never sees half a version.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -29,23 +35,29 @@ from safetensors.torch import load_file, save_file
 from erc_stream.errors import ArtifactError
 
 __all__ = [
-    "FORMAT_VERSION",
+    "ARCHITECTURES",
     "CURRENT_FILE",
-    "read_current",
-    "set_current",
-    "version_path",
+    "FORMAT_VERSION",
     "list_versions",
-    "publish_version",
-    "verify_version",
     "load_version_files",
+    "manifest_architecture",
     "new_version_name",
+    "publish_version",
+    "read_current",
+    "read_manifest",
+    "set_current",
     "sha256_file",
+    "validate_manifest",
+    "verify_version",
+    "version_path",
 ]
 
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
 MANIFEST_FILE = "manifest.json"
 HEAD_FILE = "head.safetensors"
+ARCHITECTURES = ("window", "turn")
+_MANIFEST_SCHEMA = "schemas/manifest.schema.json"  # inside the erc_stream package; schemas/ links to it
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Files that would be unpickled by some loader: never accepted inside a version.
 _FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".joblib")
@@ -73,7 +85,7 @@ def sha256_file(path: Path) -> str:
 
 def new_version_name(dataset: str) -> str:
     """A sortable, unique version name, e.g. ``meld-20261122T041500Z-1a2b3c``."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{dataset}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
@@ -158,11 +170,13 @@ def publish_version(
     manifest: dict,
     report_dir: Path | None = None,
     make_current: bool = True,
+    context_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a complete version into ``store`` atomically and (by default) make it CURRENT.
 
     ``manifest`` holds everything but ``format_version``, ``version``, ``created_at``,
-    ``files`` and the encoder checksum, which are filled in here.
+    ``files`` and the encoder checksum, which are filled in here. ``context_state``: the
+    context model of a ``turn`` model (stored as ``context.*``).
     """
     store = Path(store)
     final = version_path(store, version)
@@ -177,6 +191,8 @@ def publish_version(
         tokenizer.save_pretrained(enc_dir)
         tensors = {f"head.{k}": v.detach().float().cpu().contiguous() for k, v in head_state.items()}
         tensors["anchors"] = anchors.detach().float().cpu().contiguous()
+        if context_state is not None:
+            tensors.update({f"context.{k}": v.detach().float().cpu().contiguous() for k, v in context_state.items()})
         save_file(tensors, str(tmp / HEAD_FILE))
         if report_dir is not None and Path(report_dir).is_dir():
             shutil.copytree(report_dir, tmp / "report")
@@ -186,7 +202,7 @@ def publish_version(
         full.update(
             format_version=FORMAT_VERSION,
             version=version,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             files=files,
         )
         full["encoder"] = {**manifest.get("encoder", {}), "weights_sha256": {w: files[w] for w in weights}}
@@ -264,7 +280,47 @@ def verify_version(version_dir: Path) -> dict:
     labels = manifest["labels"]
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise ArtifactError(f"{version_dir.name}: manifest labels must be a non-empty list of strings")
+    validate_manifest(manifest, version_dir.name)
     return manifest
+
+
+@functools.cache
+def _manifest_validator():
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
+    schema = json.loads(resources.files("erc_stream").joinpath(_MANIFEST_SCHEMA).read_text(encoding="utf-8"))
+    return Draft202012Validator(schema)
+
+
+def validate_manifest(manifest: dict, name: str = "manifest") -> None:
+    """Check a manifest against ``schemas/manifest.schema.json``; raises ArtifactError naming the field."""
+    from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
+
+    error = best_match(_manifest_validator().iter_errors(manifest))
+    if error is not None:
+        raise ArtifactError(
+            f"{name}: manifest field {error.json_path} is invalid: {error.message[:300]} "
+            f"(see {_MANIFEST_SCHEMA}); republish this version"
+        )
+    context = manifest.get("context_model")
+    if context is not None and context["context_turns"] != manifest["prompt"]["context_turns"]:
+        raise ArtifactError(
+            f"{name}: context_model.context_turns={context['context_turns']} differs from "
+            f"prompt.context_turns={manifest['prompt']['context_turns']}; republish this version"
+        )
+
+
+def read_manifest(version_dir: Path) -> dict:
+    """The manifest of a version, checked against the schema; files are not hashed (see verify_version)."""
+    version_dir = Path(version_dir)
+    manifest = _read_manifest(version_dir)
+    validate_manifest(manifest, version_dir.name)
+    return manifest
+
+
+def manifest_architecture(manifest: dict) -> str:
+    """``window`` or ``turn``; manifests written before the field existed are ``window``."""
+    return str(manifest.get("architecture", "window"))
 
 
 def load_version_files(version_dir: Path, *, verify: bool = True):
@@ -272,7 +328,7 @@ def load_version_files(version_dir: Path, *, verify: bool = True):
     from transformers import AutoModel, AutoTokenizer
 
     version_dir = Path(version_dir)
-    manifest = verify_version(version_dir) if verify else _read_manifest(version_dir)
+    manifest = verify_version(version_dir) if verify else read_manifest(version_dir)
     enc_dir = version_dir / "encoder"
     try:
         tokenizer = AutoTokenizer.from_pretrained(enc_dir, local_files_only=True)

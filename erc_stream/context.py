@@ -125,6 +125,10 @@ class Windows:
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
+    def select(self, rows: slice | Tensor) -> Windows:
+        """Some of the windows (a slice or an index tensor), same width."""
+        return Windows(vectors=self.vectors[rows], valid=self.valid[rows], same_speaker=self.same_speaker[rows])
+
 
 class ContextModel(nn.Module):
     """Reads a window of turn vectors and returns h_t, the context-aware vector of its turn t."""

@@ -6,6 +6,15 @@ worker and the evaluator.
     scores = cos(r, anchors)                (B, C)   the event's "scores"
     confidence = softmax(scores / tau)      (B, C)   the event's "confidence" is its max
     emotion = argmax(scores)                nearest anchor by cosine
+
+The turn-once architecture (``TurnEmotionModel``, ``TurnPredictor``) encodes each turn alone
+and reads its context from the cached vectors of earlier turns::
+
+    z = encoder(turn prompt)[mask position] (N, H)   once per turn, cached by the caller
+    h = context([z_t, z_{t-1}, ...])        (B, H)   erc_stream.context
+    r = MLP(h), scores, confidence, emotion as above
+
+``load_predictor`` returns the predictor that matches a version's ``architecture``.
 """
 
 from __future__ import annotations
@@ -21,18 +30,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erc_stream.errors import ConfigError
+from erc_stream.context import ContextModel, ContextSettings, Windows, pack_windows
+from erc_stream.errors import ArtifactError, ConfigError
 from erc_stream.prompt import Prompt, PromptBuilder, pad_batch
 
 __all__ = [
-    "ProjectionHead",
     "EmotionModel",
     "Predictions",
     "Predictor",
-    "resolve_device",
-    "resolve_dtype",
+    "ProjectionHead",
+    "TurnEmotionModel",
+    "TurnPredictor",
     "cpu_has_native_bf16",
     "default_encoder_path",
+    "load_predictor",
+    "resolve_device",
+    "resolve_dtype",
 ]
 
 log = logging.getLogger(__name__)
@@ -158,6 +171,11 @@ class Predictor:
         from erc_stream.artifact import load_version_files
 
         manifest, encoder, tokenizer, head_tensors = load_version_files(Path(version_dir), verify=verify)
+        if manifest.get("architecture", "window") != "window":
+            raise ArtifactError(
+                f"{manifest['version']} is a {manifest['architecture']!r} model; load it with "
+                "erc_stream.model.load_predictor, which picks the predictor for its architecture"
+            )
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         anchors = head_tensors["anchors"]
@@ -209,3 +227,165 @@ class Predictor:
         t0 = time.perf_counter()
         self.predict([prompt] * batch_size)
         return time.perf_counter() - t0
+
+
+class TurnEmotionModel(nn.Module):
+    """Turn-once model: encoder over single-turn prompts, context model, projection head, anchors."""
+
+    def __init__(self, encoder: nn.Module, context: ContextModel, head: ProjectionHead, anchors: torch.Tensor) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.context = context
+        self.head = head
+        self.anchors = nn.Parameter(anchors.clone())  # (C, D)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
+        """Turn vectors z: the encoder's hidden state at each prompt's mask token, (B, H)."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        rows = torch.arange(hidden.size(0), device=hidden.device)
+        return hidden[rows, mask_index]  # (B, H)
+
+    def represent(self, windows: Windows) -> torch.Tensor:
+        """Projected representation of each window's turn t, (B, D)."""
+        return self.head(self.context(windows))  # (B, H) -> (B, D)
+
+    def cosine_scores(self, reps: torch.Tensor) -> torch.Tensor:
+        # (B, D) x (C, D) -> (B, C)
+        return F.normalize(reps.float(), dim=-1) @ F.normalize(self.anchors.float(), dim=-1).T
+
+
+class TurnPredictor:
+    """A loaded turn-once version: encodes turns into vectors, scores windows of vectors.
+
+    The caller keeps the vectors (the worker in its windows, the evaluator per conversation):
+    ``encode`` runs once per turn, ``predict_windows`` once per scored turn. Vectors come back
+    as float32 on the CPU; in bf16 that is exact, so a cached vector cast back is the same.
+    Build with ``TurnPredictor.load`` or ``load_predictor``.
+    """
+
+    architecture = "turn"
+
+    def __init__(self, model: TurnEmotionModel, builder: PromptBuilder, manifest: dict, device, dtype) -> None:
+        self.model = model
+        self.builder = builder
+        self.manifest = manifest
+        self.device = device
+        self.dtype = dtype
+        self.labels: tuple[str, ...] = tuple(manifest["labels"])
+        self.temperature: float = float(manifest["temperature"])
+        self.version: str = manifest["version"]
+        self.pad_id: int = builder.tokenizer.pad_token_id or 0
+
+    @classmethod
+    def load(
+        cls, version_dir: Path, *, device: str = "auto", dtype: str = "auto", verify: bool = True
+    ) -> TurnPredictor:
+        """Load a published ``turn`` version (checksums verified) onto a device, in eval mode."""
+        from erc_stream.artifact import load_version_files
+
+        manifest, encoder, tokenizer, head_tensors = load_version_files(Path(version_dir), verify=verify)
+        name = manifest["version"]
+        if manifest.get("architecture") != "turn":
+            raise ArtifactError(f"{name} is a window model; load it with Predictor.load or load_predictor")
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        try:
+            settings = ContextSettings.from_manifest(manifest["context_model"])
+        except ConfigError as exc:
+            raise ArtifactError(f"{name}: {exc}") from exc
+        if settings.hidden_size != encoder.config.hidden_size:
+            raise ArtifactError(
+                f"{name}: context_model.hidden_size={settings.hidden_size} but the encoder is "
+                f"{encoder.config.hidden_size} wide; republish this version"
+            )
+        anchors = head_tensors["anchors"]
+        head = ProjectionHead(encoder.config.hidden_size, anchors.shape[1])
+        context = ContextModel(settings)
+        try:
+            head.load_state_dict(_prefixed(head_tensors, "head."))
+            context.load_state_dict(_prefixed(head_tensors, "context."))
+        except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+            raise ArtifactError(f"{name}: head.safetensors does not match its manifest: {exc}") from exc
+        model = TurnEmotionModel(encoder, context, head, anchors).eval()
+        # Weights are cast once, as in Predictor.load.
+        model.to(device=dev, dtype=dt)
+        prompt = manifest["prompt"]
+        builder = PromptBuilder(
+            tokenizer,
+            context_turns=int(prompt["context_turns"]),
+            max_length=int(prompt["max_length"]),
+            template=prompt["template"],
+        )
+        return cls(model, builder, manifest, dev, dt)
+
+    def with_context_turns(self, context_turns: int) -> TurnPredictor:
+        """The same model reading shorter windows (only ever shorter than it was trained with)."""
+        trained = self.builder.context_turns
+        if not 0 <= context_turns <= trained:
+            raise ConfigError(
+                f"context_turns={context_turns} is outside what model {self.version} allows (0..{trained})"
+            )
+        b = self.builder
+        builder = PromptBuilder(b.tokenizer, context_turns=context_turns, max_length=b.max_length, template=b.template)
+        return TurnPredictor(self.model, builder, self.manifest, self.device, self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, prompts: Sequence[Prompt], batch_size: int = 64) -> torch.Tensor:
+        """Turn vectors of single-turn prompts (``PromptBuilder.build_turn``), (N, H) float32 CPU, input order.
+
+        Prompts are grouped by length into batches of ``batch_size`` to limit padding.
+        """
+        hidden = self.model.context.settings.hidden_size
+        out = torch.empty((len(prompts), hidden), dtype=torch.float32)  # (N, H)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = pad_batch([prompts[i] for i in chunk], self.pad_id)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            out[torch.tensor(chunk, dtype=torch.long)] = self.model.encode(**batch).float().cpu()  # (b, H)
+        return out
+
+    @torch.inference_mode()
+    def predict_windows(self, windows: Windows) -> Predictions:
+        """Score a batch of windows (``erc_stream.context``): one context pass, head, cosines."""
+        t0 = time.perf_counter()
+        w = Windows(
+            vectors=windows.vectors.to(self.device, non_blocking=True),
+            valid=windows.valid.to(self.device, non_blocking=True),
+            same_speaker=windows.same_speaker.to(self.device, non_blocking=True),
+        )
+        scores = self.model.cosine_scores(self.model.represent(w))  # (B, C) float32
+        conf = torch.softmax(scores / self.temperature, dim=-1)  # (B, C)
+        scores_np = scores.cpu().numpy()
+        return Predictions(
+            scores=scores_np,
+            confidence=conf.cpu().numpy(),
+            label_ids=scores_np.argmax(axis=1),
+            seconds=time.perf_counter() - t0,
+        )
+
+    def warm_up(self, batch_size: int = 8) -> float:
+        """Encode a batch of turns and score full windows once, so the first live batch is not slow."""
+        turn = self.builder.encode_turn("Speaker", "This is a warm-up sentence for the model.")
+        t0 = time.perf_counter()
+        z = self.encode([self.builder.build_turn(turn)] * batch_size)  # (B, H)
+        rows = self.builder.context_turns + 1
+        self.predict_windows(pack_windows([z[:1].expand(rows, -1)] * batch_size, [[True] * rows] * batch_size))
+        return time.perf_counter() - t0
+
+
+def load_predictor(
+    version_dir: Path, *, device: str = "auto", dtype: str = "auto", verify: bool = True
+) -> Predictor | TurnPredictor:
+    """The predictor for a version's ``architecture`` (absent: ``window``)."""
+    from erc_stream.artifact import manifest_architecture, read_manifest
+
+    # Only the manifest here; the loader of the architecture verifies every file's checksum.
+    manifest = read_manifest(Path(version_dir))
+    if manifest_architecture(manifest) == "turn":
+        return TurnPredictor.load(version_dir, device=device, dtype=dtype, verify=verify)
+    return Predictor.load(version_dir, device=device, dtype=dtype, verify=verify)
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -16,10 +16,18 @@ from pathlib import Path
 import torch
 
 from erc_stream.artifact import publish_version
+from erc_stream.context import ContextModel, ContextSettings
 from erc_stream.model import ProjectionHead, default_encoder_path
-from erc_stream.prompt import DEFAULT_TEMPLATE
+from erc_stream.prompt import DEFAULT_TEMPLATE, TURN_TEMPLATE
 
-__all__ = ["MELD_LABELS", "TEST_PROJ_DIM", "TEST_TEMPERATURE", "load_default_encoder", "publish_test_model"]
+__all__ = [
+    "MELD_LABELS",
+    "TEST_PROJ_DIM",
+    "TEST_TEMPERATURE",
+    "load_default_encoder",
+    "publish_test_model",
+    "publish_test_turn_model",
+]
 
 MELD_LABELS: tuple[str, ...] = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 TEST_PROJ_DIM = 64
@@ -97,4 +105,71 @@ def publish_test_model(
         anchors=anchors,
         manifest=manifest,
         make_current=make_current,
+    )
+
+
+def random_context(settings: ContextSettings, *, seed: int) -> dict[str, torch.Tensor]:
+    """State dict of a context model with every weight random, its zero-initialised output too,
+    so the context really changes h_t (an untrained one returns z_t)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ContextModel(settings)
+        torch.nn.init.normal_(model.out.weight, std=0.05)
+        torch.nn.init.normal_(model.speaker.weight, std=0.5)
+        torch.nn.init.normal_(model.distance.weight, std=0.5)
+    return model.state_dict()
+
+
+def publish_test_turn_model(
+    store: Path,
+    version: str = "test-turn-v1",
+    labels: tuple[str, ...] | list[str] = MELD_LABELS,
+    context_turns: int = 2,
+    max_length: int = 64,
+    seed: int = 0,
+    *,
+    layers: int = 1,
+    dataset: str = "meld",
+    temperature: float = TEST_TEMPERATURE,
+    make_current: bool = True,
+) -> Path:
+    """Publish an untrained ``turn`` version (real encoder, seeded random head, context model, anchors)."""
+    tokenizer, encoder = load_default_encoder()
+    labels = list(labels)
+    hidden = encoder.config.hidden_size
+    head_state, anchors = random_head(hidden, len(labels), seed=seed)
+    settings = ContextSettings(hidden_size=hidden, context_turns=context_turns, layers=layers)
+    enc_path = default_encoder_path()
+    manifest = {
+        "dataset": dataset,
+        "architecture": "turn",
+        "labels": labels,
+        "prompt": {
+            "template": TURN_TEMPLATE,
+            "context_turns": context_turns,
+            "max_length": max_length,
+            "normalization": "erc_stream.prompt.normalize_text v1",
+        },
+        "context_model": settings.to_manifest(),
+        "temperature": temperature,
+        "encoder": {"id": enc_path.parent.name, "source": str(enc_path)},
+        "head": {"proj_dim": TEST_PROJ_DIM, "activation": "gelu"},
+        "anchors": {
+            "mode": "random",
+            "seed": seed,
+            "descriptions": {label: label for label in labels},
+            "note": "untrained turn test model from tests/fixtures_model.py",
+        },
+        "metrics": {},
+    }
+    return publish_version(
+        Path(store),
+        version=version,
+        encoder=encoder,
+        tokenizer=tokenizer,
+        head_state=head_state,
+        anchors=anchors,
+        manifest=manifest,
+        make_current=make_current,
+        context_state=random_context(settings, seed=seed + 1),
     )
