@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -57,93 +60,119 @@ def print_metrics(m: dict, title: str) -> None:
     Console().print(cm)
 
 
+def _default(name: str) -> Any:
+    """TrainConfig's default for a field: the CLI's defaults are the config's, never a second copy."""
+    from trainer.config import TrainConfig
+
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default
+
+
 @app.command()
 def fit(
-    dataset: str = typer.Option("meld", help="meld, emorynlp, dailydialog or iemocap"),
-    data_dir: Optional[Path] = typer.Option(None, envvar="ERC_DATA_DIR", help="folder holding the dataset folders"),
-    store: Path = typer.Option(Path("var/models"), envvar="ERC_MODEL_STORE", help="model store to publish into"),
-    encoder: Optional[Path] = typer.Option(None, help="local HF encoder folder (default: packaged all-MiniLM-L6-v2)"),
-    context_turns: int = typer.Option(5, help="past turns in each prompt"),
-    max_length: int = typer.Option(256, help="max tokens per prompt"),
-    epochs: int = typer.Option(3, help="stage-1 epochs"),
-    batch_size: int = typer.Option(16),
-    lr: float = typer.Option(5e-5, help="encoder learning rate"),
-    head_lr: float = typer.Option(1e-3, help="projection head learning rate"),
-    lambda1: float = typer.Option(0.9, help="weight of SupCon+angle vs cross-entropy"),
-    lambda2: float = typer.Option(0.1, help="weight of the anchor-angle loss"),
-    temperature: float = typer.Option(0.1, help="tau of the cosine logits"),
-    stage2: bool = typer.Option(True, "--stage2/--no-stage2", help="anchor adaptation after stage 1"),
-    stage2_epochs: int = typer.Option(20),
-    anchors: str = typer.Option(
-        "file", help="plain (label words), llm (OpenAI-compatible LLM) or file (descriptions JSON)"
+    dataset: str = typer.Option(_default("dataset"), help="meld, emorynlp, dailydialog or iemocap"),
+    data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR", help="folder holding the dataset folders"),
+    store: Path = typer.Option(_default("store"), envvar="ERC_MODEL_STORE", help="model store to publish into"),
+    encoder: str = typer.Option(
+        _default("encoder"), help="encoder name (`erc-train encoders list`) or local HF folder"
     ),
-    descriptions: Optional[Path] = typer.Option(
+    context_turns: int = typer.Option(_default("context_turns"), help="past turns in each prompt"),
+    max_length: int = typer.Option(_default("max_length"), help="max tokens per prompt"),
+    template: str = typer.Option(_default("template"), help="prompt template with {utterance}, {speaker}, {mask}"),
+    proj_dim: int = typer.Option(_default("proj_dim"), help="width of the projection head's output"),
+    epochs: int = typer.Option(_default("epochs"), help="stage-1 epochs"),
+    batch_size: int = typer.Option(_default("batch_size"), help="utterances per optimizer step"),
+    lr: float = typer.Option(_default("lr"), help="encoder learning rate"),
+    head_lr: float = typer.Option(_default("head_lr"), help="projection head learning rate"),
+    weight_decay: float = typer.Option(_default("weight_decay"), help="AdamW weight decay (not on biases/norms)"),
+    warmup_ratio: float = typer.Option(_default("warmup_ratio"), help="share of steps with linear warmup"),
+    max_grad_norm: float = typer.Option(_default("max_grad_norm"), help="gradient clipping norm"),
+    lambda1: float = typer.Option(_default("lambda1"), help="weight of SupCon+angle vs cross-entropy"),
+    lambda2: float = typer.Option(_default("lambda2"), help="weight of the anchor-angle loss"),
+    temperature: float = typer.Option(_default("temperature"), help="tau of the cosine logits"),
+    class_weighting: str = typer.Option(
+        _default("class_weighting"), help="cross-entropy class weights: none, inverse or sqrt_inverse (rare classes up)"
+    ),
+    stage2: bool = typer.Option(_default("stage2"), "--stage2/--no-stage2", help="anchor adaptation after stage 1"),
+    stage2_epochs: int = typer.Option(_default("stage2_epochs"), help="anchor-adaptation epochs"),
+    stage2_lr: float = typer.Option(_default("stage2_lr"), help="anchor-adaptation learning rate (Adam)"),
+    anchors: str = typer.Option(
+        _default("anchors"), help="plain (label words), llm (OpenAI-compatible LLM) or file (descriptions JSON)"
+    ),
+    descriptions: Path | None = typer.Option(
         None, help="descriptions JSON for --anchors file (default: the shipped one)"
     ),
-    llm_model: Optional[str] = typer.Option(None, help="LLM model for --anchors llm (else OPENAI_MODEL)"),
-    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (else OPENAI_BASE_URL)"),
-    embeddings_model: Optional[str] = typer.Option(None, help="embed descriptions with this embeddings endpoint model"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    dtype: str = typer.Option("auto", help="auto, fp32, bf16 or fp16"),
-    seed: int = typer.Option(42),
-    max_train_conversations: Optional[int] = typer.Option(None, help="use only the first N train conversations"),
-    max_dev_conversations: Optional[int] = typer.Option(None, help="use only the first N dev conversations"),
-    version: Optional[str] = typer.Option(None, help="version name (default: dataset-timestamp-random)"),
+    llm_model: str | None = typer.Option(None, help="LLM model for --anchors llm (else OPENAI_MODEL)"),
+    llm_base_url: str | None = typer.Option(None, help="OpenAI-compatible base URL (else OPENAI_BASE_URL)"),
+    embeddings_model: str | None = typer.Option(None, help="embed descriptions with this embeddings endpoint model"),
+    device: str = typer.Option(_default("device"), help="auto, cpu or cuda"),
+    dtype: str = typer.Option(_default("dtype"), help="auto, fp32, bf16 or fp16"),
+    seed: int = typer.Option(_default("seed"), help="seed of every random stream"),
+    eval_batch_size: int = typer.Option(_default("eval_batch_size"), help="prompts per batch in dev evaluation"),
+    max_train_conversations: int | None = typer.Option(None, help="use only the first N train conversations"),
+    max_dev_conversations: int | None = typer.Option(None, help="use only the first N dev conversations"),
+    version: str | None = typer.Option(None, help="version name (default: dataset-timestamp-random)"),
     make_current: bool = typer.Option(
-        True, "--make-current/--no-make-current", help="point CURRENT at the new version"
+        _default("make_current"), "--make-current/--no-make-current", help="point CURRENT at the new version"
+    ),
+    run_dir: Path | None = typer.Option(None, help="folder for the run's config and checkpoints (var/runs/<version>)"),
+    checkpoint_every_steps: int = typer.Option(
+        _default("checkpoint_every_steps"), help="checkpoint every N optimizer steps (0: only at epoch ends)"
     ),
     quick: bool = typer.Option(False, "--quick", help="a few-minute run: 1 epoch on 80 train / 40 dev conversations"),
+    resume: Path | None = typer.Option(
+        None, help="continue the run in this folder from its last checkpoint, with its recorded settings"
+    ),
 ) -> None:
-    """Train with EACL (stage 1 + anchor adaptation), select on dev, publish to the store."""
+    """Train with EACL (stage 1 + anchor adaptation), select on dev, publish to the store.
+
+    SIGTERM or Ctrl-C checkpoints at the next step and exits 75; `--resume RUN_DIR` continues.
+    """
     _setup()
-    from trainer.config import QUICK_OVERRIDES, TrainConfig
+    from trainer.checkpoint import read_run_config
+    from trainer.config import TrainConfig
+    from trainer.train import StopFlag, TrainingInterrupted
     from trainer.train import fit as run_fit
 
+    settings = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
     try:
-        cfg = TrainConfig(
-            dataset=dataset,
-            data_dir=data_dir,
-            store=store,
-            encoder=encoder,
-            context_turns=context_turns,
-            max_length=max_length,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            head_lr=head_lr,
-            lambda1=lambda1,
-            lambda2=lambda2,
-            temperature=temperature,
-            stage2=stage2,
-            stage2_epochs=stage2_epochs,
-            anchors=anchors,
-            descriptions=descriptions,
-            llm_model=llm_model,
-            llm_base_url=llm_base_url,
-            embeddings_model=embeddings_model,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-            max_train_conversations=max_train_conversations,
-            max_dev_conversations=max_dev_conversations,
-            version=version,
-            make_current=make_current,
-        )
-        if quick:
-            cfg = cfg.replace(
-                **{
-                    k: v
-                    for k, v in QUICK_OVERRIDES.items()
-                    if k not in ("max_train_conversations", "max_dev_conversations") or getattr(cfg, k) is None
-                }
-            )
-        result = run_fit(cfg)
+        if resume is not None:
+            cfg = TrainConfig.from_json(read_run_config(resume)).replace(run_dir=resume)
+            console.print(f"resuming {resume} with its recorded settings (other training flags are ignored)")
+        else:
+            cfg = TrainConfig(**settings)
+            cfg = cfg.quick() if quick else cfg
+        stop = StopFlag()
+        with _stop_on_signals(stop):
+            result = run_fit(cfg, stop=stop, resume=resume is not None)
+    except TrainingInterrupted as exc:
+        console.print(f"[bold yellow]interrupted:[/] {exc}")
+        raise typer.Exit(code=75) from exc
     except (ErcError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     print_metrics(result.metrics, f"dev metrics of {result.version}")
-    console.print(
-        f"published [bold]{result.version}[/] to {result.path} in {result.wall_s:.0f} s (best epoch {result.best_epoch})"
-    )
+    console.print(f"published [bold]{result.version}[/] to {result.path} in {result.wall_s:.0f} s")
+    console.print(f"best epoch {result.best_epoch}")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: Any) -> Iterator[None]:
+    """SIGTERM/SIGINT ask training to checkpoint and stop at the next step; a second one stops at once."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: Any) -> None:
+        console.print(f"[yellow]signal {signum}: checkpointing at the next step (send again to stop now)[/]")
+        stop.set()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @app.command()
@@ -210,6 +239,47 @@ def evaluate(
         _fail(exc)
     print_metrics(m, f"{ds} {split}: {version}")
     console.print(f"report written to {out}")
+
+
+encoders_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Encoders by name: list and install.")
+app.add_typer(encoders_app, name="encoders")
+
+
+@encoders_app.command("list")
+def encoders_list(
+    cache_dir: Path | None = typer.Option(None, envvar="ERC_ENCODER_CACHE", help="encoder cache folder"),
+) -> None:
+    """Known encoders, their size and whether they are installed."""
+    from trainer.encoders import DEFAULT_ENCODER, ENCODERS, installed_path
+
+    t = Table(title="encoders (fit --encoder NAME)")
+    for col in ("name", "parameters", "width", "installed at / how to install", "description"):
+        t.add_column(col)
+    for name, spec in ENCODERS.items():
+        path = installed_path(spec, cache_dir)
+        how = f"pip install {spec.package}" if spec.package else spec.install_command
+        where = str(path) if path else f"[yellow]not installed:[/] {how}"
+        t.add_row(name + (" (default)" if name == DEFAULT_ENCODER else ""), f"{spec.parameters_m}M",
+                  str(spec.hidden_size), where, spec.description)  # fmt: skip
+    Console().print(t)
+
+
+@encoders_app.command("install")
+def encoders_install(
+    name: str = typer.Argument(..., help="encoder name from `erc-train encoders list`"),
+    cache_dir: Path | None = typer.Option(None, envvar="ERC_ENCODER_CACHE", help="encoder cache folder"),
+    wheel_dir: Path | None = typer.Option(None, help="take the wheels from this folder instead of PyPI"),
+    force: bool = typer.Option(False, "--force", help="reinstall even if installed"),
+) -> None:
+    """Download, verify (pinned sha256 sums) and install an encoder into the cache."""
+    _setup()
+    from trainer.encoders import install
+
+    try:
+        path = install(name, cache=cache_dir, wheel_dir=wheel_dir, force=force, log=console.print)
+    except (ErcError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"use it with: erc-train fit --encoder {name}   ({path})")
 
 
 def main() -> None:  # pragma: no cover

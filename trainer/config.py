@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from erc_stream.errors import ConfigError
 from erc_stream.prompt import DEFAULT_TEMPLATE
 from trainer.datasets import DATASETS
+from trainer.encoders import resolve_encoder
 
-__all__ = ["TrainConfig", "QUICK_OVERRIDES"]
+__all__ = ["TrainConfig", "QUICK_OVERRIDES", "CLASS_WEIGHTINGS"]
 
 # --quick: a few-minute run that still exercises every stage and publishes a real artifact.
 QUICK_OVERRIDES = dict(epochs=1, stage2_epochs=2, max_train_conversations=80, max_dev_conversations=40)
+# Cross-entropy class weights from train label counts n_c (N utterances, C classes):
+# none = 1, inverse = N / (C n_c), sqrt_inverse = sqrt(N / (C n_c)).
+CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
+_PATH_FIELDS = ("data_dir", "store", "descriptions", "run_dir")
 
 
 @dataclass(frozen=True)
@@ -23,7 +29,7 @@ class TrainConfig:
     dataset: str = "meld"
     data_dir: Path | None = None
     store: Path = Path("var/models")
-    encoder: Path | None = None  # None: the packaged all-MiniLM-L6-v2
+    encoder: str = "minilm-l6"  # a name from `erc-train encoders list` or a local HF encoder folder
     context_turns: int = 5
     max_length: int = 256
     template: str = DEFAULT_TEMPLATE
@@ -39,6 +45,7 @@ class TrainConfig:
     lambda1: float = 0.9
     lambda2: float = 0.1
     temperature: float = 0.1
+    class_weighting: str = "none"  # CE weights for rare classes: none, inverse, sqrt_inverse
     # Stage 2 (anchor adaptation on frozen representations)
     stage2: bool = True
     stage2_epochs: int = 20
@@ -58,7 +65,9 @@ class TrainConfig:
     max_dev_conversations: int | None = None
     version: str | None = None
     make_current: bool = True
-    tags: dict = field(default_factory=dict)
+    # Checkpoints (resume with `erc-train fit --resume RUN_DIR`)
+    run_dir: Path | None = None  # None: var/runs/<version>
+    checkpoint_every_steps: int = 200  # 0: only at the end of each epoch
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -87,28 +96,41 @@ class TrainConfig:
             ("eval_batch_size", self.eval_batch_size >= 1),
             ("max_train_conversations", self.max_train_conversations is None or self.max_train_conversations >= 1),
             ("max_dev_conversations", self.max_dev_conversations is None or self.max_dev_conversations >= 1),
+            ("class_weighting", self.class_weighting in CLASS_WEIGHTINGS),
+            ("checkpoint_every_steps", self.checkpoint_every_steps >= 0),
         ]
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"TrainConfig.{name} has an invalid value: {getattr(self, name)!r}")
-        if self.encoder is not None and not Path(self.encoder).is_dir():
-            raise ConfigError(
-                f"encoder={str(self.encoder)!r} is not a folder; pass a local Hugging Face encoder folder "
-                "(config.json, tokenizer and weights); nothing is downloaded at run time"
-            )
+        resolve_encoder(self.encoder)  # a clear error (with the install command) before any work starts
         if self.descriptions is not None and not Path(self.descriptions).is_file():
             raise ConfigError(f"descriptions={str(self.descriptions)!r} does not exist; pass a JSON descriptions file")
 
-    def replace(self, **changes) -> TrainConfig:
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
-    @property
-    def uses_contrastive(self) -> bool:
-        return self.lambda1 > 0
+    def quick(self) -> TrainConfig:
+        """The --quick variant: QUICK_OVERRIDES, keeping conversation limits the user set."""
+        keep = ("max_train_conversations", "max_dev_conversations")
+        return self.replace(**{k: v for k, v in QUICK_OVERRIDES.items() if k not in keep or getattr(self, k) is None})
 
-    def to_json(self) -> dict:
-        out = {}
+    @property
+    def encoder_path(self) -> Path:
+        return resolve_encoder(self.encoder)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             out[f.name] = str(v) if isinstance(v, Path) else v
         return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of to_json; unknown keys are refused with their names."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"run config has settings this version does not know: {', '.join(unknown)}")
+        values = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in data.items()}
+        return cls(**values)

@@ -36,6 +36,8 @@ __all__ = [
     "angle_loss",
     "stage1_loss",
     "anchor_adaptation_loss",
+    "triplet_loss",
+    "TRIPLET_MINING",
 ]
 
 # F.normalize divides by max(||x||, eps): a zero vector becomes zero (cosine 0), never NaN.
@@ -173,6 +175,7 @@ def stage1_loss(
     temperature: float,
     lambda1: float,
     lambda2: float,
+    class_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Stage-1 objective ``lambda1 * (L_sup + lambda2 * L_angle) + (1 - lambda1) * L_CE``.
 
@@ -181,6 +184,8 @@ def stage1_loss(
         labels: (B,) integer labels in [0, C).
         anchors: (C, D) emotion anchors (C >= 2 when ``lambda1 * lambda2 > 0``).
         temperature, lambda1, lambda2: see ``LossWeights``.
+        class_weights: (C,) weights of the cross-entropy term per gold class (rare classes up),
+            or None for plain cross-entropy; the weighted mean divides by the summed weights.
 
     Returns:
         ``(total, parts)``: the scalar float32 loss to back-propagate, and detached floats
@@ -196,7 +201,7 @@ def stage1_loss(
         if weights.lambda2 > 0.0:
             angle = angle_loss(anchors)
     if weights.lambda1 < 1.0:
-        ce = F.cross_entropy(cosine_logits(reps, anchors, weights.temperature), labels.long())
+        ce = F.cross_entropy(cosine_logits(reps, anchors, weights.temperature), labels.long(), weight=class_weights)
     total = weights.lambda1 * (sup + weights.lambda2 * angle) + (1.0 - weights.lambda1) * ce
     # One device-to-host copy for all four numbers.
     values = torch.stack([total, sup, angle, ce]).detach().cpu().tolist()
@@ -221,6 +226,67 @@ def anchor_adaptation_loss(reps: Tensor, labels: Tensor, anchors: Tensor, temper
     _check_temperature(temperature)
     _check_batch(reps, labels, anchors)
     return F.cross_entropy(cosine_logits(reps.detach(), anchors, temperature), labels.long())
+
+
+TRIPLET_MINING = ("batch_hard", "semi_hard")
+
+
+def triplet_loss(reps: Tensor, labels: Tensor, margin: float, mining: str = "batch_hard") -> Tensor:
+    """Triplet loss on cosine distance ``d = 1 - cos`` with in-batch mining (an option from SentEmoContext).
+
+    ``batch_hard`` (Hermans et al. 2017): for every item with at least one positive and one
+    negative in the batch, ``relu(max_p d(a, p) - min_n d(a, n) + margin)``; the mean over those items.
+
+    ``semi_hard`` (Schroff et al. 2015): for every positive pair (a, p) whose anchor has a negative,
+    the negative is the closest one still farther from a than p (``d(a, n) > d(a, p)``), or, when
+    every negative is closer than p, the farthest negative; ``relu(d(a, p) - d(a, n) + margin)``,
+    the mean over those pairs.
+
+    A batch with no valid item or pair gives 0 (still connected to ``reps`` for autograd).
+
+    Args:
+        reps: (B, D) representations.
+        labels: (B,) integer class ids.
+        margin: > 0, in cosine-distance units (distances lie in [0, 2]).
+        mining: ``batch_hard`` or ``semi_hard``.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    if mining not in TRIPLET_MINING:
+        raise ValueError(f"mining must be one of {', '.join(TRIPLET_MINING)}, got {mining!r}")
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not math.isfinite(margin) or margin <= 0:
+        raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
+    _check_matrix("reps", reps)
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != reps.shape[0]:
+        raise ValueError(f"labels must be a (B,) = ({reps.shape[0]},) tensor to match reps {tuple(reps.shape)}")
+    with _fp32_math(reps):
+        r = F.normalize(reps.float(), dim=-1, eps=_NORM_EPS)  # (B, D)
+        dist = 1.0 - r @ r.T  # (B, B)
+        same = labels[:, None] == labels[None, :]  # (B, B)
+        eye = torch.eye(dist.shape[0], dtype=torch.bool, device=dist.device)
+        pos = same & ~eye  # (B, B)
+        neg = ~same  # (B, B)
+        has_neg = neg.any(dim=1)  # (B,)
+        inf = torch.tensor(float("inf"), device=dist.device)
+        if mining == "batch_hard":
+            hardest_pos = torch.where(pos, dist, -inf).amax(dim=1)  # (B,)
+            hardest_neg = torch.where(neg, dist, inf).amin(dim=1)  # (B,)
+            valid = pos.any(dim=1) & has_neg  # (B,)
+            per_item = F.relu(hardest_pos - hardest_neg + margin)
+            per_item = torch.where(valid, per_item, torch.zeros_like(per_item))
+            return per_item.sum() / valid.sum().clamp_min(1)
+        # semi_hard: for pair (a, p), negatives n of a with d(a, n) > d(a, p).
+        d_ap = dist[:, :, None]  # (B, B, 1): anchor a, positive p
+        d_an = dist[:, None, :]  # (B, 1, B): anchor a, candidate n
+        farther = neg[:, None, :] & (d_an > d_ap)  # (B, B, B)
+        closest_farther = torch.where(farther, d_an, inf).amin(dim=2)  # (B, B)
+        farthest = torch.where(neg, dist, -inf).amax(dim=1, keepdim=True)  # (B, 1)
+        chosen = torch.where(farther.any(dim=2), closest_farther, farthest)  # (B, B)
+        valid_pairs = pos & has_neg[:, None]  # (B, B)
+        per_pair = F.relu(dist - chosen + margin)
+        per_pair = torch.where(valid_pairs, per_pair, torch.zeros_like(per_pair))
+        return per_pair.sum() / valid_pairs.sum().clamp_min(1)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ anchors alone are fitted with cross-entropy over cos(r, a)/tau and chosen on dev
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,22 +28,32 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from erc_stream.artifact import new_version_name, publish_version
+from erc_stream.errors import ConfigError, ErcError
 from erc_stream.model import (
     EmotionModel,
     Predictor,
     ProjectionHead,
-    default_encoder_path,
     resolve_device,
     resolve_dtype,
 )
 from erc_stream.prompt import Prompt, PromptBuilder, pad_batch
 from trainer.anchors import LLMSettings, describe_emotions, embed_descriptions
+from trainer.checkpoint import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    Progress,
+    capture_rng,
+    load_file,
+    restore_rng,
+    save_atomic,
+    write_run_config,
+)
 from trainer.config import TrainConfig
 from trainer.datasets import DATASETS, Conversation, load_split
 from trainer.evaluate import build_examples, compute_metrics, predict_examples, write_report
 from trainer.losses import anchor_adaptation_loss, stage1_loss
 
-__all__ = ["fit", "FitResult"]
+__all__ = ["fit", "FitResult", "StopFlag", "TrainingInterrupted", "run_dir_of"]
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +121,117 @@ def _limit(convs: list[Conversation], n: int | None) -> list[Conversation]:
     return convs if n is None else convs[:n]
 
 
-def fit(cfg: TrainConfig, *, progress: bool = True) -> FitResult:
-    """Train on the dataset's train split, select on dev, evaluate, publish into cfg.store."""
+class TrainingInterrupted(ErcError):
+    """A stop was requested (SIGTERM/SIGINT): the run checkpointed and can be resumed."""
+
+
+class StopFlag:
+    """Set from a signal handler or a test; training checks it between optimizer steps."""
+
+    def __init__(self, after_steps: int | None = None) -> None:
+        self._set = False
+        self.after_steps = after_steps  # for tests: stop once this many steps are done
+
+    def set(self) -> None:
+        self._set = True
+
+    def should_stop(self, global_step: int) -> bool:
+        return self._set or (self.after_steps is not None and global_step >= self.after_steps)
+
+
+@dataclass
+class _Run:
+    """Everything a run builds before training: data, tokenizer, encoder, anchors, model."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    labels: list[str]
+    neutral: str | None
+    device: torch.device
+    dtype: torch.dtype
+    enc_path: Path
+    tokenizer: Any
+    encoder: nn.Module
+    builder: PromptBuilder
+    source: Any
+    head: ProjectionHead
+    anchor_enc: _AnchorEncoder
+    model: EmotionModel
+    train_ex: list[tuple[Prompt, int]]
+    dev_ex: list[tuple[Prompt, int]]
+    anchors_before: torch.Tensor  # (C, D) anchors of the untrained model, for the report
+
+    def predictor(self, anchors: torch.Tensor) -> Predictor:
+        """The shared inference path on the live weights, for dev evaluation."""
+        manifest = _manifest_core(self.cfg, self.labels, self.builder, self.source, self.enc_path)
+        manifest["version"] = "in-training"
+        eval_model = EmotionModel(self.encoder, self.head, anchors.to(self.device))
+        eval_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
+        return Predictor(eval_model.eval(), self.builder, manifest, self.device, eval_dtype)
+
+    def dev_metrics(self, anchors: torch.Tensor, progress: bool, desc: str = "dev") -> dict:
+        pred = predict_examples(
+            self.predictor(anchors), self.dev_ex, batch_size=self.cfg.eval_batch_size, progress=progress, desc=desc
+        )
+        return compute_metrics([y for _, y in self.dev_ex], pred.label_ids.tolist(), self.labels, self.neutral)
+
+
+@dataclass
+class _Optim:
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    params: list[nn.Parameter]  # everything clipped together
+    class_weights: torch.Tensor | None  # (C,) or None
+
+
+def run_dir_of(cfg: TrainConfig) -> Path:
+    return cfg.run_dir if cfg.run_dir is not None else Path("var/runs") / str(cfg.version)
+
+
+def fit(cfg: TrainConfig, *, progress: bool = True, stop: StopFlag | None = None, resume: bool = False) -> FitResult:
+    """Train on the dataset's train split, select on dev, evaluate, publish into cfg.store.
+
+    The run folder (``cfg.run_dir``, default ``var/runs/<version>``) receives the config and
+    checkpoints; ``resume=True`` continues from its latest checkpoint. A set ``stop`` flag makes
+    training checkpoint at the next step boundary and raise :class:`TrainingInterrupted`.
+    """
+    t_start = time.perf_counter()
+    if cfg.version is None:
+        cfg = cfg.replace(version=new_version_name(cfg.dataset))
+    run = _prepare(cfg, resume=resume)
+    ckpt = load_file(run.run_dir / CHECKPOINT_FILE) if resume and (run.run_dir / CHECKPOINT_FILE).is_file() else None
+    if resume and ckpt is None:
+        log.warning("no checkpoint in %s yet: starting the run from its beginning", run.run_dir)
+    progress_state = _stage1(run, ckpt, progress=progress, stop=stop or StopFlag())
+    stage1_anchors = _load_best(run, progress_state)
+    final_anchors, stage2_info = stage1_anchors, {"enabled": cfg.stage2}
+    if cfg.stage2 and cfg.stage2_epochs > 0:
+        final_anchors, stage2_info = _adapt_anchors(
+            cfg, run.model, run.builder, run.train_ex, run.dev_ex, stage1_anchors, run.labels, run.neutral, progress
+        )
+    return _publish(run, progress_state, final_anchors, stage2_info, t_start, progress)
+
+
+def _prepare(cfg: TrainConfig, *, resume: bool) -> _Run:
+    """Seed, load data and encoder, build anchors and model; write the run's config."""
     from transformers import AutoModel, AutoTokenizer
 
-    t_start = time.perf_counter()
     _seed_everything(cfg.seed)
+    run_dir = run_dir_of(cfg)
+    if not resume and (run_dir / CHECKPOINT_FILE).exists():
+        raise ConfigError(f"{run_dir} already holds a run; resume it with `erc-train fit --resume {run_dir}`")
+    write_run_config(run_dir, cfg.to_json())
     spec = DATASETS[cfg.dataset]
     labels = list(spec.labels)
-    label_id = {l: i for i, l in enumerate(labels)}
+    label_id = {label: i for i, label in enumerate(labels)}
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    log.info("training on %s with %s", device, dtype)
+    log.info("training on %s with %s; run folder %s", device, dtype, run_dir)
 
     train_convs = _limit(load_split(cfg.dataset, "train", cfg.data_dir), cfg.max_train_conversations)
     dev_convs = _limit(load_split(cfg.dataset, "dev", cfg.data_dir), cfg.max_dev_conversations)
-
-    enc_path = Path(cfg.encoder) if cfg.encoder else default_encoder_path()
+    enc_path = cfg.encoder_path
     tokenizer = AutoTokenizer.from_pretrained(enc_path, local_files_only=True)
     encoder = AutoModel.from_pretrained(enc_path, local_files_only=True)
     builder = PromptBuilder(
@@ -135,11 +239,8 @@ def fit(cfg: TrainConfig, *, progress: bool = True) -> FitResult:
     )
 
     # Anchor texts (label words, LLM or file descriptions) and, optionally, external embeddings.
-    llm = (
-        LLMSettings.from_env(model=cfg.llm_model, base_url=cfg.llm_base_url)
-        if cfg.anchors == "llm" or cfg.embeddings_model
-        else None
-    )
+    wants_llm = cfg.anchors == "llm" or cfg.embeddings_model
+    llm = LLMSettings.from_env(model=cfg.llm_model, base_url=cfg.llm_base_url) if wants_llm else None
     source = describe_emotions(cfg.anchors, labels, cfg.dataset, llm=llm, descriptions_file=cfg.descriptions)
     external = None
     if cfg.embeddings_model:
@@ -150,182 +251,283 @@ def fit(cfg: TrainConfig, *, progress: bool = True) -> FitResult:
     model = EmotionModel(encoder, head, torch.zeros(len(labels), cfg.proj_dim))
     model.to(device)
     anchor_enc.to(device)
-
     train_ex = build_examples(builder, train_convs, label_id)
     dev_ex = build_examples(builder, dev_convs, label_id)
     log.info("train %d utterances (%d conversations), dev %d", len(train_ex), len(train_convs), len(dev_ex))
-
     with torch.no_grad():
-        anchors_before = anchor_enc().float().cpu()
+        anchors_before = anchor_enc().float().cpu()  # (C, D)
+    return _Run(
+        cfg,
+        run_dir,
+        labels,
+        spec.neutral_label,
+        device,
+        dtype,
+        enc_path,
+        tokenizer,
+        encoder,
+        builder,
+        source,
+        head,
+        anchor_enc,
+        model,
+        train_ex,
+        dev_ex,
+        anchors_before,
+    )
 
-    # ---- stage 1 ----
-    enc_params = list(encoder.parameters())
-    head_params = list(head.parameters()) + ([p for p in anchor_enc.adapter.parameters()] if anchor_enc.adapter else [])
-    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "norm" in n.lower()  # noqa: E731
+
+def _class_weights(cfg: TrainConfig, train_ex: list[tuple[Prompt, int]], n_classes: int) -> torch.Tensor | None:
+    if cfg.class_weighting == "none":
+        return None
+    counts = torch.bincount(torch.tensor([y for _, y in train_ex]), minlength=n_classes).float().clamp_min(1.0)
+    w = counts.sum() / (n_classes * counts)  # (C,) inverse frequency, 1 for a balanced split
+    return w.sqrt() if cfg.class_weighting == "sqrt_inverse" else w
+
+
+def _optimizer(run: _Run) -> _Optim:
+    """AdamW with decay off for biases and norms, linear warmup and decay (transformers' schedule)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = run.cfg
+    adapter = run.anchor_enc.adapter
+    head_params = list(run.head.parameters()) + (list(adapter.parameters()) if adapter is not None else [])
+    named = list(run.encoder.named_parameters())
     groups = [
-        {
-            "params": [p for n, p in encoder.named_parameters() if not no_decay(n)],
-            "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay,
-        },
-        {"params": [p for n, p in encoder.named_parameters() if no_decay(n)], "lr": cfg.lr, "weight_decay": 0.0},
+        {"params": [p for n, p in named if not _no_decay(n)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in named if _no_decay(n)], "lr": cfg.lr, "weight_decay": 0.0},
         {"params": head_params, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
     ]
     opt = torch.optim.AdamW(groups)
-    rng = random.Random(cfg.seed)
-    lengths = [len(p) for p, _ in train_ex]
-    steps_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
-    total_steps = max(1, steps_per_epoch * cfg.epochs)
-    warmup = int(total_steps * cfg.warmup_ratio)
+    total_steps = max(1, math.ceil(len(run.train_ex) / cfg.batch_size) * cfg.epochs)
+    sched = get_linear_schedule_with_warmup(opt, int(total_steps * cfg.warmup_ratio), total_steps)
+    fp16_cuda = run.device.type == "cuda" and run.dtype == torch.float16
+    scaler = torch.amp.GradScaler("cuda") if fp16_cuda else None
+    weights = _class_weights(cfg, run.train_ex, len(run.labels))
+    return _Optim(
+        opt, sched, scaler, [p for _, p in named] + head_params, None if weights is None else weights.to(run.device)
+    )
 
-    def lr_lambda(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and dtype == torch.float16 else None
+def _no_decay(name: str) -> bool:
+    return name.endswith("bias") or "norm" in name.lower()
 
-    def current_predictor(anchors: torch.Tensor) -> Predictor:
-        eval_model = EmotionModel(encoder, head, anchors.to(device))
-        manifest = _manifest_core(cfg, labels, builder, source, enc_path)
-        manifest["version"] = "in-training"
-        return Predictor(
-            eval_model.eval(), builder, manifest, device, torch.float32 if dtype != torch.float16 else dtype
+
+def _save_checkpoint(run: _Run, optim: _Optim, progress: Progress, batch_rng: random.Random) -> None:
+    state = {
+        "model": run.model.state_dict(),
+        "anchor_adapter": run.anchor_enc.adapter.state_dict() if run.anchor_enc.adapter is not None else {},
+        "optimizer": optim.opt.state_dict(),
+        "scheduler": optim.sched.state_dict(),
+        "scaler": optim.scaler.state_dict() if optim.scaler is not None else {},
+        "rng": capture_rng(batch_rng),
+        "progress": progress.to_state(),
+    }
+    save_atomic(state, run.run_dir / CHECKPOINT_FILE)
+
+
+def _restore_checkpoint(run: _Run, optim: _Optim, ckpt: dict, batch_rng: random.Random) -> Progress:
+    run.model.load_state_dict(ckpt["model"])
+    if run.anchor_enc.adapter is not None:
+        run.anchor_enc.adapter.load_state_dict(ckpt["anchor_adapter"])
+    optim.opt.load_state_dict(ckpt["optimizer"])
+    optim.sched.load_state_dict(ckpt["scheduler"])
+    if optim.scaler is not None and ckpt["scaler"]:
+        optim.scaler.load_state_dict(ckpt["scaler"])
+    restore_rng(ckpt["rng"], batch_rng)
+    progress = Progress.from_state(ckpt["progress"])
+    log.info(
+        "resumed %s at epoch %d, batch %d (step %d)",
+        run.run_dir,
+        progress.epoch,
+        progress.batch_pos,
+        progress.global_step,
+    )
+    return progress
+
+
+def _stage1(run: _Run, ckpt: dict | None, *, progress: bool, stop: StopFlag) -> Progress:
+    """Stage 1 epochs with dev selection; checkpoints every N steps and at each epoch end."""
+    cfg = run.cfg
+    optim = _optimizer(run)
+    batch_rng = random.Random(cfg.seed)
+    state = _restore_checkpoint(run, optim, ckpt, batch_rng) if ckpt is not None else Progress()
+    lengths = [len(p) for p, _ in run.train_ex]
+    while state.epoch <= cfg.epochs:
+        if state.batches is None:
+            state.batches = _length_sorted_batches(lengths, cfg.batch_size, batch_rng)
+        _train_epoch(run, optim, state, batch_rng, progress=progress, stop=stop)
+        _end_epoch(run, state, progress=progress)
+        _save_checkpoint(run, optim, state, batch_rng)
+    return state
+
+
+def _train_epoch(
+    run: _Run, optim: _Optim, state: Progress, batch_rng: random.Random, *, progress: bool, stop: StopFlag
+) -> None:
+    cfg = run.cfg
+    assert state.batches is not None
+    run.model.train()
+    run.anchor_enc.train()
+    todo = state.batches[state.batch_pos :]
+    bar = tqdm(
+        total=len(state.batches),
+        initial=state.batch_pos,
+        desc=f"stage 1 epoch {state.epoch}/{cfg.epochs}",
+        unit="batch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    seen = sum(len(b) for b in state.batches[: state.batch_pos])
+    for batch_idx in todo:
+        t0 = time.perf_counter()
+        parts = _train_step(run, optim, batch_idx)
+        state.epoch_train_s += time.perf_counter() - t0
+        state.batch_pos += 1
+        state.global_step += 1
+        seen += len(batch_idx)
+        for k, v in parts.items():
+            state.running[k] = 0.9 * state.running.get(k, v) + 0.1 * v
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{state.running['loss']:.3f}",
+            ce=f"{state.running['ce']:.3f}",
+            sup=f"{state.running['sup']:.3f}",
+            utt_s=f"{seen / max(state.epoch_train_s, 1e-9):.1f}",
         )
-
-    best = {"f1": -1.0, "epoch": 0, "state": None, "anchor_state": None}
-    history: list[dict] = []
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        anchor_enc.train()
-        batches = _length_sorted_batches(lengths, cfg.batch_size, rng)
-        bar = tqdm(
-            batches, desc=f"stage 1 epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, dynamic_ncols=True
-        )
-        seen, t_epoch, running = 0, time.perf_counter(), {}
-        for batch_idx in bar:
-            prompts = [train_ex[i][0] for i in batch_idx]
-            y = torch.tensor([train_ex[i][1] for i in batch_idx], device=device)
-            batch = {k: v.to(device) for k, v in pad_batch(prompts, tokenizer.pad_token_id or 0).items()}
-            with _autocast(device, dtype):
-                reps = model.represent(**batch)  # (B, D)
-                anchors = anchor_enc()  # (C, D)
-            loss, parts = stage1_loss(
-                reps.float(), y, anchors.float(), temperature=cfg.temperature, lambda1=cfg.lambda1, lambda2=cfg.lambda2
+        every = cfg.checkpoint_every_steps
+        if every and state.global_step % every == 0:
+            _save_checkpoint(run, optim, state, batch_rng)
+        if stop.should_stop(state.global_step):
+            _save_checkpoint(run, optim, state, batch_rng)
+            bar.close()
+            raise TrainingInterrupted(
+                f"stopped at epoch {state.epoch}, batch {state.batch_pos} (step {state.global_step}); "
+                f"resume with: erc-train fit --resume {run.run_dir}"
             )
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(enc_params + head_params, cfg.max_grad_norm)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            sched.step()
-            seen += len(batch_idx)
-            for k, v in parts.items():
-                running[k] = 0.9 * running.get(k, v) + 0.1 * v
-            bar.set_postfix(
-                loss=f"{running['loss']:.3f}",
-                ce=f"{running['ce']:.3f}",
-                sup=f"{running['sup']:.3f}",
-                utt_s=f"{seen / (time.perf_counter() - t_epoch):.1f}",
-            )
-        bar.close()
-        train_s = time.perf_counter() - t_epoch
-        model.eval()
-        anchor_enc.eval()
-        with torch.no_grad():
-            anchors_now = anchor_enc().float()
-        dev_pred = predict_examples(
-            current_predictor(anchors_now), dev_ex, batch_size=cfg.eval_batch_size, progress=progress, desc="dev"
-        )
-        m = compute_metrics([y for _, y in dev_ex], dev_pred.label_ids.tolist(), labels, spec.neutral_label)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_s": round(train_s, 1),
-                "utt_per_s": round(len(train_ex) / train_s, 2),
-                "dev_weighted_f1": m["weighted_f1"],
-                "dev_macro_f1": m["macro_f1"],
-                **{f"loss_{k}": round(v, 4) for k, v in running.items()},
-            }
-        )
-        log.info("epoch %d: dev weighted F1 %.4f (%.1f utt/s)", epoch, m["weighted_f1"], len(train_ex) / train_s)
-        if progress:
-            tqdm.write(
-                f"epoch {epoch}: dev weighted F1 {m['weighted_f1']:.4f}  macro F1 {m['macro_f1']:.4f}  ({len(train_ex) / train_s:.1f} utt/s)"
-            )
-        if m["weighted_f1"] > best["f1"]:
-            best.update(
-                f1=m["weighted_f1"],
-                epoch=epoch,
-                state=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}),
-                anchor_state=anchors_now.cpu().clone(),
-            )
+    bar.close()
 
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-        stage1_anchors = best["anchor_state"].to(device)
-    else:  # epochs == 0: the untrained encoder with its text anchors
-        stage1_anchors = anchors_before.to(device)
-    model.eval()
 
-    # ---- stage 2 ----
-    final_anchors = stage1_anchors
-    stage2_info: dict = {"enabled": cfg.stage2}
-    if cfg.stage2 and cfg.stage2_epochs > 0:
-        final_anchors, stage2_info = _adapt_anchors(
-            cfg, model, builder, train_ex, dev_ex, stage1_anchors, labels, spec.neutral_label, progress
+def _train_step(run: _Run, optim: _Optim, batch_idx: list[int]) -> dict[str, float]:
+    """One optimizer step on one batch of prompts; returns the loss parts for the log."""
+    cfg, device = run.cfg, run.device
+    prompts = [run.train_ex[i][0] for i in batch_idx]
+    y = torch.tensor([run.train_ex[i][1] for i in batch_idx], device=device)  # (B,)
+    batch = {k: v.to(device) for k, v in pad_batch(prompts, run.tokenizer.pad_token_id or 0).items()}
+    with _autocast(device, run.dtype):
+        reps = run.model.represent(**batch)  # (B, D)
+        anchors = run.anchor_enc()  # (C, D)
+    loss, parts = stage1_loss(
+        reps.float(),
+        y,
+        anchors.float(),
+        temperature=cfg.temperature,
+        lambda1=cfg.lambda1,
+        lambda2=cfg.lambda2,
+        class_weights=optim.class_weights,
+    )
+    optim.opt.zero_grad(set_to_none=True)
+    if optim.scaler is not None:
+        optim.scaler.scale(loss).backward()
+        optim.scaler.unscale_(optim.opt)
+    else:
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(optim.params, cfg.max_grad_norm)
+    if optim.scaler is not None:
+        optim.scaler.step(optim.opt)
+        optim.scaler.update()
+    else:
+        optim.opt.step()
+    optim.sched.step()
+    return parts
+
+
+def _end_epoch(run: _Run, state: Progress, *, progress: bool) -> None:
+    """Dev evaluation; keep the best epoch's weights in best.pt; move on to the next epoch."""
+    run.model.eval()
+    run.anchor_enc.eval()
+    with torch.no_grad():
+        anchors_now = run.anchor_enc().float()  # (C, D)
+    m = run.dev_metrics(anchors_now, progress)
+    n_train = sum(len(b) for b in state.batches or [])
+    utt_s = n_train / max(state.epoch_train_s, 1e-9)
+    state.history.append(
+        {
+            "epoch": state.epoch,
+            "train_s": round(state.epoch_train_s, 1),
+            "utt_per_s": round(utt_s, 2),
+            "dev_weighted_f1": m["weighted_f1"],
+            "dev_macro_f1": m["macro_f1"],
+            **{f"loss_{k}": round(v, 4) for k, v in state.running.items()},
+        }
+    )
+    log.info("epoch %d: dev weighted F1 %.4f (%.1f utt/s)", state.epoch, m["weighted_f1"], utt_s)
+    if progress:
+        tqdm.write(
+            f"epoch {state.epoch}: dev weighted F1 {m['weighted_f1']:.4f}  macro F1 {m['macro_f1']:.4f}  "
+            f"({utt_s:.1f} utt/s)"
         )
+    if m["weighted_f1"] > state.best_f1:
+        state.best_f1, state.best_epoch = m["weighted_f1"], state.epoch
+        save_atomic({"model": run.model.state_dict(), "anchors": anchors_now.cpu()}, run.run_dir / BEST_FILE)
+    state.epoch += 1
+    state.batch_pos, state.batches, state.epoch_train_s, state.running = 0, None, 0.0, {}
 
-    # ---- evaluate and publish ----
-    predictor = current_predictor(final_anchors)
-    dev_pred = predict_examples(predictor, dev_ex, batch_size=cfg.eval_batch_size, progress=progress, desc="final dev")
-    dev_metrics = compute_metrics([y for _, y in dev_ex], dev_pred.label_ids.tolist(), labels, spec.neutral_label)
+
+def _load_best(run: _Run, state: Progress) -> torch.Tensor:
+    """Put the best stage-1 epoch's weights in the model; its anchors, or the text anchors if no epoch ran."""
+    run.model.eval()
+    if state.best_epoch == 0:
+        return run.anchors_before.to(run.device)
+    best = load_file(run.run_dir / BEST_FILE)
+    run.model.load_state_dict(best["model"])
+    return best["anchors"].to(run.device)
+
+
+def _publish(
+    run: _Run, state: Progress, anchors: torch.Tensor, stage2_info: dict, t_start: float, progress: bool
+) -> FitResult:
+    """Final dev evaluation, manifest and report, atomic publish into the store."""
+    cfg = run.cfg
+    dev_metrics = run.dev_metrics(anchors, progress, desc="final dev")
     wall_s = time.perf_counter() - t_start
-    version = cfg.version or new_version_name(cfg.dataset)
-    manifest = _manifest_core(cfg, labels, builder, source, enc_path)
+    version = str(cfg.version)
+    manifest = _manifest_core(cfg, run.labels, run.builder, run.source, run.enc_path)
     manifest["metrics"] = {"dev": _headline(dev_metrics)}
     manifest["training"] = {
         "config": cfg.to_json(),
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
-        "best_epoch": best["epoch"],
-        "history": history,
+        "device": str(run.device),
+        "dtype": str(run.dtype).replace("torch.", ""),
+        "best_epoch": state.best_epoch,
+        "history": state.history,
         "stage2": stage2_info,
         "wall_s": round(wall_s, 1),
-        "train_utterances": len(train_ex),
-        "dev_utterances": len(dev_ex),
+        "train_utterances": len(run.train_ex),
+        "dev_utterances": len(run.dev_ex),
     }
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report"
         write_report(
             report,
             {"dev": dev_metrics},
-            labels,
-            anchors_before=anchors_before,
-            anchors_after=final_anchors.cpu(),
-            history=history,
+            run.labels,
+            anchors_before=run.anchors_before,
+            anchors_after=anchors.cpu(),
+            history=state.history,
             title=f"{cfg.dataset} {version}",
         )
         path = publish_version(
             cfg.store,
             version=version,
-            encoder=encoder,
-            tokenizer=tokenizer,
-            head_state=head.state_dict(),
-            anchors=final_anchors,
+            encoder=run.encoder,
+            tokenizer=run.tokenizer,
+            head_state=run.head.state_dict(),
+            anchors=anchors,
             manifest=manifest,
             report_dir=report,
             make_current=cfg.make_current,
         )
-    return FitResult(version=version, path=path, metrics=dev_metrics, wall_s=wall_s, best_epoch=best["epoch"])
+    return FitResult(version=version, path=path, metrics=dev_metrics, wall_s=wall_s, best_epoch=state.best_epoch)
 
 
 def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neutral, progress):
@@ -398,7 +600,11 @@ def _manifest_core(cfg: TrainConfig, labels, builder: PromptBuilder, source, enc
             "normalization": "erc_stream.prompt.normalize_text v1",
         },
         "temperature": cfg.temperature,
-        "encoder": {"id": enc_path.name if enc_path.name != "model" else enc_path.parent.name, "source": str(enc_path)},
+        "encoder": {
+            "id": enc_path.name if enc_path.name != "model" else enc_path.parent.name,
+            "source": str(enc_path),
+            "name": cfg.encoder,
+        },
         "head": {"proj_dim": cfg.proj_dim, "activation": "gelu"},
         "anchors": {
             **json.loads(json.dumps(source.provenance, default=str)),

@@ -181,7 +181,17 @@ def test_missing_encoder_folder(tmp_path):
     proc = erc_train("fit", "--dataset", "meld", "--encoder", "/nonexistent", "--store", str(tmp_path / "s"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = " ".join(proc.stderr.split())
-    assert "encoder='/nonexistent' is not a folder" in err and "nothing is downloaded" in err
+    assert "encoder='/nonexistent' is neither a known name" in err and "nothing is downloaded" in err
+    assert "Traceback" not in proc.stderr
+
+
+def test_uninstalled_encoder_names_the_install_command(tmp_path):
+    cache = tmp_path / "empty-cache"
+    proc = erc_train("fit", "--dataset", "meld", "--encoder", "mpnet-base", "--store", str(tmp_path / "s"),
+                     env=cli_env(ERC_ENCODER_CACHE=str(cache)))  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = " ".join(proc.stderr.split())
+    assert "encoder 'mpnet-base' is not installed" in err and "erc-train encoders install mpnet-base" in err
     assert "Traceback" not in proc.stderr
 
 

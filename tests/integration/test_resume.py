@@ -1,0 +1,117 @@
+"""Training survives interruption: a run stopped anywhere and resumed from its run folder
+publishes exactly the weights of the same run left alone (fp32, same machine, same settings).
+
+Real MELD conversations (a handful), the real default encoder, the real trainer; the stop is
+either the trainer's own stop flag (what SIGTERM sets) or a real SIGTERM to `erc-train fit`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from trainer.checkpoint import CHECKPOINT_FILE, load_file as load_checkpoint
+from trainer.config import TrainConfig
+from trainer.train import StopFlag, TrainingInterrupted, fit
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+DATA_DIR = Path(os.environ.get("ERC_DATA_DIR") or "/work/shared/datasets")
+if not (DATA_DIR / "meld" / "train_sent_emo.csv").is_file():
+    pytest.skip(f"MELD CSVs not found under {DATA_DIR}/meld; set ERC_DATA_DIR", allow_module_level=True)
+
+# 4 train conversations (39 utterances) in batches of 4: 10 steps per epoch, 2 epochs.
+TINY = dict(dataset="meld", data_dir=DATA_DIR, max_train_conversations=4, max_dev_conversations=2, context_turns=1,
+            max_length=128, epochs=2, batch_size=4, stage2_epochs=2, checkpoint_every_steps=4, device="cpu",
+            dtype="fp32", make_current=False)  # fmt: skip
+
+
+def weights(version_dir: Path) -> dict[str, bytes]:
+    """Every tensor the artifact serves, as raw bytes: equal means bit-identical."""
+    out = {f"head.{k}": v.numpy().tobytes() for k, v in load_file(version_dir / "head.safetensors").items()}
+    enc = load_file(version_dir / "encoder" / "model.safetensors")
+    out.update({f"encoder.{k}": v.numpy().tobytes() for k, v in enc.items()})
+    return out
+
+
+def digest(w: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(w):
+        h.update(k.encode() + w[k])
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, bytes]:
+    tmp = tmp_path_factory.mktemp("straight")
+    cfg = TrainConfig(**TINY, store=tmp / "store", run_dir=tmp / "run", version="straight")
+    result = fit(cfg, progress=False)
+    assert result.best_epoch in (1, 2)
+    return weights(result.path)
+
+
+@pytest.mark.parametrize("stop_after", [6, 10], ids=["mid-epoch", "epoch-boundary"])
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, uninterrupted, stop_after):
+    cfg = TrainConfig(**TINY, store=tmp_path / "store", run_dir=tmp_path / "run", version="resumed")
+    with pytest.raises(TrainingInterrupted, match=f"resume with: erc-train fit --resume {tmp_path / 'run'}"):
+        fit(cfg, progress=False, stop=StopFlag(after_steps=stop_after))
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)
+    assert ckpt["progress"]["global_step"] == stop_after
+    assert not (tmp_path / "store" / "resumed").exists(), "an interrupted run must not publish"
+
+    result = fit(cfg, progress=False, resume=True)
+    resumed = weights(result.path)
+    assert resumed.keys() == uninterrupted.keys()
+    differing = [k for k in resumed if resumed[k] != uninterrupted[k]]
+    assert not differing, f"{len(differing)} tensors differ after resume, e.g. {differing[:3]}"
+    assert digest(resumed) == digest(uninterrupted)
+
+
+def test_a_fresh_fit_refuses_a_run_folder_that_holds_a_run(tmp_path):
+    cfg = TrainConfig(**TINY, store=tmp_path / "store", run_dir=tmp_path / "run", version="first")
+    with pytest.raises(TrainingInterrupted):
+        fit(cfg, progress=False, stop=StopFlag(after_steps=1))
+    with pytest.raises(ValueError, match="resume it with `erc-train fit --resume"):
+        fit(cfg, progress=False)
+
+
+def test_sigterm_checkpoints_and_the_cli_resumes_to_the_same_weights(tmp_path, uninterrupted):
+    erc_train = str(Path(sys.executable).parent / "erc-train")
+    run_dir, store = tmp_path / "run", tmp_path / "store"
+    args = [erc_train, "fit", "--dataset", "meld", "--max-train-conversations", "4", "--max-dev-conversations", "2",
+            "--context-turns", "1", "--max-length", "128", "--epochs", "2", "--batch-size", "4", "--stage2-epochs", "2",
+            "--checkpoint-every-steps", "4", "--device", "cpu", "--dtype", "fp32", "--no-make-current",
+            "--store", str(store), "--run-dir", str(run_dir), "--version", "cli"]  # fmt: skip
+    env = {**os.environ, "ERC_DATA_DIR": str(DATA_DIR), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while not (run_dir / CHECKPOINT_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before its first checkpoint: " + (
+        proc.stdout.read() if proc.stdout else ""
+    )
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 75, out[-3000:]
+    assert f"erc-train fit --resume {run_dir}" in out.replace("\n", "")
+
+    resumed = subprocess.run([erc_train, "fit", "--resume", str(run_dir)], env=env, capture_output=True, text=True,
+                             timeout=900)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+    assert digest(weights(store / "cli")) == digest(uninterrupted)
+
+
+def test_resume_of_a_folder_without_a_run_says_what_to_pass(tmp_path):
+    erc_train = str(Path(sys.executable).parent / "erc-train")
+    proc = subprocess.run([erc_train, "fit", "--resume", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "is not a training run folder" in " ".join(proc.stderr.split())
