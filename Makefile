@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-unit test-faults sysdeps bench-model bench-stream bench-train lint clean
+.PHONY: venv demo test test-unit test-faults test-gpu sysdeps bench-model bench-stream bench-train bench-gpu lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ test-unit: $(STAMP)
 test-faults: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q -s tests/faults
 
+# The CUDA path: AMP training, worker inference on the GPU vs CPU fp32, a short benchmark.
+# Every test skips, saying why, where torch sees no CUDA device.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -rsP tests/gpu
+
 bench-model: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
 
@@ -50,6 +55,9 @@ bench-stream: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
+
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache var
