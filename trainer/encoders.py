@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,9 +249,16 @@ def install(
 def _unzip_model(blob: io.BytesIO, spec: EncoderSpec, dest: Path) -> None:
     """Extract ``zip_root/*`` into ``dest`` (flat root), skipping junk files and refusing path escapes."""
     try:
-        z = zipfile.ZipFile(blob)
-    except zipfile.BadZipFile as exc:
-        raise EncoderInstallError(f"the assembled parts of {spec.name} are not a zip file: {exc}") from exc
+        _extract(zipfile.ZipFile(blob), spec, dest)
+    except (zipfile.BadZipFile, ValueError, EOFError, zlib.error) as exc:
+        raise EncoderInstallError(f"the assembled parts of {spec.name} are not a readable zip: {exc}") from exc
+    if not (dest / "config.json").is_file() or not (dest / "model.safetensors").is_file():
+        raise EncoderInstallError(
+            f"the zip of {spec.name} has no config.json or model.safetensors under {spec.zip_root}/"
+        )
+
+
+def _extract(z: zipfile.ZipFile, spec: EncoderSpec, dest: Path) -> None:
     prefix = spec.zip_root.rstrip("/") + "/"
     dest.mkdir(parents=True)
     with z:
@@ -266,5 +274,3 @@ def _unzip_model(blob: io.BytesIO, spec: EncoderSpec, dest: Path) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             with z.open(info) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-    if not (dest / "config.json").is_file() or not (dest / "model.safetensors").is_file():
-        raise EncoderInstallError(f"the zip of {spec.name} has no {prefix}config.json or {prefix}model.safetensors")
