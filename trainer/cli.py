@@ -119,6 +119,26 @@ def fit(
     checkpoint_every_steps: int = typer.Option(
         _default("checkpoint_every_steps"), help="checkpoint every N optimizer steps (0: only at epoch ends)"
     ),
+    architecture: str = typer.Option(
+        _default("architecture"),
+        help="window (each prompt holds the last k turns) or turn (each turn encoded once; a context "
+        "transformer reads the window's cached turn vectors)",
+    ),
+    context_layers: int = typer.Option(_default("context_layers"), help="turn: layers of the context transformer"),
+    context_heads: int = typer.Option(
+        _default("context_heads"), help="turn: attention heads of the context transformer (0: one per 64 dims)"
+    ),
+    context_ffn_dim: int = typer.Option(
+        _default("context_ffn_dim"), help="turn: feed-forward width of the context transformer (0: 4 x encoder width)"
+    ),
+    context_dropout: float = typer.Option(_default("context_dropout"), help="turn: dropout in the context transformer"),
+    context_lr: float | None = typer.Option(None, help="turn: context transformer learning rate (default: --head-lr)"),
+    triplet_weight: float = typer.Option(_default("triplet_weight"), help="weight of a triplet loss added (0: off)"),
+    triplet_margin: float = typer.Option(_default("triplet_margin"), help="triplet margin in cosine distance"),
+    triplet_mining: str = typer.Option(_default("triplet_mining"), help="triplet mining: batch_hard or semi_hard"),
+    sampler: str = typer.Option(
+        _default("sampler"), help="shuffle, or balanced (turn only: conversations drawn by inverse class frequency)"
+    ),
     quick: bool = typer.Option(False, "--quick", help="a few-minute run: 1 epoch on 80 train / 40 dev conversations"),
     resume: Path | None = typer.Option(
         None, help="continue the run in this folder from its last checkpoint, with its recorded settings"
@@ -192,7 +212,7 @@ def evaluate(
     """Score a published version on a split: metrics table, metrics.json and plots."""
     _setup()
     from erc_stream.artifact import read_current, version_path
-    from erc_stream.model import Predictor
+    from erc_stream.model import load_predictor
     from trainer.datasets import DATASETS, load_split
     from trainer.evaluate import compute_metrics, predict_conversations, write_report
 
@@ -202,7 +222,7 @@ def evaluate(
             raise ErcError(
                 f"model store {store} has no CURRENT version; train one with `erc-train fit` or pass --version"
             )
-        predictor = Predictor.load(version_path(store, version), device=device, dtype=dtype)
+        predictor = load_predictor(version_path(store, version), device=device, dtype=dtype)
         ds = dataset or predictor.manifest["dataset"]
         convs = load_split(ds, split, data_dir)
         if max_conversations:

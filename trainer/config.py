@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from erc_stream.errors import ConfigError
-from erc_stream.prompt import DEFAULT_TEMPLATE
+from erc_stream.prompt import DEFAULT_TEMPLATE, TURN_TEMPLATE
 from trainer.datasets import DATASETS
 from trainer.encoders import resolve_encoder
+from trainer.losses import TRIPLET_MINING
+from trainer.turn import SAMPLERS
 
-__all__ = ["TrainConfig", "QUICK_OVERRIDES", "CLASS_WEIGHTINGS"]
+__all__ = ["ARCHITECTURES", "CLASS_WEIGHTINGS", "QUICK_OVERRIDES", "TrainConfig"]
 
 # --quick: a few-minute run that still exercises every stage and publishes a real artifact.
 QUICK_OVERRIDES = dict(epochs=1, stage2_epochs=2, max_train_conversations=80, max_dev_conversations=40)
@@ -20,6 +22,9 @@ QUICK_OVERRIDES = dict(epochs=1, stage2_epochs=2, max_train_conversations=80, ma
 # none = 1, inverse = N / (C n_c), sqrt_inverse = sqrt(N / (C n_c)).
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
 _PATH_FIELDS = ("data_dir", "store", "descriptions", "run_dir")
+# window: each prompt holds the last k turns as text (EACL); turn: each turn is encoded once and a
+# context transformer reads the window's cached turn vectors (trainer/turn.py).
+ARCHITECTURES = ("window", "turn")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,18 @@ class TrainConfig:
     max_dev_conversations: int | None = None
     version: str | None = None
     make_current: bool = True
+    # Architecture; the context_* settings are the turn model's context transformer
+    architecture: str = "window"
+    context_layers: int = 2
+    context_heads: int = 0  # 0: one head per 64 encoder dimensions
+    context_ffn_dim: int = 0  # 0: 4 x the encoder width
+    context_dropout: float = 0.1
+    context_lr: float | None = None  # None: head_lr
+    # SentEmoContext options: triplet loss on the representations, class-balanced sampling
+    triplet_weight: float = 0.0  # 0: no triplet loss
+    triplet_margin: float = 0.3  # in cosine distance (1 - cos)
+    triplet_mining: str = "batch_hard"  # batch_hard or semi_hard
+    sampler: str = "shuffle"  # shuffle or balanced (turn only: conversations by inverse class frequency)
     # Checkpoints (resume with `erc-train fit --resume RUN_DIR`)
     run_dir: Path | None = None  # None: var/runs/<version>
     checkpoint_every_steps: int = 200  # 0: only at the end of each epoch
@@ -98,10 +115,24 @@ class TrainConfig:
             ("max_dev_conversations", self.max_dev_conversations is None or self.max_dev_conversations >= 1),
             ("class_weighting", self.class_weighting in CLASS_WEIGHTINGS),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0),
+            ("architecture", self.architecture in ARCHITECTURES),
+            ("context_layers", self.context_layers >= 0),
+            ("context_heads", self.context_heads >= 0),
+            ("context_ffn_dim", self.context_ffn_dim >= 0),
+            ("context_dropout", 0 <= self.context_dropout < 1),
+            ("context_lr", self.context_lr is None or self.context_lr > 0),
+            ("triplet_weight", self.triplet_weight >= 0),
+            ("triplet_margin", self.triplet_margin > 0),
+            ("triplet_mining", self.triplet_mining in TRIPLET_MINING),
+            ("sampler", self.sampler in SAMPLERS),
         ]
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"TrainConfig.{name} has an invalid value: {getattr(self, name)!r}")
+        if self.sampler == "balanced" and self.architecture != "turn":
+            raise ConfigError(
+                "TrainConfig.sampler='balanced' samples whole conversations: use it with architecture='turn'"
+            )
         resolve_encoder(self.encoder)  # a clear error (with the install command) before any work starts
         if self.descriptions is not None and not Path(self.descriptions).is_file():
             raise ConfigError(f"descriptions={str(self.descriptions)!r} does not exist; pass a JSON descriptions file")
@@ -113,6 +144,13 @@ class TrainConfig:
         """The --quick variant: QUICK_OVERRIDES, keeping conversation limits the user set."""
         keep = ("max_train_conversations", "max_dev_conversations")
         return self.replace(**{k: v for k, v in QUICK_OVERRIDES.items() if k not in keep or getattr(self, k) is None})
+
+    @property
+    def prompt_template(self) -> str:
+        """The template of the prompts: a turn model's default is TURN_TEMPLATE, the turn alone."""
+        if self.architecture == "turn" and self.template == DEFAULT_TEMPLATE:
+            return TURN_TEMPLATE
+        return self.template
 
     @property
     def encoder_path(self) -> Path:

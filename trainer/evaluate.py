@@ -16,16 +16,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from erc_stream.context import conversation_windows
 from erc_stream.model import Predictions, Predictor, TurnPredictor
 from erc_stream.prompt import Prompt, PromptBuilder
 from trainer.datasets import Conversation
+from trainer.turn import TurnData, predict_turn_data
 
 __all__ = [
     "ConversationPredictions",
     "build_examples",
     "compute_metrics",
-    "encode_conversations",
     "predict_conversations",
     "predict_examples",
     "write_report",
@@ -94,43 +93,14 @@ def predict_conversations(
     return ConversationPredictions(keys=keys, gold=[y for _, y in examples], predictions=preds)
 
 
-def encode_conversations(
-    predictor: TurnPredictor, conversations: Sequence[Conversation], *, batch_size: int = 64
-) -> torch.Tensor:
-    """(N, H) turn vectors of every utterance in conversation order, each turn encoded once."""
-    builder = predictor.builder
-    prompts = []
-    for conv in conversations:
-        turns = builder.encode_turns([u.speaker for u in conv.utterances], [u.text for u in conv.utterances])
-        prompts.extend(builder.build_turn(t) for t in turns)
-    return predictor.encode(prompts, batch_size=batch_size)
-
-
 def _predict_turn_conversations(
     predictor: TurnPredictor, conversations: Sequence[Conversation], *, batch_size: int, progress: bool
 ) -> ConversationPredictions:
     label_id = {l: i for i, l in enumerate(predictor.labels)}
-    vectors = encode_conversations(predictor, conversations, batch_size=batch_size)  # (N, H)
-    windows = conversation_windows(
-        vectors,
-        [len(c.utterances) for c in conversations],
-        [u.speaker for c in conversations for u in c.utterances],
-        predictor.builder.context_turns,
-    )
-    n, c = len(windows), len(predictor.labels)
-    scores = np.zeros((n, c), dtype=np.float32)
-    conf = np.zeros((n, c), dtype=np.float32)
-    seconds = 0.0
-    starts = range(0, n, batch_size)
-    for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
-        p = predictor.predict_windows(windows.select(slice(start, start + batch_size)))
-        scores[start : start + len(p)] = p.scores
-        conf[start : start + len(p)] = p.confidence
-        seconds += p.seconds
+    data = TurnData.build(predictor.builder, conversations, label_id)
+    preds = predict_turn_data(predictor, data, batch_size)
     keys = [(conv.id, i) for conv in conversations for i in range(len(conv.utterances))]
-    gold = [label_id[u.label] for conv in conversations for u in conv.utterances]
-    preds = Predictions(scores=scores, confidence=conf, label_ids=scores.argmax(axis=1), seconds=seconds)
-    return ConversationPredictions(keys=keys, gold=gold, predictions=preds)
+    return ConversationPredictions(keys=keys, gold=data.labels, predictions=preds)
 
 
 def compute_metrics(
