@@ -7,14 +7,17 @@ The state (one value per conversation in the app's faust table) holds:
 - the current run of negative turns per speaker (speakers with no run are left out);
 - the last ``dedupe_turns`` turn ids, to drop repeated events;
 - the open escalation, if any;
-- an outbox: the escalations the last few events caused, re-sent when such an event comes again.
+- an outbox: the escalations the last few events caused, with the input record (partition,
+  offset) that caused them.
 
 Why the outbox: the app updates the table (a changelog record) and sends the escalation (an
 output record) through one producer, and faust commits the input offset only after both are
 acknowledged. A SIGKILL in between can leave the changelog record written and the escalation
-not; after the restart the input event is delivered again, is a repeat for the restored state,
-and without the outbox its escalation would be lost. With it, the repeat re-sends the same
-escalation (same ``escalation_id``); consumers keep the first per ``(escalation_id, status)``.
+not; after the restart the same input record is delivered again, is a repeat for the restored
+state, and without the outbox its escalation would be lost. With it, a redelivery of the same
+record re-sends the same escalation (same ``escalation_id``); consumers keep the first per
+``(escalation_id, status)``. A repeat that is a *different* record with the same event id (the
+upstream worker's own at-least-once) is only dropped: its escalations went out with the first.
 
 :class:`Escalator` is pure: no I/O, no clock (time is the events' ``produced_at``), so a replay
 of the same events gives the same escalations with the same ids.
@@ -63,10 +66,19 @@ class OpenEscalation:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
-    """Escalations caused by one input turn (``None``: by an idle sweep)."""
+    """Escalations caused by one input record (``trigger_turn_id`` ``None``: by an idle sweep)."""
 
     trigger_turn_id: str | None
+    trigger_partition: int | None
+    trigger_offset: int | None
     escalations: tuple[Escalation, ...]
+
+    def caused_by(self, turn_id: str, source: SourceRef) -> bool:
+        return (self.trigger_turn_id, self.trigger_partition, self.trigger_offset) == (
+            turn_id,
+            source.partition,
+            source.offset,
+        )
 
 
 @dataclass(slots=True)
@@ -99,7 +111,12 @@ class ConversationState:
                 "recent_turn_ids": self.recent_turn_ids,
                 "open": None if self.open is None else _open_dict(self.open),
                 "outbox": [
-                    {"trigger_turn_id": o.trigger_turn_id, "escalations": [e.to_dict() for e in o.escalations]}
+                    {
+                        "trigger_turn_id": o.trigger_turn_id,
+                        "trigger_partition": o.trigger_partition,
+                        "trigger_offset": o.trigger_offset,
+                        "escalations": [e.to_dict() for e in o.escalations],
+                    }
                     for o in self.outbox
                 ],
                 "last_event_at": self.last_event_at,
@@ -133,7 +150,12 @@ class ConversationState:
                 model_version=op["model_version"],
             ),
             outbox=[
-                OutboxEntry(o["trigger_turn_id"], tuple(Escalation.from_dict(e) for e in o["escalations"]))
+                OutboxEntry(
+                    o["trigger_turn_id"],
+                    o["trigger_partition"],
+                    o["trigger_offset"],
+                    tuple(Escalation.from_dict(e) for e in o["escalations"]),
+                )
                 for o in d["outbox"]
             ],
             last_event_at=float(d["last_event_at"]),
@@ -177,12 +199,13 @@ class Escalator:
         return ConversationState(conversation_id=conversation_id, partition=partition)
 
     def apply(self, state: ConversationState, event: EmotionEvent, source: SourceRef) -> Step:
-        """Advance ``state`` (in place) by ``event``; a repeated turn changes nothing.
+        """Advance ``state`` (in place) by ``event`` read at ``source``; a repeated turn changes nothing.
 
-        A repeat re-sends the escalations its first delivery caused (from the outbox).
+        A redelivery of the very record (same partition and offset) re-sends the escalations
+        its first delivery caused (from the outbox).
         """
         if event.turn_id in state.recent_turn_ids:
-            resend = tuple(e for o in state.outbox if o.trigger_turn_id == event.turn_id for e in o.escalations)
+            resend = tuple(e for o in state.outbox if o.caused_by(event.turn_id, source) for e in o.escalations)
             return Step(state, resend, duplicate=True, changed=False)
         cfg = self.rules
         turn = Evidence(event.turn_id, event.speaker, event.emotion, event.confidence, dict(event.scores))
@@ -211,7 +234,8 @@ class Escalator:
             if match is not None:
                 out.append(self._open(state, match, event, source))
         if out:
-            state.outbox = [*state.outbox, OutboxEntry(event.turn_id, tuple(out))][-OUTBOX_ENTRIES:]
+            entry = OutboxEntry(event.turn_id, source.partition, source.offset, tuple(out))
+            state.outbox = [*state.outbox, entry][-OUTBOX_ENTRIES:]
         return Step(state, tuple(out), duplicate=False, changed=True)
 
     def sweep(self, state: ConversationState, now: float) -> Step:
@@ -224,7 +248,7 @@ class Escalator:
         idle_s = now - state.last_event_at
         if state.open is not None and idle_s >= self.rules.idle_resolve_s:
             resolved = self._resolve(state, IDLE, None, None, resolved_at=now)
-            state.outbox = [*state.outbox, OutboxEntry(None, (resolved,))][-OUTBOX_ENTRIES:]
+            state.outbox = [*state.outbox, OutboxEntry(None, None, None, (resolved,))][-OUTBOX_ENTRIES:]
             return Step(state, (resolved,), changed=True)
         if state.open is None and idle_s >= self.rules.idle_forget_s:
             resend = tuple(e for o in state.outbox if o.trigger_turn_id is None for e in o.escalations)

@@ -262,9 +262,13 @@ def test_repeated_event_counts_once_and_resends_its_escalation() -> None:
     assert state.to_bytes() == before
     first = esc.apply(state, event(3, "anger"), src(3))
     assert [e.status for e in first.escalations] == ["opened"]
+    # The same record delivered again (a restart before the commit): its escalation is re-sent.
     again = esc.apply(state, event(3, "anger"), src(3))
     assert again.duplicate and not again.changed
     assert again.escalations == first.escalations  # same escalation, same id
+    # The same event as a new record (upstream at-least-once): dropped, nothing re-sent.
+    upstream = esc.apply(state, event(3, "anger"), src(99))
+    assert upstream.duplicate and upstream.escalations == ()
     assert state.intensity == pytest.approx(0.675) and state.turns == 4
 
 
