@@ -381,3 +381,60 @@ def test_escalation_id_is_stable_and_distinct() -> None:
         == 4
     )
     assert a == "3417a45a-b7a9-5ff4-af03-7bffe3d82673"  # pinned: a change would re-id every escalation
+
+
+# -- process settings and the CLI -------------------------------------------------------
+
+
+def test_cli_options_map_one_to_one_onto_the_config_and_its_env_names() -> None:
+    import dataclasses
+
+    import typer.main
+
+    from erc_stream.cli import app
+    from erc_stream.escalations.config import ENV_NAMES, EscalationsConfig
+
+    command = typer.main.get_command(app).commands["escalations"]  # type: ignore[attr-defined]
+    params = {p.name: p for p in command.params}
+    fields = {f.name: f for f in dataclasses.fields(EscalationsConfig)}
+    # The password comes from ERC_SASL_PASSWORD or a file, never a flag.
+    assert set(params) - {"sasl_password_file"} == set(fields) - {"sasl_password"}
+    defaults = EscalationsConfig()
+    for name, param in params.items():
+        if name == "sasl_password_file":
+            assert param.envvar == "ERC_SASL_PASSWORD_FILE"
+            continue
+        assert param.envvar == ENV_NAMES[name], name
+        assert param.default == getattr(defaults, name), name
+    assert ENV_NAMES["bootstrap_servers"] == "ERC_BOOTSTRAP_SERVERS"  # shared with the worker
+    assert ENV_NAMES["input_topic"] == "ERC_ESCALATIONS_INPUT_TOPIC"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"output_topic": "chat.emotions"}, "three different topics"),
+        ({"auto_offset_reset": "middle"}, "EscalationsConfig.auto_offset_reset has an invalid value: 'middle'"),
+        ({"producer_max_batch_bytes": 0}, "EscalationsConfig.producer_max_batch_bytes"),
+        ({"security_protocol": "SASL_SSL"}, "needs sasl_mechanism"),
+        ({"rules_file": Path("/nonexistent/rules.yaml")}, "rules_file: file '/nonexistent/rules.yaml' does not exist"),
+    ],
+)
+def test_bad_settings_name_the_field(changes: dict, message: str) -> None:
+    from erc_stream.escalations.config import EscalationsConfig
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        EscalationsConfig(**changes)
+
+
+def test_the_app_imports_neither_trainer_nor_devtools() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, erc_stream.escalations.app, erc_stream.cli; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'trainer' or m.startswith('erc_stream.devtools')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
