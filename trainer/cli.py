@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -80,6 +81,9 @@ def fit(
     max_length: int = typer.Option(_default("max_length"), help="max tokens per prompt"),
     template: str = typer.Option(_default("template"), help="prompt template with {utterance}, {speaker}, {mask}"),
     proj_dim: int = typer.Option(_default("proj_dim"), help="width of the projection head's output"),
+    dropout: float | None = typer.Option(
+        None, help="dropout of encoder and head (default: the encoder's own, 0.1 in the head); 0 turns it off"
+    ),
     epochs: int = typer.Option(_default("epochs"), help="stage-1 epochs"),
     batch_size: int = typer.Option(_default("batch_size"), help="utterances per optimizer step"),
     lr: float = typer.Option(_default("lr"), help="encoder learning rate"),
@@ -140,6 +144,13 @@ def fit(
         _default("sampler"), help="shuffle, or balanced (turn only: conversations drawn by inverse class frequency)"
     ),
     quick: bool = typer.Option(False, "--quick", help="a few-minute run: 1 epoch on 80 train / 40 dev conversations"),
+    nproc_per_node: int = typer.Option(
+        1,
+        "--nproc-per-node",
+        min=1,
+        help="train in N processes on this node under torchrun (DDP: gloo on CPU, NCCL one GPU each); "
+        "--batch-size stays the global batch",
+    ),
     resume: Path | None = typer.Option(
         None, help="continue the run in this folder from its last checkpoint, with its recorded settings"
     ),
@@ -162,6 +173,8 @@ def fit(
         else:
             cfg = TrainConfig(**settings)
             cfg = cfg.quick() if quick else cfg
+        if nproc_per_node > 1:  # settings are valid: become torchrun, which runs this command N times
+            _launch_torchrun(nproc_per_node)
         stop = StopFlag()
         with _stop_on_signals(stop):
             result = run_fit(cfg, stop=stop, resume=resume is not None)
@@ -170,9 +183,24 @@ def fit(
         raise typer.Exit(code=75) from exc
     except (ErcError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports for everyone
+        return
     print_metrics(result.metrics, f"dev metrics of {result.version}")
     console.print(f"published [bold]{result.version}[/] to {result.path} in {result.wall_s:.0f} s")
     console.print(f"best epoch {result.best_epoch}")
+
+
+def _launch_torchrun(nproc_per_node: int) -> None:
+    """Replace this process by torchrun running this same command in ``nproc_per_node`` processes."""
+    from trainer.distributed import under_torchrun
+    from trainer.launch import exec_torchrun
+
+    if under_torchrun():
+        raise ErcError(
+            "--nproc-per-node is given, but this process already runs under torchrun; "
+            "drop --nproc-per-node from the command torchrun starts"
+        )
+    exec_torchrun(nproc_per_node, sys.argv[1:])
 
 
 @contextlib.contextmanager

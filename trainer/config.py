@@ -39,6 +39,7 @@ class TrainConfig:
     max_length: int = 256
     template: str = DEFAULT_TEMPLATE
     proj_dim: int = 256
+    dropout: float | None = None  # every dropout of encoder and head; None: the encoder's own and 0.1 in the head
     # Stage 1
     epochs: int = 3
     batch_size: int = 16
@@ -95,6 +96,7 @@ class TrainConfig:
             ("context_turns", self.context_turns >= 0),
             ("max_length", 16 <= self.max_length <= 4096),
             ("proj_dim", self.proj_dim >= 2),
+            ("dropout", self.dropout is None or 0 <= self.dropout < 1),
             ("epochs", self.epochs >= 0),
             ("batch_size", self.batch_size >= 2),
             ("lr", self.lr > 0),

@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "BatchShard",
     "DistContext",
+    "any_rank",
     "barrier",
     "broadcast_object",
     "check_same",
@@ -316,3 +317,12 @@ def check_same(value: object, ctx: DistContext, what: str) -> None:
             f"ranks disagree on {what}: ranks {odd} differ from rank 0; every rank must read the same "
             "data with the same settings and seed (same files, same --max-*-conversations, same --seed)"
         )
+
+
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. a stop request seen by one rank)."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group(ctx))
+    return bool(t.item())

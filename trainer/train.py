@@ -7,6 +7,12 @@ a linear adapter maps those fixed vectors to the encoder width before the shared
 
 Stage 2 freezes the encoder: every training representation is computed once, then the
 anchors alone are fitted with cross-entropy over cos(r, a)/tau and chosen on dev.
+
+Under torchrun (trainer/distributed.py) stage 1 is DistributedDataParallel: every rank takes
+its share of the same global batches (``batch_size`` stays the global batch), SupCon and CE
+run on the representations gathered from every rank, so each step equals the one-process step
+on the same global batch. Rank 0 alone evaluates, checkpoints, runs stage 2 and publishes;
+the other ranks wait at a barrier.
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from erc_stream.artifact import new_version_name, publish_version
@@ -50,6 +56,18 @@ from trainer.checkpoint import (
 )
 from trainer.config import TrainConfig
 from trainer.datasets import DATASETS, Conversation, load_split
+from trainer.distributed import (
+    BatchShard,
+    DistContext,
+    any_rank,
+    barrier,
+    broadcast_object,
+    check_same,
+    distributed,
+    gather_rows,
+    seed_rank,
+    shard_batch,
+)
 from trainer.evaluate import build_examples, compute_metrics, predict_examples, write_report
 from trainer.losses import anchor_adaptation_loss, stage1_loss
 
@@ -89,10 +107,32 @@ class _AnchorEncoder(nn.Module):
         return self.head(pooled)  # (C, D)
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+class _Stage1Net(nn.Module):
+    """The stage-1 forward in one module, so DistributedDataParallel can wrap it: the mask-token
+    representations of a batch and the anchors from their texts, through the shared encoder and head."""
+
+    def __init__(self, model: EmotionModel, anchor_enc: _AnchorEncoder) -> None:
+        super().__init__()
+        self.model = model
+        self.anchor_enc = anchor_enc
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        reps = self.model.represent(input_ids, attention_mask, mask_index)  # (B, D)
+        return reps, self.anchor_enc()  # (B, D), (C, D)
+
+
+def _train_net(run: _Run) -> nn.Module:
+    """The stage-1 forward; under torchrun wrapped in DistributedDataParallel (gradients all-reduced)."""
+    net = _Stage1Net(run.model, run.anchor_enc)
+    if not run.dist.enabled:
+        return net
+    # Some parameters never get a gradient in stage 1: the encoder's pooler (the mask token's hidden
+    # state is used, not the pooled one) and model.anchors (stage 1 takes its anchors from anchor_enc).
+    return DistributedDataParallel(
+        net, device_ids=[run.device.index] if run.device.type == "cuda" else None, find_unused_parameters=True
+    )
 
 
 def _length_sorted_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -160,6 +200,7 @@ class _Run:
     train_ex: list[tuple[Prompt, int]]
     dev_ex: list[tuple[Prompt, int]]
     anchors_before: torch.Tensor  # (C, D) anchors of the untrained model, for the report
+    dist: DistContext  # this process's place in a torchrun run (one process: world_size 1)
 
     def predictor(self, anchors: torch.Tensor) -> Predictor:
         """The shared inference path on the live weights, for dev evaluation."""
@@ -183,6 +224,7 @@ class _Optim:
     scaler: torch.amp.GradScaler | None
     params: list[nn.Parameter]  # everything clipped together
     class_weights: torch.Tensor | None  # (C,) or None
+    net: nn.Module  # the stage-1 forward (_Stage1Net; DDP-wrapped under torchrun)
 
 
 def run_dir_of(cfg: TrainConfig) -> Path:
@@ -197,35 +239,53 @@ def fit(cfg: TrainConfig, *, progress: bool = True, stop: StopFlag | None = None
     training checkpoint at the next step boundary and raise :class:`TrainingInterrupted`.
     """
     t_start = time.perf_counter()
-    if cfg.version is None:
-        cfg = cfg.replace(version=new_version_name(cfg.dataset))
-    run = _prepare(cfg, resume=resume)
-    ckpt = load_file(run.run_dir / CHECKPOINT_FILE) if resume and (run.run_dir / CHECKPOINT_FILE).is_file() else None
-    if resume and ckpt is None:
-        log.warning("no checkpoint in %s yet: starting the run from its beginning", run.run_dir)
-    progress_state = _stage1(run, ckpt, progress=progress, stop=stop or StopFlag())
-    stage1_anchors = _load_best(run, progress_state)
-    final_anchors, stage2_info = stage1_anchors, {"enabled": cfg.stage2}
-    if cfg.stage2 and cfg.stage2_epochs > 0:
-        final_anchors, stage2_info = _adapt_anchors(
-            cfg, run.model, run.builder, run.train_ex, run.dev_ex, stage1_anchors, run.labels, run.neutral, progress
-        )
-    return _publish(run, progress_state, final_anchors, stage2_info, t_start, progress)
+    with distributed(cfg.device) as ctx:  # one process: no process group, nothing to wait for
+        progress = progress and ctx.is_main
+        if cfg.version is None:  # random: rank 0 draws it for everyone
+            cfg = cfg.replace(version=broadcast_object(new_version_name(cfg.dataset), ctx))
+        run = _prepare(cfg, ctx, resume=resume)
+        has_ckpt = resume and (run.run_dir / CHECKPOINT_FILE).is_file()
+        ckpt = load_file(run.run_dir / CHECKPOINT_FILE) if has_ckpt else None
+        if resume and ckpt is None:
+            log.warning("no checkpoint in %s yet: starting the run from its beginning", run.run_dir)
+        progress_state = _stage1(run, ckpt, progress=progress, stop=stop or StopFlag())
+        result = None
+        if ctx.is_main:  # best epoch, stage 2, final evaluation and publish: rank 0 alone
+            stage1_anchors = _load_best(run, progress_state)
+            final_anchors, stage2_info = stage1_anchors, {"enabled": cfg.stage2}
+            if cfg.stage2 and cfg.stage2_epochs > 0:
+                final_anchors, stage2_info = _adapt_anchors(
+                    cfg,
+                    run.model,
+                    run.builder,
+                    run.train_ex,
+                    run.dev_ex,
+                    stage1_anchors,
+                    run.labels,
+                    run.neutral,
+                    progress,
+                )
+            result = _publish(run, progress_state, final_anchors, stage2_info, t_start, progress)
+        barrier(ctx, "rank 0's stage 2 and publish")
+        out = broadcast_object(result, ctx)
+        assert isinstance(out, FitResult)
+        return out
 
 
-def _prepare(cfg: TrainConfig, *, resume: bool) -> _Run:
-    """Seed, load data and encoder, build anchors and model; write the run's config."""
+def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
+    """Seed, load data and encoder, build anchors and model; write the run's config (rank 0)."""
     from transformers import AutoModel, AutoTokenizer
 
-    _seed_everything(cfg.seed)
+    seed_rank(cfg.seed, ctx)
     run_dir = run_dir_of(cfg)
     if not resume and (run_dir / CHECKPOINT_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a run; resume it with `erc-train fit --resume {run_dir}`")
-    write_run_config(run_dir, cfg.to_json())
+    if ctx.is_main:
+        write_run_config(run_dir, cfg.to_json())
     spec = DATASETS[cfg.dataset]
     labels = list(spec.labels)
     label_id = {label: i for i, label in enumerate(labels)}
-    device = resolve_device(cfg.device)
+    device = ctx.device if ctx.enabled else resolve_device(cfg.device)  # under torchrun: this rank's GPU
     dtype = resolve_dtype(cfg.dtype, device)
     log.info("training on %s with %s; run folder %s", device, dtype, run_dir)
 
@@ -233,7 +293,11 @@ def _prepare(cfg: TrainConfig, *, resume: bool) -> _Run:
     dev_convs = _limit(load_split(cfg.dataset, "dev", cfg.data_dir), cfg.max_dev_conversations)
     enc_path = cfg.encoder_path
     tokenizer = AutoTokenizer.from_pretrained(enc_path, local_files_only=True)
-    encoder = AutoModel.from_pretrained(enc_path, local_files_only=True)
+    # A set `dropout` replaces the encoder's own hidden and attention dropout (BERT-family config names).
+    no_default = (
+        {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout}
+    )
+    encoder = AutoModel.from_pretrained(enc_path, local_files_only=True, **no_default)
     builder = PromptBuilder(
         tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length, template=cfg.template
     )
@@ -246,7 +310,9 @@ def _prepare(cfg: TrainConfig, *, resume: bool) -> _Run:
     if cfg.embeddings_model:
         external = embed_descriptions(source, embeddings_model=cfg.embeddings_model, llm=llm).float()
 
-    head = ProjectionHead(encoder.config.hidden_size, cfg.proj_dim)
+    head = ProjectionHead(
+        encoder.config.hidden_size, cfg.proj_dim, **({} if cfg.dropout is None else {"dropout": cfg.dropout})
+    )
     anchor_enc = _AnchorEncoder(encoder, head, tokenizer, source.texts, external)
     model = EmotionModel(encoder, head, torch.zeros(len(labels), cfg.proj_dim))
     model.to(device)
@@ -274,6 +340,7 @@ def _prepare(cfg: TrainConfig, *, resume: bool) -> _Run:
         train_ex,
         dev_ex,
         anchors_before,
+        ctx,
     )
 
 
@@ -305,7 +372,12 @@ def _optimizer(run: _Run) -> _Optim:
     scaler = torch.amp.GradScaler("cuda") if fp16_cuda else None
     weights = _class_weights(cfg, run.train_ex, len(run.labels))
     return _Optim(
-        opt, sched, scaler, [p for _, p in named] + head_params, None if weights is None else weights.to(run.device)
+        opt,
+        sched,
+        scaler,
+        [p for _, p in named] + head_params,
+        None if weights is None else weights.to(run.device),
+        _train_net(run),
     )
 
 
@@ -314,6 +386,8 @@ def _no_decay(name: str) -> bool:
 
 
 def _save_checkpoint(run: _Run, optim: _Optim, progress: Progress, batch_rng: random.Random) -> None:
+    if not run.dist.is_main:  # every rank holds the same weights and optimizer state; rank 0 writes them
+        return
     state = {
         "model": run.model.state_dict(),
         "anchor_adapter": run.anchor_enc.adapter.state_dict() if run.anchor_enc.adapter is not None else {},
@@ -352,10 +426,13 @@ def _stage1(run: _Run, ckpt: dict | None, *, progress: bool, stop: StopFlag) -> 
     optim = _optimizer(run)
     batch_rng = random.Random(cfg.seed)
     state = _restore_checkpoint(run, optim, ckpt, batch_rng) if ckpt is not None else Progress()
+    if ckpt is not None and run.dist.rank > 0:  # the checkpoint holds rank 0's streams: draw other dropout masks
+        seed_rank(cfg.seed + 1_000_003 * state.global_step, run.dist)
     lengths = [len(p) for p, _ in run.train_ex]
     while state.epoch <= cfg.epochs:
         if state.batches is None:
             state.batches = _length_sorted_batches(lengths, cfg.batch_size, batch_rng)
+        check_same(state.batches, run.dist, f"the global batches of epoch {state.epoch}")
         _train_epoch(run, optim, state, batch_rng, progress=progress, stop=stop)
         _end_epoch(run, state, progress=progress)
         _save_checkpoint(run, optim, state, batch_rng)
@@ -381,7 +458,7 @@ def _train_epoch(
     seen = sum(len(b) for b in state.batches[: state.batch_pos])
     for batch_idx in todo:
         t0 = time.perf_counter()
-        parts = _train_step(run, optim, batch_idx)
+        parts = _train_step(run, optim, shard_batch(batch_idx, run.dist.rank, run.dist.world_size))
         state.epoch_train_s += time.perf_counter() - t0
         state.batch_pos += 1
         state.global_step += 1
@@ -398,7 +475,8 @@ def _train_epoch(
         every = cfg.checkpoint_every_steps
         if every and state.global_step % every == 0:
             _save_checkpoint(run, optim, state, batch_rng)
-        if stop.should_stop(state.global_step):
+        # Every rank stops at the same step (one of them got the signal), or the others would wait in a collective.
+        if any_rank(stop.should_stop(state.global_step), run.dist):
             _save_checkpoint(run, optim, state, batch_rng)
             bar.close()
             raise TrainingInterrupted(
@@ -408,15 +486,19 @@ def _train_epoch(
     bar.close()
 
 
-def _train_step(run: _Run, optim: _Optim, batch_idx: list[int]) -> dict[str, float]:
-    """One optimizer step on one batch of prompts; returns the loss parts for the log."""
+def _train_step(run: _Run, optim: _Optim, shard: BatchShard) -> dict[str, float]:
+    """One optimizer step on one global batch (this rank runs ``shard``); returns the loss parts for the log.
+
+    The loss is computed on every rank over the whole global batch: the representations of every
+    rank are gathered with gradients, so SupCon compares each utterance with all the others.
+    """
     cfg, device = run.cfg, run.device
-    prompts = [run.train_ex[i][0] for i in batch_idx]
-    y = torch.tensor([run.train_ex[i][1] for i in batch_idx], device=device)  # (B,)
+    prompts = [run.train_ex[i][0] for i in shard.indices]
+    y = torch.tensor([run.train_ex[i][1] for i in shard.batch], device=device)  # (B,) the global batch
     batch = {k: v.to(device) for k, v in pad_batch(prompts, run.tokenizer.pad_token_id or 0).items()}
     with _autocast(device, run.dtype):
-        reps = run.model.represent(**batch)  # (B, D)
-        anchors = run.anchor_enc()  # (C, D)
+        local_reps, anchors = optim.net(**batch)  # (b, D) this rank's rows, (C, D)
+    reps = gather_rows(local_reps, shard, run.dist)  # (B, D) every rank's rows, in batch order
     loss, parts = stage1_loss(
         reps.float(),
         y,
@@ -443,7 +525,16 @@ def _train_step(run: _Run, optim: _Optim, batch_idx: list[int]) -> dict[str, flo
 
 
 def _end_epoch(run: _Run, state: Progress, *, progress: bool) -> None:
-    """Dev evaluation; keep the best epoch's weights in best.pt; move on to the next epoch."""
+    """Dev evaluation on rank 0 while the other ranks wait; move on to the next epoch."""
+    if run.dist.is_main:
+        _evaluate_epoch(run, state, progress=progress)
+    barrier(run.dist, f"rank 0's dev evaluation of epoch {state.epoch}")
+    state.epoch += 1
+    state.batch_pos, state.batches, state.epoch_train_s, state.running = 0, None, 0.0, {}
+
+
+def _evaluate_epoch(run: _Run, state: Progress, *, progress: bool) -> None:
+    """Dev evaluation and the epoch's history row; keep the best epoch's weights in best.pt."""
     run.model.eval()
     run.anchor_enc.eval()
     with torch.no_grad():
@@ -470,8 +561,6 @@ def _end_epoch(run: _Run, state: Progress, *, progress: bool) -> None:
     if m["weighted_f1"] > state.best_f1:
         state.best_f1, state.best_epoch = m["weighted_f1"], state.epoch
         save_atomic({"model": run.model.state_dict(), "anchors": anchors_now.cpu()}, run.run_dir / BEST_FILE)
-    state.epoch += 1
-    state.batch_pos, state.batches, state.epoch_train_s, state.running = 0, None, 0.0, {}
 
 
 def _load_best(run: _Run, state: Progress) -> torch.Tensor:
@@ -498,6 +587,8 @@ def _publish(
         "config": cfg.to_json(),
         "device": str(run.device),
         "dtype": str(run.dtype).replace("torch.", ""),
+        "processes": run.dist.world_size,  # torchrun world size; batch_size is the global batch
+        "backend": run.dist.backend,  # gloo, nccl, or None for one process
         "best_epoch": state.best_epoch,
         "history": state.history,
         "stage2": stage2_info,
