@@ -93,7 +93,8 @@ class EscalationsConfig:
         if self.security_protocol.startswith("SASL_"):
             if self.sasl_mechanism is None:
                 raise ConfigError(
-                    f"security_protocol={self.security_protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+                    f"security_protocol={self.security_protocol} needs sasl_mechanism "
+                    "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
                 )
             if not self.sasl_username or self.sasl_password is None:
                 raise ConfigError("SASL needs sasl_username and a password (ERC_SASL_PASSWORD or --sasl-password-file)")

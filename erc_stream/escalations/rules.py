@@ -11,7 +11,8 @@ and return a :class:`Match` naming the turns that satisfy the rule, or ``None``:
 - :func:`sustained`: at least ``min_negative_turns`` of the last ``window_turns`` turns are
   negative (emotion in ``emotions.negative``, confidence >= ``min_confidence``), the newest
   among them;
-- :func:`spike`: the intensity crossed ``threshold`` from below on this (negative) turn;
+- :func:`spike`: the intensity (an exponentially weighted share of negative turns) crossed
+  ``threshold`` from below on this (negative) turn;
 - :func:`shift`: ``calm_turns`` consecutive calm turns, then, with the last calm turn at most
   ``within_turns`` turns back, ``negative_turns`` consecutive negative turns ending now.
 
@@ -66,7 +67,7 @@ class SustainedRule:
     severity: str = "medium"
     min_negative_turns: int = 3
     window_turns: int = 5
-    min_confidence: float = 0.5
+    min_confidence: float = 0.3
 
     def __post_init__(self) -> None:
         _check(
@@ -81,7 +82,7 @@ class SustainedRule:
 class SpikeRule:
     enabled: bool = True
     severity: str = "high"
-    threshold: float = 0.6
+    threshold: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class ShiftRule:
     calm_turns: int = 2
     negative_turns: int = 2
     within_turns: int = 3
-    min_confidence: float = 0.5
+    min_confidence: float = 0.3
 
     def __post_init__(self) -> None:
         _check(
@@ -117,6 +118,7 @@ class RulesConfig:
     history_turns: int = 8
     dedupe_turns: int = 64
     intensity_alpha: float = 0.5
+    intensity_min_confidence: float = 0.3
     sustained: SustainedRule = field(default_factory=SustainedRule)
     spike: SpikeRule = field(default_factory=SpikeRule)
     shift: ShiftRule = field(default_factory=ShiftRule)
@@ -164,8 +166,13 @@ class RulesConfig:
         return turn.emotion in self.negative_emotions and turn.confidence >= min_confidence
 
     def intensity_value(self, turn: Evidence) -> float:
-        """What one turn adds to the intensity: its confidence when its emotion is negative."""
-        return turn.confidence if turn.emotion in self.negative_emotions else 0.0
+        """What one turn adds to the intensity: 1 for a negative turn at ``intensity.min_confidence``, else 0.
+
+        A 0/1 value rather than the confidence itself: model confidences are not calibrated (the
+        shipped MELD model's median on negative turns is 0.47), so a confidence-weighted intensity
+        would make the threshold mean something different for every model.
+        """
+        return 1.0 if self.is_negative(turn, self.intensity_min_confidence) else 0.0
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -213,8 +220,11 @@ def _build(raw: Mapping[str, Any]) -> RulesConfig:
         kwargs["negative_emotions"] = tuple(emotions["negative"])
     if "calm" in emotions:
         kwargs["calm_emotions"] = tuple(emotions["calm"])
-    if "alpha" in (raw.get("intensity") or {}):
-        kwargs["intensity_alpha"] = float(raw["intensity"]["alpha"])
+    intensity = raw.get("intensity") or {}
+    if "alpha" in intensity:
+        kwargs["intensity_alpha"] = float(intensity["alpha"])
+    if "min_confidence" in intensity:
+        kwargs["intensity_min_confidence"] = float(intensity["min_confidence"])
     for name in ("history_turns", "dedupe_turns", "idle_resolve_s", "idle_forget_s"):
         if name in raw:
             kwargs[name] = raw[name]

@@ -311,12 +311,12 @@ async def _wait_committed(bootstrap: str, group: str, sent: Sent, timeout_s: flo
 # ---------------------------------------------------------------- scripted conversations
 
 MUST = {
-    # neutral, neutral, then two confident angers: intensity .45, .675 crosses 0.6 -> spike (high),
-    # which outranks the shift that matches on the same turn; three calm turns cool it down.
-    "must-spike": [("neutral", 0.9), ("neutral", 0.9), ("anger", 0.9), ("anger", 0.9)] + [("neutral", 0.9)] * 3,
-    # 3 of 5 negative at 0.6: intensity stays below 0.6 and no two negatives in a row.
+    # Three negative turns: intensity .5, .75, .875 crosses 0.8 -> spike (high), which outranks the
+    # sustained (3 of 5) that matches on the same turn; three calm turns cool it down (.109).
+    "must-spike": [("anger", 0.9), ("anger", 0.9), ("sadness", 0.9)] + [("neutral", 0.9)] * 3,
+    # 3 of 5 negative, never two in a row: intensity .5, .25, .625, .3125, .656 stays below 0.8.
     "must-sustained": [("anger", 0.6), ("neutral", 0.9), ("sadness", 0.6), ("neutral", 0.9), ("fear", 0.6)],
-    # Calm twice, then two negatives at 0.55: a shift (intensity .275, .4125).
+    # Calm twice, then two negatives: a shift (intensity .5, .75: no spike).
     "must-shift": [("neutral", 0.9), ("joy", 0.9), ("anger", 0.55), ("disgust", 0.55)],
 }
 MUST_NOT = {
@@ -331,10 +331,10 @@ MUST_NOT = {
         ("neutral", 0.9),
         ("fear", 0.9),
     ],
-    "unsure-anger": [("anger", 0.3)] * 6,
+    "unsure-anger": [("anger", 0.25)] * 6,  # below every rule's min_confidence (0.3)
 }
 EXPECTED = {
-    "must-spike": [("opened", "spike", "high", "3"), ("resolved", "spike", "high", "6")],
+    "must-spike": [("opened", "spike", "high", "2"), ("resolved", "spike", "high", "5")],
     "must-sustained": [("opened", "sustained", "medium", "4")],
     "must-shift": [("opened", "shift", "low", "3")],
 }
@@ -350,7 +350,7 @@ def test_scripted_conversations_repeats_and_bad_records(broker: LocalBroker, top
     guard = conversation("repeat-guard", [("neutral", 0.9), ("neutral", 0.9), ("anger", 0.55)])
     records += guard + [guard[2], guard[2]] + conversation("repeat-guard", [("neutral", 0.9)], start=3)
     # A repeat of the record that opened must-spike's escalation, as a new record: nothing new.
-    records.append(conversation("must-spike", [("anger", 0.9)], start=3)[0])
+    records.append(conversation("must-spike", [("sadness", 0.9)], start=2)[0])
     bad = [
         (b"must-spike", b"not json at all"),
         (b"someone-else", emotion_value("must-shift", 9, "anger", 0.9)),  # key mismatch
@@ -391,7 +391,7 @@ def test_scripted_conversations_repeats_and_bad_records(broker: LocalBroker, top
     for rec in reader.escalations:
         ESCALATION_SCHEMA.validate(rec)
     opened = {r["conversation_id"]: r for r in reader.escalations if r["status"] == "opened"}
-    assert [e["turn_id"] for e in opened["must-spike"]["evidence"]] == ["2", "3"]
+    assert [e["turn_id"] for e in opened["must-spike"]["evidence"]] == ["0", "1", "2"]
     assert [e["emotion"] for e in opened["must-sustained"]["evidence"]] == ["anger", "sadness", "fear"]
     assert opened["must-shift"]["trigger_turn_ids"] == ["0", "1", "2", "3"]
     for rec in reader.dead:
@@ -437,7 +437,7 @@ def test_sigkill_and_restart_keep_state_and_escalation_ids(broker: LocalBroker, 
     rng = random.Random(12)
     phases = [_random_conversations(rng, 40, 4, "r") for _ in range(3)]
     # Conversations whose escalation spans a kill: only a restored state gives the right result.
-    phases[0]["k-open"] = [("anger", 0.9), ("anger", 0.9)]  # spike opens before kill 1 ...
+    phases[0]["k-open"] = [("anger", 0.9), ("anger", 0.9), ("fear", 0.9)]  # spike opens before kill 1 ...
     phases[1]["k-open"] = [("neutral", 0.9)] * 3  # ... and resolves after it, under the same id
     phases[0]["k-history"] = [("anger", 0.6), ("neutral", 0.9), ("sadness", 0.6)]  # 2 of 3 negative
     phases[1]["k-history"] = [("neutral", 0.9), ("fear", 0.6)]  # the third negative of 5: sustained
@@ -508,7 +508,7 @@ def test_sigkill_and_restart_keep_state_and_escalation_ids(broker: LocalBroker, 
     for rec in reader.escalations:
         ESCALATION_SCHEMA.validate(rec)
     summary = reader.summary()
-    assert summary["k-open"] == [("opened", "spike", "high", "1"), ("resolved", "spike", "high", "4")]
+    assert summary["k-open"] == [("opened", "spike", "high", "2"), ("resolved", "spike", "high", "5")]
     assert summary["k-history"] == [("opened", "sustained", "medium", "4")]
     ids = defaultdict(set)
     for (eid, status), rec in unique.items():

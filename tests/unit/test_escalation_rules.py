@@ -147,30 +147,30 @@ def test_rules_yaml_documents_every_key() -> None:
 
 
 def test_sustained_needs_m_of_n_above_confidence_ending_on_a_negative_turn() -> None:
-    cfg = RulesConfig()  # 3 of the last 5, confidence >= 0.5
+    cfg = RulesConfig()  # 3 of the last 5, confidence >= 0.3
     h = [ev(0, "anger"), ev(1, "neutral"), ev(2, "sadness"), ev(3, "joy"), ev(4, "fear")]
     m = sustained(h, cfg)
     assert m is not None and (m.rule, m.severity, m.turn_ids) == ("sustained", "medium", ("0", "2", "4"))
     # The sixth turn pushes turn 0 out of the window: 2 of 5.
     assert sustained([*h, ev(5, "neutral")], cfg) is None
     # A low-confidence negative turn does not count.
-    assert sustained([ev(0, "anger"), ev(1, "anger"), ev(2, "anger", 0.49)], cfg) is None
+    assert sustained([ev(0, "anger"), ev(1, "anger"), ev(2, "anger", 0.29)], cfg) is None
     # The newest turn must be negative.
     assert sustained([ev(0, "anger"), ev(1, "anger"), ev(2, "anger"), ev(3, "joy")], cfg) is None
     assert sustained([], cfg) is None
 
 
 def test_spike_fires_when_intensity_crosses_from_below() -> None:
-    cfg = RulesConfig()  # threshold 0.6
+    cfg = RulesConfig()  # threshold 0.8
     h = [ev(0, "neutral"), ev(1, "anger"), ev(2, "disgust")]
-    m = spike(h, 0.45, 0.6, cfg)
+    m = spike(h, 0.75, 0.8, cfg)
     assert m is not None and (m.rule, m.severity, m.turn_ids) == ("spike", "high", ("1", "2"))
-    assert spike(h, 0.6, 0.7, cfg) is None  # already above: no new crossing
-    assert spike(h, 0.3, 0.59, cfg) is None
+    assert spike(h, 0.8, 0.9, cfg) is None  # already above: no new crossing
+    assert spike(h, 0.5, 0.79, cfg) is None
 
 
 def test_shift_calm_phase_then_negative_run_within_j_turns() -> None:
-    cfg = RulesConfig()  # calm 2, negative 2, within 3, confidence 0.5
+    cfg = RulesConfig()  # calm 2, negative 2, within 3, confidence 0.3
     m = shift([ev(0, "neutral"), ev(1, "joy"), ev(2, "anger"), ev(3, "anger")], cfg)
     assert m is not None and (m.rule, m.severity, m.turn_ids) == ("shift", "low", ("0", "1", "2", "3"))
     # One turn in between is allowed (last calm turn 3 turns back).
@@ -188,7 +188,7 @@ def test_shift_calm_phase_then_negative_run_within_j_turns() -> None:
     assert shift([ev(0, "anger"), ev(1, "neutral"), ev(2, "anger"), ev(3, "anger")], cfg) is None
     # The negative run must be negative_turns long and confident.
     assert shift([ev(0, "neutral"), ev(1, "neutral"), ev(2, "anger")], cfg) is None
-    assert shift([ev(0, "neutral"), ev(1, "neutral"), ev(2, "anger"), ev(3, "anger", 0.3)], cfg) is None
+    assert shift([ev(0, "neutral"), ev(1, "neutral"), ev(2, "anger"), ev(3, "anger", 0.29)], cfg) is None
 
 
 # -- the state step -----------------------------------------------------------------------
@@ -197,38 +197,51 @@ def test_shift_calm_phase_then_negative_run_within_j_turns() -> None:
 def test_intensity_and_per_speaker_runs_exact() -> None:
     esc = Escalator(RulesConfig())
     state = esc.new_state("c1", 0)
+    # A negative turn at confidence >= 0.3 adds 1, anything else 0; alpha 0.5.
     esc.apply(state, event(0, "anger", 0.8, "A"), src(0))
-    assert state.intensity == pytest.approx(0.4)
+    assert state.intensity == 0.5
     esc.apply(state, event(1, "sadness", 0.6, "B"), src(1))
-    assert state.intensity == pytest.approx(0.5)
+    assert state.intensity == 0.75
     esc.apply(state, event(2, "neutral", 0.9, "A"), src(2))
-    assert state.intensity == pytest.approx(0.25)
+    assert state.intensity == 0.375
     assert state.negative_runs == {"B": 1}
-    esc.apply(state, event(3, "fear", 0.9, "B"), src(3))
-    assert state.negative_runs == {"B": 2}
+    esc.apply(state, event(3, "fear", 0.2, "B"), src(3))  # below the intensity's confidence
+    assert state.intensity == 0.1875
+    assert state.negative_runs == {"B": 2}  # runs count negative emotions at any confidence
     assert [t.turn_id for t in state.history] == ["0", "1", "2", "3"]
     assert state.calm_streak == 0 and state.turns == 4
 
 
 def test_must_escalate_then_cool_down_with_one_stable_id() -> None:
     esc = Escalator(RulesConfig())
-    # neutral, neutral, anger(0.9): intensity .45; anger: .675 -> spike (high) and shift (low) on turn 3: spike wins.
+    # Calm, calm, then negative turns: a shift (low) on the second negative turn (intensity .5, .75);
+    # the third (.875) would be a spike, but the escalation is open. Three calm turns cool it down.
     state, out = run(esc, ["neutral", "neutral", "anger", "anger", "anger", "neutral", "neutral", "joy", "neutral"])
     assert [(e.status, e.rule, e.severity, e.opened_turn_id) for e in out] == [
-        ("opened", "spike", "high", "3"),
-        ("resolved", "spike", "high", "3"),
+        ("opened", "shift", "low", "3"),
+        ("resolved", "shift", "low", "3"),
     ]
     opened, resolved = out
-    assert opened.escalation_id == resolved.escalation_id == escalation_id("c1", "spike", "3")
-    assert opened.trigger_turn_ids == ("2", "3") and [e.turn_id for e in opened.evidence] == ["2", "3"]
-    # intensity after turns: .45, .675, .7875, .39375, .196875 -> cooled down at turn 7 (3 calm turns, <= .3).
+    assert opened.escalation_id == resolved.escalation_id == escalation_id("c1", "shift", "3")
+    assert opened.trigger_turn_ids == ("0", "1", "2", "3")
+    assert [e.turn_id for e in opened.evidence] == ["0", "1", "2", "3"]
+    # intensity after turns 4..7: .875, .4375, .21875, .109375 -> cooled down at turn 7 (3 calm turns, <= .3).
     assert resolved.resolved_turn_id == "7" and resolved.resolution == "cooled_down"
     assert [e.turn_id for e in resolved.evidence] == ["5", "6", "7"]
-    assert resolved.intensity == pytest.approx(0.7875 / 8)
+    assert resolved.intensity == 0.109375
     assert resolved.opened_at == opened.opened_at == 1_700_000_003.0 and resolved.resolved_at == 1_700_000_007.0
     assert state.open is None
     for e in out:
         ESCALATION_SCHEMA.validate(orjson.loads(escalation_event(e, emitted_at=1.0)))
+
+
+def test_two_rules_on_one_turn_the_higher_severity_opens() -> None:
+    # Three negative turns from the start: sustained (3 of 5, medium) and spike (.875 >= .8, high) on turn 2.
+    _, out = run(Escalator(RulesConfig()), ["anger", "sadness", "anger"])
+    assert [(e.status, e.rule, e.severity, e.opened_turn_id, e.trigger_turn_ids) for e in out] == [
+        ("opened", "spike", "high", "2", ("0", "1", "2"))
+    ]
+    assert out[0].negative_runs == {"A": 3}
 
 
 def test_sustained_opens_when_spike_disabled_and_only_once_while_open() -> None:
@@ -245,7 +258,7 @@ def test_must_not_escalate() -> None:
     for emotions, confidence in [
         (["neutral", "joy", "neutral", "surprise", "neutral"], 0.9),
         (["neutral", "anger", "neutral", "joy", "sadness", "neutral", "neutral", "fear"], 0.9),
-        (["anger", "anger", "anger", "anger", "anger"], 0.3),
+        (["anger", "anger", "anger", "anger", "anger"], 0.25),
     ]:
         state, out = run(esc, emotions, confidence)
         assert out == [], emotions
@@ -269,13 +282,18 @@ def test_repeated_event_counts_once_and_resends_its_escalation() -> None:
     # The same event as a new record (upstream at-least-once): dropped, nothing re-sent.
     upstream = esc.apply(state, event(3, "anger"), src(99))
     assert upstream.duplicate and upstream.escalations == ()
-    assert state.intensity == pytest.approx(0.675) and state.turns == 4
+    assert state.intensity == 0.75 and state.turns == 4
 
 
 def test_state_round_trips_and_outbox_is_bounded() -> None:
-    cfg = rules_from_mapping({"cooldown": {"calm_turns": 1, "max_intensity": 0.5}})
+    cfg = rules_from_mapping(
+        {
+            "rules": {"sustained": {"enabled": False}, "shift": {"enabled": False}, "spike": {"threshold": 0.7}},
+            "cooldown": {"calm_turns": 1, "max_intensity": 0.5},
+        }
+    )
     esc = Escalator(cfg)
-    # Open/resolve repeatedly: anger x2 (spike at .675), neutral (.3375 -> resolved), ...
+    # Open/resolve repeatedly: spikes at turns 1 (.75), 4 (.84), 6 and 9 (.71); each neutral resolves.
     emotions = ["anger", "anger", "neutral"] * 4
     state, out = run(esc, emotions)
     assert [e.status for e in out] == ["opened", "resolved"] * 4
@@ -286,7 +304,7 @@ def test_state_round_trips_and_outbox_is_bounded() -> None:
 
 def test_idle_resolves_then_forgets_and_resends_the_idle_resolution() -> None:
     esc = Escalator(RulesConfig())  # resolve after 1800 s, forget after 3600 s
-    state, out = run(esc, ["anger", "anger"])
+    state, out = run(esc, ["anger", "anger", "anger"])
     assert [e.status for e in out] == ["opened"]
     last = state.last_event_at
     assert esc.sweep(state, last + 1799).escalations == ()
