@@ -8,6 +8,11 @@ a linear adapter maps those fixed vectors to the encoder width before the shared
 Stage 2 freezes the encoder: every training representation is computed once, then the
 anchors alone are fitted with cross-entropy over cos(r, a)/tau and chosen on dev.
 
+``architecture="turn"`` trains the turn-once model instead (trainer/turn.py): batches are whole
+conversations, each turn encoded once per step as its single-turn prompt, a context transformer
+reads every turn's window of those vectors; the same head, anchors, losses and stage 2 follow.
+An optional triplet loss (``triplet_weight``) is added to the stage-1 loss of either architecture.
+
 Under torchrun (trainer/distributed.py) stage 1 is DistributedDataParallel: every rank takes
 its share of the same global batches (``batch_size`` stays the global batch), SupCon and CE
 run on the representations gathered from every rank, so each step equals the one-process step
@@ -34,11 +39,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from erc_stream.artifact import new_version_name, publish_version
+from erc_stream.context import ContextModel, ContextSettings
 from erc_stream.errors import ConfigError, ErcError
 from erc_stream.model import (
     EmotionModel,
     Predictor,
     ProjectionHead,
+    TurnEmotionModel,
+    TurnPredictor,
     resolve_device,
     resolve_dtype,
 )
@@ -69,7 +77,8 @@ from trainer.distributed import (
     shard_batch,
 )
 from trainer.evaluate import build_examples, compute_metrics, predict_examples, write_report
-from trainer.losses import anchor_adaptation_loss, stage1_loss
+from trainer.losses import anchor_adaptation_loss, stage1_loss, triplet_loss
+from trainer.turn import TurnData, TurnSplits, TurnStage1Net, predict_turn_data, turn_representations
 
 __all__ = ["fit", "FitResult", "StopFlag", "TrainingInterrupted", "run_dir_of"]
 
@@ -125,6 +134,10 @@ class _Stage1Net(nn.Module):
 
 def _train_net(run: _Run) -> nn.Module:
     """The stage-1 forward; under torchrun wrapped in DistributedDataParallel (gradients all-reduced)."""
+    if run.turn is not None:  # one process (refused under torchrun in _prepare)
+        assert isinstance(run.model, TurnEmotionModel)
+        return TurnStage1Net(run.model, run.anchor_enc, run.turn.train)
+    assert isinstance(run.model, EmotionModel)
     net = _Stage1Net(run.model, run.anchor_enc)
     if not run.dist.enabled:
         return net
@@ -196,23 +209,36 @@ class _Run:
     source: Any
     head: ProjectionHead
     anchor_enc: _AnchorEncoder
-    model: EmotionModel
-    train_ex: list[tuple[Prompt, int]]
+    model: EmotionModel | TurnEmotionModel
+    train_ex: list[tuple[Prompt, int]]  # turn: the single-turn prompts, conversation after conversation
     dev_ex: list[tuple[Prompt, int]]
     anchors_before: torch.Tensor  # (C, D) anchors of the untrained model, for the report
     dist: DistContext  # this process's place in a torchrun run (one process: world_size 1)
+    turn: TurnSplits | None = None  # the conversations of a turn run; None for window
 
-    def predictor(self, anchors: torch.Tensor) -> Predictor:
+    def predictor(self, anchors: torch.Tensor) -> Predictor | TurnPredictor:
         """The shared inference path on the live weights, for dev evaluation."""
         manifest = _manifest_core(self.cfg, self.labels, self.builder, self.source, self.enc_path)
         manifest["version"] = "in-training"
-        eval_model = EmotionModel(self.encoder, self.head, anchors.to(self.device))
         eval_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
+        if isinstance(self.model, TurnEmotionModel):
+            turn_model = TurnEmotionModel(self.encoder, self.model.context, self.head, anchors.to(self.device))
+            return TurnPredictor(turn_model.eval(), self.builder, manifest, self.device, eval_dtype)
+        eval_model = EmotionModel(self.encoder, self.head, anchors.to(self.device))
         return Predictor(eval_model.eval(), self.builder, manifest, self.device, eval_dtype)
 
+    def utterances(self, batch: list[int]) -> int:
+        """Utterances in a batch (a turn batch lists conversations)."""
+        return len(batch) if self.turn is None else sum(self.turn.train.lengths[c] for c in batch)
+
     def dev_metrics(self, anchors: torch.Tensor, progress: bool, desc: str = "dev") -> dict:
+        predictor = self.predictor(anchors)
+        if isinstance(predictor, TurnPredictor):
+            assert self.turn is not None
+            preds = predict_turn_data(predictor, self.turn.dev, self.cfg.eval_batch_size)
+            return compute_metrics(self.turn.dev.labels, preds.label_ids.tolist(), self.labels, self.neutral)
         pred = predict_examples(
-            self.predictor(anchors), self.dev_ex, batch_size=self.cfg.eval_batch_size, progress=progress, desc=desc
+            predictor, self.dev_ex, batch_size=self.cfg.eval_batch_size, progress=progress, desc=desc
         )
         return compute_metrics([y for _, y in self.dev_ex], pred.label_ids.tolist(), self.labels, self.neutral)
 
@@ -264,6 +290,7 @@ def fit(cfg: TrainConfig, *, progress: bool = True, stop: StopFlag | None = None
                     run.labels,
                     run.neutral,
                     progress,
+                    turn=(run.predictor(stage1_anchors), run.turn) if run.turn is not None else None,
                 )
             result = _publish(run, progress_state, final_anchors, stage2_info, t_start, progress)
         barrier(ctx, "rank 0's stage 2 and publish")
@@ -299,7 +326,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     )
     encoder = AutoModel.from_pretrained(enc_path, local_files_only=True, **no_default)
     builder = PromptBuilder(
-        tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length, template=cfg.template
+        tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length, template=cfg.prompt_template
     )
 
     # Anchor texts (label words, LLM or file descriptions) and, optionally, external embeddings.
@@ -314,11 +341,28 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         encoder.config.hidden_size, cfg.proj_dim, **({} if cfg.dropout is None else {"dropout": cfg.dropout})
     )
     anchor_enc = _AnchorEncoder(encoder, head, tokenizer, source.texts, external)
-    model = EmotionModel(encoder, head, torch.zeros(len(labels), cfg.proj_dim))
+    model: EmotionModel | TurnEmotionModel
+    turn = None
+    if cfg.architecture == "turn":
+        if ctx.enabled:
+            raise ConfigError("architecture='turn' trains in one process for now; run it without --nproc-per-node")
+        settings = ContextSettings(
+            hidden_size=encoder.config.hidden_size,
+            context_turns=cfg.context_turns,
+            layers=cfg.context_layers,
+            heads=cfg.context_heads,
+            ffn_dim=cfg.context_ffn_dim,
+            dropout=cfg.context_dropout,
+        )
+        model = TurnEmotionModel(encoder, ContextModel(settings), head, torch.zeros(len(labels), cfg.proj_dim))
+        turn = TurnSplits(TurnData.build(builder, train_convs, label_id), TurnData.build(builder, dev_convs, label_id))
+        train_ex, dev_ex = turn.train.examples, turn.dev.examples
+    else:
+        model = EmotionModel(encoder, head, torch.zeros(len(labels), cfg.proj_dim))
+        train_ex = build_examples(builder, train_convs, label_id)
+        dev_ex = build_examples(builder, dev_convs, label_id)
     model.to(device)
     anchor_enc.to(device)
-    train_ex = build_examples(builder, train_convs, label_id)
-    dev_ex = build_examples(builder, dev_convs, label_id)
     log.info("train %d utterances (%d conversations), dev %d", len(train_ex), len(train_convs), len(dev_ex))
     with torch.no_grad():
         anchors_before = anchor_enc().float().cpu()  # (C, D)
@@ -341,6 +385,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         dev_ex,
         anchors_before,
         ctx,
+        turn,
     )
 
 
@@ -365,8 +410,16 @@ def _optimizer(run: _Run) -> _Optim:
         {"params": [p for n, p in named if _no_decay(n)], "lr": cfg.lr, "weight_decay": 0.0},
         {"params": head_params, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
     ]
+    steps_per_epoch = math.ceil(len(run.train_ex) / cfg.batch_size)
+    if isinstance(run.model, TurnEmotionModel):
+        assert run.turn is not None
+        context_params = list(run.model.context.parameters())
+        lr = cfg.context_lr if cfg.context_lr is not None else cfg.head_lr
+        groups.append({"params": context_params, "lr": lr, "weight_decay": cfg.weight_decay})
+        head_params = head_params + context_params  # clipped with the rest
+        steps_per_epoch = run.turn.train.steps_per_epoch(cfg.batch_size, cfg.sampler)
     opt = torch.optim.AdamW(groups)
-    total_steps = max(1, math.ceil(len(run.train_ex) / cfg.batch_size) * cfg.epochs)
+    total_steps = max(1, steps_per_epoch * cfg.epochs)
     sched = get_linear_schedule_with_warmup(opt, int(total_steps * cfg.warmup_ratio), total_steps)
     fp16_cuda = run.device.type == "cuda" and run.dtype == torch.float16
     scaler = torch.amp.GradScaler("cuda") if fp16_cuda else None
@@ -430,6 +483,8 @@ def _stage1(run: _Run, ckpt: dict | None, *, progress: bool, stop: StopFlag) -> 
         seed_rank(cfg.seed + 1_000_003 * state.global_step, run.dist)
     lengths = [len(p) for p, _ in run.train_ex]
     while state.epoch <= cfg.epochs:
+        if state.batches is None and run.turn is not None:  # whole conversations, up to batch_size turns
+            state.batches = run.turn.train.batches(cfg.batch_size, batch_rng, cfg.sampler)
         if state.batches is None:
             state.batches = _length_sorted_batches(lengths, cfg.batch_size, batch_rng)
         check_same(state.batches, run.dist, f"the global batches of epoch {state.epoch}")
@@ -455,14 +510,14 @@ def _train_epoch(
         disable=not progress,
         dynamic_ncols=True,
     )
-    seen = sum(len(b) for b in state.batches[: state.batch_pos])
+    seen = sum(run.utterances(b) for b in state.batches[: state.batch_pos])
     for batch_idx in todo:
         t0 = time.perf_counter()
         parts = _train_step(run, optim, shard_batch(batch_idx, run.dist.rank, run.dist.world_size))
         state.epoch_train_s += time.perf_counter() - t0
         state.batch_pos += 1
         state.global_step += 1
-        seen += len(batch_idx)
+        seen += run.utterances(batch_idx)
         for k, v in parts.items():
             state.running[k] = 0.9 * state.running.get(k, v) + 0.1 * v
         bar.update(1)
@@ -493,12 +548,16 @@ def _train_step(run: _Run, optim: _Optim, shard: BatchShard) -> dict[str, float]
     rank are gathered with gradients, so SupCon compares each utterance with all the others.
     """
     cfg, device = run.cfg, run.device
-    prompts = [run.train_ex[i][0] for i in shard.indices]
-    y = torch.tensor([run.train_ex[i][1] for i in shard.batch], device=device)  # (B,) the global batch
-    batch = {k: v.to(device) for k, v in pad_batch(prompts, run.tokenizer.pad_token_id or 0).items()}
-    with _autocast(device, run.dtype):
-        local_reps, anchors = optim.net(**batch)  # (b, D) this rank's rows, (C, D)
-    reps = gather_rows(local_reps, shard, run.dist)  # (B, D) every rank's rows, in batch order
+    if run.turn is not None:  # shard.batch: whole conversations, every turn of them encoded once
+        with _autocast(device, run.dtype):
+            reps, y, anchors = optim.net(list(shard.batch))  # (B, D) every turn, (B,), (C, D)
+    else:
+        prompts = [run.train_ex[i][0] for i in shard.indices]
+        y = torch.tensor([run.train_ex[i][1] for i in shard.batch], device=device)  # (B,) the global batch
+        batch = {k: v.to(device) for k, v in pad_batch(prompts, run.tokenizer.pad_token_id or 0).items()}
+        with _autocast(device, run.dtype):
+            local_reps, anchors = optim.net(**batch)  # (b, D) this rank's rows, (C, D)
+        reps = gather_rows(local_reps, shard, run.dist)  # (B, D) every rank's rows, in batch order
     loss, parts = stage1_loss(
         reps.float(),
         y,
@@ -508,6 +567,10 @@ def _train_step(run: _Run, optim: _Optim, shard: BatchShard) -> dict[str, float]
         lambda2=cfg.lambda2,
         class_weights=optim.class_weights,
     )
+    if cfg.triplet_weight > 0:
+        triplet = triplet_loss(reps, y, cfg.triplet_margin, cfg.triplet_mining)
+        loss = loss + cfg.triplet_weight * triplet
+        parts = {**parts, "loss": float(loss.detach()), "triplet": float(triplet.detach())}
     optim.opt.zero_grad(set_to_none=True)
     if optim.scaler is not None:
         optim.scaler.scale(loss).backward()
@@ -540,7 +603,7 @@ def _evaluate_epoch(run: _Run, state: Progress, *, progress: bool) -> None:
     with torch.no_grad():
         anchors_now = run.anchor_enc().float()  # (C, D)
     m = run.dev_metrics(anchors_now, progress)
-    n_train = sum(len(b) for b in state.batches or [])
+    n_train = sum(run.utterances(b) for b in state.batches or [])
     utt_s = n_train / max(state.epoch_train_s, 1e-9)
     state.history.append(
         {
@@ -582,6 +645,9 @@ def _publish(
     wall_s = time.perf_counter() - t_start
     version = str(cfg.version)
     manifest = _manifest_core(cfg, run.labels, run.builder, run.source, run.enc_path)
+    context = run.model.context if isinstance(run.model, TurnEmotionModel) else None
+    if context is not None:
+        manifest["context_model"] = context.settings.to_manifest()
     manifest["metrics"] = {"dev": _headline(dev_metrics)}
     manifest["training"] = {
         "config": cfg.to_json(),
@@ -617,12 +683,17 @@ def _publish(
             manifest=manifest,
             report_dir=report,
             make_current=cfg.make_current,
+            context_state=context.state_dict() if context is not None else None,
         )
     return FitResult(version=version, path=path, metrics=dev_metrics, wall_s=wall_s, best_epoch=state.best_epoch)
 
 
-def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neutral, progress):
-    """Stage 2: frozen encoder; fit anchors on cached representations, pick the best on dev."""
+def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neutral, progress, turn=None):
+    """Stage 2: frozen encoder; fit anchors on cached representations, pick the best on dev.
+
+    ``turn``: (TurnPredictor, TurnSplits) of a turn run, whose representations come from cached
+    turn vectors and the context model rather than from window prompts.
+    """
     device = anchors0.device
 
     def reps_of(examples, desc):
@@ -641,8 +712,13 @@ def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neut
             reps[torch.tensor(ch, device=device)] = r
         return reps  # (N, D)
 
-    train_r = reps_of(train_ex, "stage 2: train representations")
-    dev_r = reps_of(dev_ex, "stage 2: dev representations")
+    if turn is not None:
+        predictor, splits = turn
+        train_r = turn_representations(predictor, splits.train, cfg.eval_batch_size).to(device)  # (N, D)
+        dev_r = turn_representations(predictor, splits.dev, cfg.eval_batch_size).to(device)
+    else:
+        train_r = reps_of(train_ex, "stage 2: train representations")
+        dev_r = reps_of(dev_ex, "stage 2: dev representations")
     train_y = torch.tensor([y for _, y in train_ex], device=device)
     dev_y = [y for _, y in dev_ex]
     anchors = nn.Parameter(anchors0.detach().clone())
@@ -683,6 +759,7 @@ def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neut
 def _manifest_core(cfg: TrainConfig, labels, builder: PromptBuilder, source, enc_path: Path) -> dict:
     return {
         "dataset": cfg.dataset,
+        "architecture": cfg.architecture,
         "labels": list(labels),
         "prompt": {
             "template": builder.template,
@@ -708,6 +785,12 @@ def _manifest_core(cfg: TrainConfig, labels, builder: PromptBuilder, source, enc
             "lambda2": cfg.lambda2,
             "temperature": cfg.temperature,
             "stage2": cfg.stage2,
+            "triplet": (
+                {"weight": cfg.triplet_weight, "margin": cfg.triplet_margin, "mining": cfg.triplet_mining}
+                if cfg.triplet_weight > 0
+                else None
+            ),
+            "sampler": cfg.sampler,
         },
     }
 

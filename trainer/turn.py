@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from erc_stream.context import Windows, conversation_windows
 from erc_stream.model import Predictions, TurnEmotionModel, TurnPredictor
@@ -40,6 +41,8 @@ from trainer.datasets import Conversation
 __all__ = [
     "SAMPLERS",
     "TurnData",
+    "TurnSplits",
+    "TurnStage1Net",
     "conversation_weights",
     "predict_turn_data",
     "turn_representations",
@@ -142,6 +145,29 @@ class TurnData:
         )  # (N_b, k + 1, H)
         reps = model.represent(windows)  # (N_b, D)
         return reps, torch.tensor([self.labels[i] for i in turns], device=device)
+
+
+@dataclass(frozen=True)
+class TurnSplits:
+    """The train and dev splits of a turn run."""
+
+    train: TurnData
+    dev: TurnData
+
+
+class TurnStage1Net(nn.Module):
+    """The turn model's stage-1 forward in one module (like train.py's window one): the h_t
+    representations of whole conversations, their labels, and the anchors from their texts."""
+
+    def __init__(self, model: TurnEmotionModel, anchor_enc: nn.Module, data: TurnData) -> None:
+        super().__init__()
+        self.model = model
+        self.anchor_enc = anchor_enc
+        self.data = data
+
+    def forward(self, conversations: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        reps, labels = self.data.represent(self.model, conversations, self.model.anchors.device)
+        return reps, labels, self.anchor_enc()  # (N_b, D), (N_b,), (C, D)
 
 
 def conversation_weights(labels: Sequence[int], lengths: Sequence[int], n_classes: int) -> np.ndarray:
