@@ -50,6 +50,9 @@ PROMETHEUS = shutil.which("prometheus")
 WORKER_BIN = Path(sys.executable).with_name("erc-stream")
 NAMESPACE = "test"
 JOB = "erc-stream-worker"
+# `erc-stream escalations` on the worker's output: the data of the dashboard's escalations row.
+ESCALATIONS_JOB = "erc-stream-escalations"
+ESCALATIONS_BIN = WORKER_BIN
 RATE_INTERVAL = "15s"
 FEED_TURNS_PER_S = 8.0
 BAD_EVERY = 12  # one malformed record after every 12 valid turns
@@ -93,9 +96,9 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 
 class _Prometheus:
-    """A real Prometheus on loopback: 1 s scrapes of one worker, the shipped rules loaded."""
+    """A real Prometheus on loopback: 1 s scrapes of one worker and the escalations app, the shipped rules loaded."""
 
-    def __init__(self, workdir: Path, target: str) -> None:
+    def __init__(self, workdir: Path, target: str, escalations_target: str | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "prometheus.log"
@@ -106,6 +109,13 @@ class _Prometheus:
                 {"job_name": JOB, "static_configs": [{"targets": [target], "labels": {"namespace": NAMESPACE}}]}
             ],
         }
+        if escalations_target is not None:
+            config["scrape_configs"].append(
+                {
+                    "job_name": ESCALATIONS_JOB,
+                    "static_configs": [{"targets": [escalations_target], "labels": {"namespace": NAMESPACE}}],
+                }
+            )
         self.config_path = workdir / "prometheus.yml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.data_dir = workdir / "tsdb"
@@ -273,15 +283,46 @@ def test_every_dashboard_and_rule_query_against_a_live_worker(
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_") or k == "ERC_DATA_DIR"}
     env.update(settings, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
-    prometheus = _Prometheus(tmp_path, target)
+    # The escalations app reads the worker's output, so its row of the dashboard has data too.
+    escalations_target = f"127.0.0.1:{free_port()}"
+    escalations_log = tmp_path / "escalations.log"
+    escalations_env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
+    escalations_env.update(
+        {
+            "ERC_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "ERC_ESCALATIONS_INPUT_TOPIC": output_topic,
+            "ERC_ESCALATIONS_OUTPUT_TOPIC": topic_factory(2),
+            "ERC_ESCALATIONS_DLQ_TOPIC": topic_factory(1),
+            "ERC_ESCALATIONS_APP_ID": f"live-prometheus-escalations-{output_topic}",
+            "ERC_ESCALATIONS_PRODUCER_MAX_BATCH_BYTES": "1",  # the local broker (docs/escalations.md)
+            "ERC_ESCALATIONS_SESSION_TIMEOUT_MS": "6000",
+            "ERC_ESCALATIONS_HEARTBEAT_INTERVAL_MS": "500",
+            "ERC_ESCALATIONS_LAG_POLL_S": "1",
+            "ERC_ESCALATIONS_METRICS_HOST": "127.0.0.1",
+            "ERC_ESCALATIONS_METRICS_PORT": escalations_target.rsplit(":", 1)[1],
+        }
+    )
+
+    prometheus = _Prometheus(tmp_path, target, escalations_target)
     feeder = _Feeder(broker.bootstrap, input_topic)
     with open(worker_log, "wb") as log:
         worker = subprocess.Popen(
             [str(WORKER_BIN), "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+    with open(escalations_log, "wb") as log:
+        escalations = subprocess.Popen(
+            [str(ESCALATIONS_BIN), "escalations"],
+            env=escalations_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def diagnostics() -> str:
-        return f"--- worker log ---\n{_tail(worker_log)}\n--- prometheus log ---\n{_tail(prometheus.log_path)}"
+        return (
+            f"--- worker log ---\n{_tail(worker_log)}\n--- escalations log ---\n{_tail(escalations_log)}\n"
+            f"--- prometheus log ---\n{_tail(prometheus.log_path)}"
+        )
 
     try:
         prometheus.start()
@@ -302,6 +343,13 @@ def test_every_dashboard_and_rule_query_against_a_live_worker(
             return _http_get(f"http://{target}/readyz")[0] == 200
 
         _wait_for(worker_ready, 90, "worker /readyz (model loaded, partitions assigned)", diagnostics)
+
+        def escalations_ready() -> bool:
+            if escalations.poll() is not None:
+                raise AssertionError(f"escalations exited with {escalations.returncode}\n{diagnostics()}")
+            return _http_get(f"http://{escalations_target}/readyz")[0] == 200
+
+        _wait_for(escalations_ready, 60, "escalations /readyz (table restored)", diagnostics)
         t_ready = time.monotonic()
 
         feeder.start()
@@ -413,6 +461,17 @@ def test_every_dashboard_and_rule_query_against_a_live_worker(
         assert prometheus.value(f"sum(erc_turns_consumed_total{{{ns}}})") == sent
         for reason, count in feeder.sent_bad.items():
             assert prometheus.value(f'sum(erc_dead_letters_total{{{ns}, reason="{reason}"}})') == count, reason
+        # ... and every emotion event reaches the escalations app, none of them as a dead letter.
+        _wait_for(
+            lambda: (
+                prometheus.value(f'sum(erc_escalations_events_processed_total{{{ns}, result="applied"}})')
+                == prometheus.value(f"sum(erc_events_emitted_total{{{ns}}})")
+            ),
+            30,
+            "the escalations app to apply every emotion event",
+            diagnostics,
+        )
+        assert prometheus.value(f'sum(erc_escalations_events_processed_total{{{ns}, result="dead_letter"}})') == 0
 
         # --- SIGTERM drains and exits 0
         worker.send_signal(signal.SIGTERM)
@@ -425,11 +484,12 @@ def test_every_dashboard_and_rule_query_against_a_live_worker(
         feeder.stop_event.set()
         if feeder.is_alive():
             feeder.join(timeout=10)
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=5)
+        for proc in (worker, escalations):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
         prometheus.stop()

@@ -27,6 +27,7 @@ ALERTS = {
     "ErcModelReloadFailures",
     "ErcWorkerDown",
     "ErcLatencySLOBurn",
+    "ErcEscalationsLagging",
 }
 
 

@@ -14,6 +14,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 import promql
+from erc_stream.escalations.metrics import EscalationMetrics
 from erc_stream.metrics import WorkerMetrics
 
 PROMTOOL = shutil.which("promtool")
@@ -24,9 +25,11 @@ needs_promtool = pytest.mark.skipif(
 
 
 def _exposed_metric_names() -> set[str]:
-    """Sample names the worker exposes, derived from erc_stream/metrics.py itself."""
+    """Sample names the worker and the escalations app expose, derived from their metrics modules."""
     names: set[str] = set()
-    for family in WorkerMetrics(CollectorRegistry()).registry.collect():
+    families = [*WorkerMetrics(CollectorRegistry()).registry.collect()]
+    families += EscalationMetrics(CollectorRegistry()).registry.collect()
+    for family in families:
         if family.type == "counter":
             names.add(f"{family.name}_total")
         elif family.type == "histogram":
@@ -67,7 +70,7 @@ def test_finds_every_panel_query_variable_and_annotation() -> None:
     for panel in _all_panels(dashboard["panels"]):
         if panel["type"] != "row":
             assert panel.get("targets"), f"panel {panel['title']!r} has no query"
-    assert len(expected_targets) == 30
+    assert len(expected_targets) == 37
     for panel, target in expected_targets:
         name = f"panel {panel['id']} {panel['title']!r} target {target['refId']}"
         assert found[name] == promql.substitute(target["expr"])
@@ -83,12 +86,13 @@ def test_finds_every_rule() -> None:
     doc = yaml.safe_load(promql.RULES_PATH.read_text())
     rules = [r for g in doc["groups"] for r in g["rules"]]
     found = promql.rules_exprs()
-    assert len(found) == len(rules) == 15
+    assert len(found) == len(rules) == 16
     assert len({name for name, _ in found}) == len(found), "rule names must be unique"
     alerts = sorted({n.split()[1] for n, _ in found if n.startswith("alert ")})
     assert alerts == [
         "ErcConsumerLagGrowing",
         "ErcDeadLetterRateHigh",
+        "ErcEscalationsLagging",
         "ErcLatencySLOBurn",
         "ErcModelReloadFailures",
         "ErcNoEventsWhileTurnsArrive",
@@ -104,7 +108,8 @@ def test_variable_overrides_reach_every_dashboard_query() -> None:
     for name, expr in exprs:
         if name.startswith("variable"):
             continue
-        assert 'instance=~"127.0.0.1:9400"' in expr, name
+        if "erc_escalations_" not in expr:  # the escalations app's pods are not workers: namespace only
+            assert 'instance=~"127.0.0.1:9400"' in expr, name
         assert 'namespace=~""' in expr, name
 
 
@@ -115,8 +120,11 @@ def test_every_dashboard_selector_filters_by_namespace_and_instance() -> None:
     for expr in raw:
         selectors = re.findall(r"\berc_\w+(\{[^}]*\})?", expr)
         assert selectors, expr
+        # $instance lists workers; the escalations row (erc_escalations_*) filters by namespace only.
+        per_instance = "erc_escalations_" not in expr
         for matchers in selectors:
-            assert 'namespace=~"$namespace"' in matchers and 'instance=~"$instance"' in matchers, (
+            assert 'namespace=~"$namespace"' in matchers, f"selector without the namespace filter in {expr!r}"
+            assert not per_instance or 'instance=~"$instance"' in matchers, (
                 f"selector without the dashboard filters in {expr!r}"
             )
 
@@ -141,6 +149,10 @@ def test_dashboard_covers_what_a_support_lead_watches() -> None:
         "erc_active_conversations",
         "erc_in_flight_turns",
         "erc_partitions_assigned",
+        "sum by (rule, severity) (rate(erc_escalations_opened_total",
+        "sum by (rule, severity) (erc_escalations_open",
+        "histogram_quantile(0.95, sum by (le) (rate(erc_escalations_processing_lag_seconds_bucket",
+        "sum(erc_escalations_consumer_lag",
     ]:
         assert needle in exprs, f"dashboard lacks {needle!r}"
     mix = next(p for p in _all_panels(dashboard["panels"]) if p["title"] == "Emotion mix")
