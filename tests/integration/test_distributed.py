@@ -199,3 +199,54 @@ def test_an_error_on_one_rank_ends_the_other_without_torchrun(tmp_path: Path) ->
     assert [p.returncode != 0 for p in procs] == [True, True], outs
     assert "rank 1 fails on purpose" in outs[1][1]
     assert took < 100, f"took {took:.0f} s"
+
+
+def test_sigterm_stops_every_rank_with_a_checkpoint_and_resume_finishes_the_run(
+    tiny_encoder: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to `erc-train fit --nproc-per-node 2` (torchrun passes it to both ranks): the ranks agree on
+    one step, rank 0 checkpoints, nothing is published; `--resume` on 2 processes ends with the weights of
+    an uninterrupted one-process run."""
+    flags = ["fit", "--dataset", "meld", "--encoder", str(tiny_encoder), "--dropout", "0", "--device", "cpu",
+             "--dtype", "fp32", "--epochs", "2", "--no-stage2", "--max-train-conversations", "12",
+             "--max-dev-conversations", "2", "--context-turns", "1", "--max-length", "128", "--batch-size", "7",
+             "--proj-dim", "16", "--anchors", "plain", "--lr", "1e-3", "--version", "tiny-v1",
+             "--checkpoint-every-steps", "1"]  # fmt: skip
+    run_dir, store = tmp_path / "r2", tmp_path / "s2"
+    proc = subprocess.Popen(
+        [str(ERC_TRAIN), *flags, "--nproc-per-node", "2", "--store", str(store), "--run-dir", str(run_dir)],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)  # erc-train exec'd into torchrun: this is torchrun's agent
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out[-2000:] + err[-4000:]
+    assert "interrupted:" in err and "resume with: erc-train fit --resume" in " ".join(err.split())
+    assert read_current(store) is None  # nothing published
+    from trainer.checkpoint import load_file as load_checkpoint
+
+    stopped_at = load_checkpoint(run_dir / "checkpoint.pt")["progress"]["global_step"]
+    assert stopped_at >= 1
+
+    resumed = _run([str(ERC_TRAIN), "fit", "--resume", str(run_dir), "--nproc-per-node", "2"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    one = _run([str(ERC_TRAIN), *flags, "--store", str(tmp_path / "s1"), "--run-dir", str(tmp_path / "r1")])
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-5000:]
+    finished = verify_version(store / "tiny-v1")["training"]
+    assert finished["processes"] == 2 and finished["best_epoch"] >= 1
+    for name in ("encoder/model.safetensors", "head.safetensors"):
+        a, b = load_file(str(tmp_path / "s1" / "tiny-v1" / name)), load_file(str(store / "tiny-v1" / name))
+        diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+        print(f"\n{name}: stopped at step {stopped_at}, resumed on 2 processes; max |diff| vs 1 process {diff:.3g}")
+        assert diff <= TOL, f"{name}: resumed 2-process weights differ from the 1-process run by {diff}"
