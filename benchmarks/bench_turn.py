@@ -1,0 +1,330 @@
+"""Window against turn-once architecture, same encoder, one run, one machine.
+
+Both models are the packaged all-MiniLM-L6-v2 with the training defaults (5 context turns,
+max_length 256); the turn model adds the default context transformer (2 layers, encoder
+width). Speed does not depend on trained weights, so untrained versions are published once
+into var/bench/store unless --window-dir/--turn-dir name trained ones.
+
+(a) tokens per turn on MELD dev: the window prompt (last k turns + template) against the
+    single-turn prompt (``PromptBuilder.build_turn``) that a turn model encodes once;
+(b) model path, utterances/s on MELD dev in fp32, the way a saturated worker runs it:
+    window: ``Predictor.predict`` on batches from the worker's MicroBatcher;
+    turn: for each batch of the next ``--batch-size`` arriving turns, ``TurnPredictor.encode``
+    of those turns only, then one ``predict_windows`` over windows read from the vectors
+    already cached (each turn encoded once, as in the worker);
+(c) training samples/s: the trainer's own stage-1 step (``trainer.train._train_step``: encoder
+    on the batch and on the anchor descriptions, SupCon + angle + CE, backward, clip, AdamW) on
+    MELD train, window batches of ``--train-batch-size`` prompts against turn batches of whole
+    conversations with at most that many turns; the first step of each is a warm-up.
+
+Worker events/s at max rate and p50/p99 latency at 50% load come from
+``benchmarks/bench_stream.py --store`` on each model's store (see docs/benchmarks/bench_turn.md).
+
+Writes docs/benchmarks/bench_turn.{json,md}. Usage:
+``.venv/bin/python benchmarks/bench_turn.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import (
+    BENCH_STORE,
+    DOCS_DIR,
+    _publish_bench_model,
+    command_line,
+    machine_info,
+    machine_md,
+    md_table,
+    resolve_model,
+    write_results,
+)
+
+TURN_BENCH_VERSION = "bench-untrained-turn-v1"
+
+
+def publish_turn_bench_model(store: Path) -> Path:
+    """An untrained turn version with the training defaults (k=5, 2 context layers) and the packaged encoder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from erc_stream.artifact import publish_version, version_path
+    from erc_stream.context import ContextModel, ContextSettings
+    from erc_stream.model import ProjectionHead, default_encoder_path
+    from trainer.config import TrainConfig
+    from trainer.datasets import DATASETS
+
+    if (store / TURN_BENCH_VERSION).is_dir():
+        return version_path(store, TURN_BENCH_VERSION)
+    cfg = TrainConfig(architecture="turn")
+    path = default_encoder_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    encoder = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    labels = list(DATASETS["meld"].labels)
+    settings = ContextSettings(
+        hidden_size=encoder.config.hidden_size, context_turns=cfg.context_turns, layers=cfg.context_layers
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        head = ProjectionHead(encoder.config.hidden_size, cfg.proj_dim)
+        context = ContextModel(settings)
+        anchors = torch.randn(len(labels), cfg.proj_dim)  # (C, D)
+    manifest = {
+        "dataset": "meld",
+        "architecture": "turn",
+        "labels": labels,
+        "prompt": {
+            "template": cfg.prompt_template,
+            "context_turns": cfg.context_turns,
+            "max_length": cfg.max_length,
+            "normalization": "erc_stream.prompt.normalize_text v1",
+        },
+        "context_model": settings.to_manifest(),
+        "temperature": cfg.temperature,
+        "encoder": {"id": path.parent.name, "source": str(path)},
+        "head": {"proj_dim": cfg.proj_dim, "activation": "gelu"},
+        "anchors": {
+            "mode": "random",
+            "seed": 0,
+            "descriptions": {label: label for label in labels},
+            "note": "untrained benchmark model (benchmarks/bench_turn.py): times the work, predicts nothing useful",
+        },
+        "metrics": {},
+    }
+    return publish_version(
+        store,
+        version=TURN_BENCH_VERSION,
+        encoder=encoder,
+        tokenizer=tokenizer,
+        head_state=head.state_dict(),
+        anchors=anchors,
+        manifest=manifest,
+        context_state=context.state_dict(),
+        make_current=False,
+    )
+
+
+def tokens_per_turn(window, turn, convs) -> dict:
+    from trainer.evaluate import build_examples
+    from trainer.turn import TurnData
+
+    label_id = {label: i for i, label in enumerate(window.labels)}
+    window_len = [len(p) for p, _ in build_examples(window.builder, convs, label_id)]
+    turn_len = [len(p) for p in TurnData.build(turn.builder, convs, label_id).prompts]
+    return {
+        "window_mean": float(np.mean(window_len)),
+        "window_p95": float(np.percentile(window_len, 95)),
+        "turn_mean": float(np.mean(turn_len)),
+        "turn_p95": float(np.percentile(turn_len, 95)),
+        "ratio": float(np.mean(window_len) / np.mean(turn_len)),
+        "utterances": len(turn_len),
+    }
+
+
+def window_model_path(window, convs, batch_size: int, budget_s: float) -> dict:
+    from erc_stream.batcher import MicroBatcher
+    from erc_stream.config import WorkerConfig
+    from trainer.evaluate import build_examples
+
+    examples = build_examples(window.builder, convs, {label: i for i, label in enumerate(window.labels)})
+    keys = [c.id for c in convs for _ in c.utterances]
+    mb: MicroBatcher[int] = MicroBatcher(batch_size, WorkerConfig().max_batch_tokens, 0.0)
+    for i, (p, _) in enumerate(examples):
+        mb.add(i, len(p), key=keys[i])
+    batches = []
+    while len(mb):
+        batches.append(mb.take())
+    window.predict([examples[i][0] for i in batches[0]])  # warm-up
+    n, seconds, t0 = 0, 0.0, time.perf_counter()
+    for b in batches:
+        seconds += window.predict([examples[i][0] for i in b]).seconds
+        n += len(b)
+        if time.perf_counter() - t0 > budget_s:
+            break
+    return {"utterances": n, "model_s": seconds, "utt_per_s": n / seconds, "batches": len(batches)}
+
+
+def turn_model_path(turn, convs, batch_size: int, budget_s: float) -> dict:
+    """Turns arrive conversation by conversation; each batch encodes only its own turns and reads
+    every window from the vectors cached so far (earlier batches and this one)."""
+    from erc_stream.context import pack_windows, same_speaker_flags
+    from trainer.turn import TurnData
+
+    data = TurnData.build(turn.builder, convs, {label: i for i, label in enumerate(turn.labels)})
+    conv_of = [ci for ci, n in enumerate(data.lengths) for _ in range(n)]
+    k = turn.builder.context_turns
+    turn.encode(data.prompts[:batch_size])  # warm-up
+    cache: dict[int, torch.Tensor] = {}
+    n, enc_s, ctx_s, t0 = 0, 0.0, 0.0, time.perf_counter()
+    for start in range(0, len(data), batch_size):
+        rows = list(range(start, min(start + batch_size, len(data))))
+        t1 = time.perf_counter()
+        vectors = turn.encode([data.prompts[i] for i in rows], batch_size=batch_size)  # (b, H)
+        enc_s += time.perf_counter() - t1
+        for i, v in zip(rows, vectors, strict=True):
+            cache[i] = v
+        windows, flags = [], []
+        for i in rows:
+            first = max(data.firsts[conv_of[i]], i - k)
+            windows.append(torch.stack([cache[j] for j in range(first, i + 1)]))  # (w, H) oldest first
+            flags.append(same_speaker_flags(data.speakers[first : i + 1]))
+        t2 = time.perf_counter()
+        pred = turn.predict_windows(pack_windows(windows, flags))
+        ctx_s += time.perf_counter() - t2
+        n += len(pred)
+        if time.perf_counter() - t0 > budget_s:
+            break
+    seconds = enc_s + ctx_s
+    return {"utterances": n, "model_s": seconds, "encode_s": enc_s, "context_s": ctx_s, "utt_per_s": n / seconds}
+
+
+def training_samples_per_s(architecture: str, batch_size: int, steps: int, budget_s: float, tmp: Path) -> dict:
+    """Time the trainer's own stage-1 step on MELD train (fp32, CPU)."""
+    from trainer.config import TrainConfig
+    from trainer.distributed import distributed, shard_batch
+    from trainer.train import _length_sorted_batches, _optimizer, _prepare, _train_step
+
+    cfg = TrainConfig(
+        architecture=architecture,
+        batch_size=batch_size,
+        device="cpu",
+        dtype="fp32",
+        max_dev_conversations=1,
+        store=tmp / "store",
+        run_dir=tmp / f"run-{architecture}",
+        version=f"bench-{architecture}",
+    )
+    with distributed("cpu") as ctx:
+        run = _prepare(cfg, ctx, resume=False)
+        optim = _optimizer(run)
+        rng = random.Random(cfg.seed)
+        if run.turn is not None:
+            batches = run.turn.train.batches(batch_size, rng)
+        else:
+            batches = _length_sorted_batches([len(p) for p, _ in run.train_ex], batch_size, rng)
+        run.model.train()
+        run.anchor_enc.train()
+        times, samples = [], 0
+        t_start = time.perf_counter()
+        for k, b in enumerate(batches[: steps + 1]):
+            t0 = time.perf_counter()
+            _train_step(run, optim, shard_batch(b, 0, 1))
+            dt = time.perf_counter() - t0
+            print(f"  {architecture} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s", flush=True)
+            if k > 0:
+                times.append(dt)
+                samples += run.utterances(b)
+            if k >= 2 and time.perf_counter() - t_start > budget_s:
+                break
+    return {
+        "steps": len(times),
+        "samples": samples,
+        "seconds": sum(times),
+        "samples_per_s": samples / sum(times),
+        "mean_batch_utterances": samples / len(times),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--window-dir", type=Path, default=None, help="a published window version (default: untrained)")
+    ap.add_argument("--turn-dir", type=Path, default=None, help="a published turn version (default: untrained)")
+    ap.add_argument("--batch-size", type=int, default=32, help="model-path batch size (the worker's default)")
+    ap.add_argument("--train-batch-size", type=int, default=16)
+    ap.add_argument("--train-steps", type=int, default=10)
+    ap.add_argument("--budget-s", type=float, default=120.0, help="per measurement")
+    ap.add_argument("--conversations", type=int, default=None, help="first N MELD dev conversations")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
+    ap.add_argument("--name", default="bench_turn")
+    a = ap.parse_args()
+    if a.quick:
+        a.conversations, a.train_steps, a.budget_s = a.conversations or 20, 2, 20.0
+
+    import tempfile
+
+    from erc_stream.artifact import read_current
+    from erc_stream.model import Predictor, TurnPredictor, load_predictor
+    from trainer.datasets import load_split
+
+    torch.manual_seed(0)
+    info = machine_info()
+    # The untrained window model of benchmarks/_common.py (CURRENT of var/bench/store): the same encoder.
+    window_dir = a.window_dir or (
+        resolve_model(BENCH_STORE) if read_current(BENCH_STORE) else _publish_bench_model(BENCH_STORE)
+    )
+    turn_dir = a.turn_dir or publish_turn_bench_model(BENCH_STORE)
+    window = load_predictor(window_dir, device="cpu", dtype="fp32")
+    turn = load_predictor(turn_dir, device="cpu", dtype="fp32")
+    assert isinstance(window, Predictor) and isinstance(turn, TurnPredictor)
+    convs = load_split("meld", "dev")[: a.conversations]
+    print(f"window {window_dir.name}, turn {turn_dir.name}; {sum(len(c.utterances) for c in convs)} dev turns")
+
+    tokens = tokens_per_turn(window, turn, convs)
+    print(f"tokens per turn: window {tokens['window_mean']:.1f}, turn {tokens['turn_mean']:.1f}", flush=True)
+    model_path = {
+        "window": window_model_path(window, convs, a.batch_size, a.budget_s),
+        "turn": turn_model_path(turn, convs, a.batch_size, a.budget_s),
+    }
+    for arch, r in model_path.items():
+        print(f"model path {arch}: {r['utt_per_s']:.1f} utt/s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        training = {
+            arch: training_samples_per_s(arch, a.train_batch_size, a.train_steps, a.budget_s, Path(tmp))
+            for arch in ("window", "turn")
+        }
+    payload = {
+        "command": command_line(),
+        "machine": info,
+        "models": {"window": str(window_dir), "turn": str(turn_dir)},
+        "tokens_per_turn": tokens,
+        "model_path_fp32": model_path,
+        "training_fp32": training,
+        "machine_end": machine_info(),
+    }
+    speedup = model_path["turn"]["utt_per_s"] / model_path["window"]["utt_per_s"]
+    train_speedup = training["turn"]["samples_per_s"] / training["window"]["samples_per_s"]
+    lines = [
+        "# Window against turn-once architecture (same encoder)",
+        "",
+        f"Command: `{payload['command']}`",
+        "",
+        machine_md(info, payload["machine_end"]),
+        "",
+        f"Models: window `{window_dir.name}`, turn `{turn_dir.name}` (all-MiniLM-L6-v2, 5 context turns, "
+        f"max_length 256; turn: 2-layer context transformer). MELD dev, {tokens['utterances']} utterances.",
+        "",
+        md_table(
+            ["", "window", "turn", "turn / window"],
+            [
+                ["tokens per turn (mean)", tokens["window_mean"], tokens["turn_mean"], 1 / tokens["ratio"]],
+                ["tokens per turn (p95)", tokens["window_p95"], tokens["turn_p95"], ""],
+                [
+                    f"model path utt/s (fp32, batch {a.batch_size})",
+                    model_path["window"]["utt_per_s"],
+                    model_path["turn"]["utt_per_s"],
+                    speedup,
+                ],
+                [
+                    f"training samples/s (fp32, batch {a.train_batch_size})",
+                    training["window"]["samples_per_s"],
+                    training["turn"]["samples_per_s"],
+                    train_speedup,
+                ],
+            ],
+        ),
+        "",
+        f"Turn model path split: encoder {model_path['turn']['encode_s']:.2f} s, context pass "
+        f"{model_path['turn']['context_s']:.2f} s over {model_path['turn']['utterances']} turns. "
+        "A training step of either architecture also runs the encoder over the 7 anchor descriptions "
+        "(EACL's anchors from the live encoder), a fixed cost that the turn model's short prompts do not shrink.",
+    ]
+    write_results(a.name, payload, "\n".join(lines), a.out_dir)
+
+
+if __name__ == "__main__":
+    main()
