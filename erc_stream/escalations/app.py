@@ -292,7 +292,9 @@ class EscalationsApp:
         log.info("escalations: table restored, %d conversations in partitions %s", len(index), sorted(assigned))
         await self._refresh_gauges()
 
-    async def _on_revoked(self, app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+    async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        """faust's on_partitions_revoked signal: ``(app, revoked_tps, signal=...)``."""
+        revoked: set[Any] = args[0] if args else set()
         gone = {tp.partition for tp in revoked if tp.topic == self.cfg.input_topic}
         self._index = {k: v for k, v in self._index.items() if v[0] not in gone}
         for p in gone:
