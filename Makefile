@@ -47,6 +47,16 @@ test-faults: $(STAMP) sysdeps
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -rsP tests/gpu
 
+# Style and types: ruff (rules in pyproject.toml), ruff format, mypy over both packages.
+# `make lint LINT_PATHS="erc_stream tests benchmarks" MYPY_PACKAGES=erc_stream` checks a part.
+LINT_PATHS ?= erc_stream trainer tests benchmarks
+MYPY_PACKAGES ?= erc_stream trainer
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy $(MYPY_PACKAGES)
+
 bench-model: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
 

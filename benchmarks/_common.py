@@ -186,7 +186,7 @@ def _publish_bench_model(store: Path) -> Path:
         "anchors": {
             "mode": "random",
             "seed": 0,
-            "descriptions": {l: l for l in labels},
+            "descriptions": {label: label for label in labels},
             "note": "untrained benchmark model (benchmarks/_common.py): times the work, predicts nothing useful",
         },
         "metrics": {},
@@ -211,7 +211,7 @@ def meld_dev_examples(builder, labels, limit: int | None = None):
     convs = load_split("meld", "dev")
     if limit is not None:
         convs = convs[:limit]
-    return build_examples(builder, convs, {l: i for i, l in enumerate(labels)}), convs
+    return build_examples(builder, convs, {label: i for i, label in enumerate(labels)}), convs
 
 
 def command_line() -> str:

@@ -18,6 +18,7 @@ import argparse
 from collections import deque
 from pathlib import Path
 
+import numpy as np
 from _common import (
     DOCS_DIR,
     command_line,
@@ -30,8 +31,6 @@ from _common import (
     write_results,
 )
 from bench_stream import replay_order
-
-import numpy as np
 
 
 def previous_policy(
@@ -166,8 +165,10 @@ def main() -> None:
             "",
             machine_md(info, payload["machine_end"]),
             "",
-            f"{len(prompts)} MELD dev turns of {len(convs)} conversations, {a.lanes} conversations interleaved, all waiting "
-            f"(saturated worker), max_batch_size {a.max_batch_size}, max_batch_tokens {a.max_batch_tokens}, pool 4 x batch "
+            f"{len(prompts)} MELD dev turns of {len(convs)} conversations, {a.lanes} conversations interleaved, all "
+            "waiting "
+            f"(saturated worker), max_batch_size {a.max_batch_size}, max_batch_tokens {a.max_batch_tokens}, pool 4 "
+            "x batch "
             f"size; model `{version_dir.name}` fp32. Batches of the two policies run interleaved in one process.",
             "",
             md_table(

@@ -155,11 +155,13 @@ def render(payload: dict) -> str:
         f"Command: `{payload['command']}`",
         "",
         f"Card: {card}.",
-        f"Host: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}, git {m['git']}, {m['time_utc']}.",
+        f"Host: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}, git {m['git']}, "
+        f"{m['time_utc']}.",
         "",
         (
             f"Model: `{payload['model']['version']}` ({payload['model']['context_turns']} context turns). Prompts: "
-            f"{payload['prompts']['count']} MELD dev utterances, mean length {payload['prompts']['mean_len']:.1f} tokens. "
+            f"{payload['prompts']['count']} MELD dev utterances, mean length {payload['prompts']['mean_len']:.1f} "
+            "tokens. "
             "Batches from the worker's `MicroBatcher` with every prompt waiting. utt/s and tokens/s use model time "
             "(`Predictions.seconds`: pad, copy to the GPU, forward, softmax, copy back). Each point stops after "
             f"{payload['budget_s']} s."
@@ -225,7 +227,8 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
             f"no CUDA device: torch {torch.__version__} (CUDA build: {torch.version.cuda}) sees no GPU; "
-            "run this on a machine with an NVIDIA GPU and a CUDA build of torch, or pass --device cpu to check the script"
+            "run this on a machine with an NVIDIA GPU and a CUDA build of torch, or pass --device cpu to check the "
+            "script"
         )
     if args.quick:
         args.conversations, args.budget_s, args.batch_sizes = args.conversations or 4, 0.5, "1,8"

@@ -23,6 +23,8 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+import torch
 from _common import (
     DOCS_DIR,
     MINILM_L6,
@@ -35,9 +37,6 @@ from _common import (
     resolve_model,
     write_results,
 )
-
-import numpy as np
-import torch
 
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -234,7 +233,8 @@ def render(payload: dict) -> str:
         f"Model: `{payload['model']['version']}` ({payload['model']['context_turns']} context turns, max_length "
         f"{payload['model']['max_length']}). Prompts: {payload['prompts']['count']} MELD dev utterances "
         f"(`trainer.evaluate.build_examples`), length mean {payload['prompts']['mean_len']:.1f}, median "
-        f"{payload['prompts']['p50_len']:.0f}, p90 {payload['prompts']['p90_len']:.0f}, max {payload['prompts']['max_len']} tokens.",
+        f"{payload['prompts']['p50_len']:.0f}, p90 {payload['prompts']['p90_len']:.0f}, max "
+        f"{payload['prompts']['max_len']} tokens.",
         "",
         "## (a) Matmul ceiling at the encoder's shapes (GFLOP/s)",
         "",

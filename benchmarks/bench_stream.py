@@ -39,6 +39,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import orjson
 from _common import (
     DOCS_DIR,
     ROOT,
@@ -50,9 +52,6 @@ from _common import (
     resolve_model,
     write_results,
 )
-
-import numpy as np
-import orjson
 
 BIN = Path(sys.executable).parent
 LOG_DIR = ROOT / "var" / "bench"
@@ -424,7 +423,7 @@ def summarize_profile(path: Path) -> dict:
             "other",
         )
         counts[cat] = counts.get(cat, 0) + int(n)
-        leaf = "%s (%s)" % frames[-1]
+        leaf = "{} ({})".format(*frames[-1])
         leaves[leaf] = leaves.get(leaf, 0) + int(n)
     top = sorted(leaves.items(), key=lambda kv: -kv[1])[:10]
     return {
@@ -470,7 +469,7 @@ async def run_point(name, prod, sink, topic, msgs, rate, procs: dict, timeout_s,
     await replay(prod, topic, msgs, rate, log)
     try:
         await asyncio.wait_for(log.done.wait(), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print(f"  {name}: timed out with {len(log.read_s)}/{log.expected} events", flush=True)
     wall = time.time() - t0
     cpu = {k: {"cpu_s": p.cpu_s() - cpu0[k], "cores": (p.cpu_s() - cpu0[k]) / wall} for k, p in procs.items()}
@@ -482,7 +481,8 @@ async def run_point(name, prod, sink, topic, msgs, rate, procs: dict, timeout_s,
     s = summarize(name, log, rate, cpu, delta)
     lat = s["latency_ms"]
     print(
-        f"  {name}: {s['events']}/{s['sent']} events, {s['events_per_s']:.1f} ev/s, p50 {lat.get(50, float('nan')):.0f} ms, "
+        f"  {name}: {s['events']}/{s['sent']} events, {s['events_per_s']:.1f} ev/s, p50 "
+        f"{lat.get(50, float('nan')):.0f} ms, "
         f"p99 {lat.get(99, float('nan')):.0f} ms" + (f", mean batch {delta['mean_batch_size']:.1f}" if delta else ""),
         flush=True,
     )
@@ -530,7 +530,8 @@ async def driver(a: argparse.Namespace) -> dict:
     ordered_prompts = [examples[sum(len(c.utterances) for c in convs[:ci]) + ti][0] for ci, ti in order]
     del probe
     print(
-        f"model {version_dir.name}; {len(order)} MELD dev turns in {len(convs)} conversations; worker dtype {worker_dtype}",
+        f"model {version_dir.name}; {len(order)} MELD dev turns in {len(convs)} conversations; worker dtype "
+        f"{worker_dtype}",
         flush=True,
     )
 
@@ -797,9 +798,11 @@ def render(payload: dict, png_name: str) -> str:
             ],
         ),
         "",
-        f"At max rate the worker's model thread was busy {wm['model_busy_fraction']:.0%} of the wall time, i.e. the worker "
+        f"At max rate the worker's model thread was busy {wm['model_busy_fraction']:.0%} of the wall time, i.e. the "
+        "worker "
         f"delivered {mx['events_per_s'] / inside_rate:.0%} of what its own model path did in the same run; the rest of "
-        "the pipeline (Kafka, JSON, prompts, batching, acks) runs alongside the model, not in series with it. The model "
+        "the pipeline (Kafka, JSON, prompts, batching, acks) runs alongside the model, not in series with it. The "
+        "model "
         "path alone is timed in the benchmark process before and after the streaming points; on a loaded shared "
         "machine the two can differ, which is why both are shown.",
         "",

@@ -23,9 +23,8 @@ import random
 import time
 from pathlib import Path
 
-from _common import DOCS_DIR, command_line, encoder_flops_per_token, machine_info, machine_md, md_table, write_results
-
 import torch
+from _common import DOCS_DIR, command_line, encoder_flops_per_token, machine_info, machine_md, md_table, write_results
 
 # Forward + backward of a linear layer is about 3x its forward FLOPs.
 _TRAIN_FLOPS_FACTOR = 3
@@ -124,7 +123,7 @@ def main() -> None:
         tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length, template=cfg.template
     )
     labels = list(DATASETS["meld"].labels)
-    train_ex = build_examples(builder, load_split("meld", "train"), {l: i for i, l in enumerate(labels)})
+    train_ex = build_examples(builder, load_split("meld", "train"), {label: i for i, label in enumerate(labels)})
     lengths = [len(p) for p, _ in train_ex]
     batches = _length_sorted_batches(lengths, cfg.batch_size, random.Random(cfg.seed))
 
@@ -179,7 +178,8 @@ def main() -> None:
         machine_md(info, payload["machine_end"]),
         "",
         f"MELD train: {len(train_ex)} prompts ({cfg.context_turns} context turns, max_length {cfg.max_length}), "
-        f"{len(batches)} length-sorted batches of {cfg.batch_size} per epoch (the trainer's own batching, seed {cfg.seed}); "
+        f"{len(batches)} length-sorted batches of {cfg.batch_size} per epoch (the trainer's own batching, seed "
+        f"{cfg.seed}); "
         "the same batches for every dtype. One step = pad, forward (encoder on the batch and on the 7 anchor "
         "descriptions), stage-1 loss, backward, clip, AdamW. The first step is a warm-up and not counted.",
         "",

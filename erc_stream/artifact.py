@@ -253,7 +253,8 @@ def verify_version(version_dir: Path) -> dict:
     files: dict = manifest["files"]
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         raise ArtifactError(
-            f"{version_dir.name}: manifest 'files' must map relative paths to sha256 hex strings; republish this version"
+            f"{version_dir.name}: manifest 'files' must map relative paths to sha256 hex strings; "
+            "republish this version"
         )
     root = version_dir.resolve()
     for rel, digest in files.items():
@@ -286,7 +287,7 @@ def verify_version(version_dir: Path) -> dict:
 
 @functools.cache
 def _manifest_validator():
-    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+    from jsonschema import Draft202012Validator
 
     schema = json.loads(resources.files("erc_stream").joinpath(_MANIFEST_SCHEMA).read_text(encoding="utf-8"))
     return Draft202012Validator(schema)
@@ -294,7 +295,7 @@ def _manifest_validator():
 
 def validate_manifest(manifest: dict, name: str = "manifest") -> None:
     """Check a manifest against ``schemas/manifest.schema.json``; raises ArtifactError naming the field."""
-    from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
+    from jsonschema.exceptions import best_match
 
     error = best_match(_manifest_validator().iter_errors(manifest))
     if error is not None:

@@ -53,8 +53,8 @@ def form_batch(
             last[key] = i
     candidates = [(abs(lengths[i] - anchor), i) for i in heads]  # ties go to the older one
     heapq.heapify(candidates)
-    if successor[0] is not None:
-        heapq.heappush(candidates, (abs(lengths[successor[0]] - anchor), successor[0]))
+    if (nxt := successor[0]) is not None:
+        heapq.heappush(candidates, (abs(lengths[nxt] - anchor), nxt))
     chosen = [0]
     longest = anchor
     while candidates and len(chosen) < max_size:
@@ -64,8 +64,8 @@ def form_batch(
             continue  # later items of its key stay behind it
         chosen.append(i)
         longest = new_longest
-        if successor[i] is not None:
-            heapq.heappush(candidates, (abs(lengths[successor[i]] - anchor), successor[i]))
+        if (nxt := successor[i]) is not None:
+            heapq.heappush(candidates, (abs(lengths[nxt] - anchor), nxt))
     return sorted(chosen)
 
 

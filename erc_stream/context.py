@@ -221,7 +221,7 @@ def conversation_windows(
     index = torch.where(valid, index, turn[:, None])  # padding rows point at a real turn, then are masked
     # Speaker ids, numbered per conversation (windows never cross one): equal ids <=> equal names.
     spk: list[int] = []
-    for first, length in zip(firsts, lengths):
+    for first, length in zip(firsts, lengths, strict=True):
         names: dict[str, int] = {}
         spk.extend(names.setdefault(normalize_text(s), len(names)) for s in speakers[first : first + length])
     spk_t = torch.tensor(spk, dtype=torch.long, device=device)  # (N,)

@@ -31,7 +31,7 @@ import base64
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -188,7 +188,7 @@ def _ts(value: object) -> float | None:
         except ValueError as exc:
             raise _schema_error(f"ts {value!r} is not a valid date-time: {exc}") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
     raise _schema_error(f"ts must be a number or an ISO-8601 string, got {_json_type(value)}")
 

@@ -136,7 +136,7 @@ class PromptBuilder:
         # Literal pieces of the template, tokenized once.
         literals = [p for kind, p in self._pieces if kind == "literal"]
         literal_ids = self._tokenize(literals) if literals else []
-        self._literal_ids = dict(zip(literals, literal_ids))
+        self._literal_ids = dict(zip(literals, literal_ids, strict=True))
         self._colon_ids = tuple(self._tokenize([":"])[0])
         if max_length < 8:
             raise ConfigError(f"max_length must be >= 8, got {max_length}")

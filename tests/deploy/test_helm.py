@@ -12,7 +12,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-
 from helmbin import PROJECT_ROOT, HelmUnavailable, helm_binary
 
 CHART = PROJECT_ROOT / "deploy" / "helm" / "erc-stream"

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import promql
 import pytest
 import yaml
 
-import promql
 from erc_stream.artifact import set_current
 from erc_stream.devtools.broker import LocalBroker, free_port
 from tests.fixtures_model import publish_test_model

@@ -9,11 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import promql
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-import promql
 from erc_stream.escalations.metrics import EscalationMetrics
 from erc_stream.metrics import WorkerMetrics
 
@@ -52,7 +52,10 @@ def _all_panels(panels: list[dict]) -> list[dict]:
 
 
 def test_substitute_replaces_every_variable_form() -> None:
-    expr = 'rate(x{namespace=~"$namespace", instance=~"${instance}", pod=~"[[instance]]"}[$__rate_interval]) + y[$__range_s] + z[${__interval}]'
+    expr = (
+        'rate(x{namespace=~"$namespace", instance=~"${instance}", pod=~"[[instance]]"}[$__rate_interval])'
+        " + y[$__range_s] + z[${__interval}]"
+    )
     got = promql.substitute(expr, variables={"instance": "w0:9400"})
     assert got == 'rate(x{namespace=~".*", instance=~"w0:9400", pod=~"w0:9400"}[1m]) + y[3600] + z[30s]'
 

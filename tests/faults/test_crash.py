@@ -52,7 +52,8 @@ def test_sigkill_at_random_points_loses_nothing(broker, topic_factory, fault_sto
                     await w.wait_ready(timeout_s=120)
                     before = len(reader.event_ids())
                     # Kill while it works: past the seeded point and at least one new event in.
-                    ok = await reader.wait_for(lambda: len(reader.event_ids()) >= max(point, before + 1), timeout_s=120)
+                    target = max(point, before + 1)
+                    ok = await reader.wait_for(lambda t=target: len(reader.event_ids()) >= t, timeout_s=120)
                     assert ok, f"no progress towards kill point {point}:\n{w.log_tail()}"
                     in_flight = metric_value(await w.metrics(), "erc_in_flight_turns")
                     w.signal(signal.SIGKILL)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from erc_stream.errors import ArtifactError
 from erc_stream.artifact import CURRENT_FILE, list_versions, read_current, set_current, sha256_file
+from erc_stream.errors import ArtifactError
 from tests.faults.helpers import FAULT_MODEL_VERSION, FAULT_SETTINGS, group_id, publish_fault_model, report, tally
 from tests.integration.worker_harness import (
     OutputReader,

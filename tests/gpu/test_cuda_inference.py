@@ -58,7 +58,7 @@ def reference(dev) -> dict[str, int]:
     pred = predict_examples(cpu, examples, batch_size=32)
     ids = [f"{c.id}:{i}" for c in dev for i in range(len(c.utterances))]
     assert len(ids) == len(pred)
-    return dict(zip(ids, (int(x) for x in pred.label_ids)))
+    return dict(zip(ids, (int(x) for x in pred.label_ids), strict=True))
 
 
 def _agreement(reference: dict[str, int], got: dict[str, int]) -> float:
@@ -77,7 +77,7 @@ def test_predictor_on_the_gpu_agrees_with_cpu_fp32(device: torch.device, dev, re
     examples = build_examples(predictor.builder, dev, {label: i for i, label in enumerate(predictor.labels)})
     pred = predict_examples(predictor, examples, batch_size=32)
     ids = [f"{c.id}:{i}" for c in dev for i in range(len(c.utterances))]
-    agreement = _agreement(reference, dict(zip(ids, (int(x) for x in pred.label_ids))))
+    agreement = _agreement(reference, dict(zip(ids, (int(x) for x in pred.label_ids), strict=True)))
     print(f"\n{device} {dtype}: same emotion as CPU fp32 on {agreement:.2%} of {len(ids)} MELD dev turns")
     assert agreement >= MIN_AGREEMENT, f"{dtype} on {device}: {agreement:.2%} < {MIN_AGREEMENT:.1%}"
 

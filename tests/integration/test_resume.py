@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from trainer.checkpoint import CHECKPOINT_FILE, load_file as load_checkpoint
+from trainer.checkpoint import CHECKPOINT_FILE
+from trainer.checkpoint import load_file as load_checkpoint
 from trainer.config import TrainConfig
 from trainer.train import StopFlag, TrainingInterrupted, fit
 

@@ -33,8 +33,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.helpers import create_ssl_context
 from prometheus_client import CollectorRegistry
 
-from erc_stream.devtools.broker import LocalBroker, acreate_topics, free_port
 from erc_stream.config import WorkerConfig
+from erc_stream.devtools.broker import LocalBroker, acreate_topics, free_port
 from erc_stream.errors import ConfigError
 from erc_stream.health import HealthServer
 from erc_stream.metrics import WorkerMetrics

@@ -68,7 +68,8 @@ def fitted(tmp_path_factory):
     """
     store = tmp_path_factory.mktemp("store")
     proc = erc_train("fit", "--dataset", "meld", "--quick", "--max-train-conversations", "12",
-                     "--max-dev-conversations", "6", "--context-turns", "2", "--store", str(store), "--anchors", "file", *PIN)  # fmt: skip
+                     "--max-dev-conversations", "6", "--context-turns", "2", "--store", str(store),
+                     "--anchors", "file", *PIN)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     vdir = only_version(store)
     return proc, store, vdir, json.loads((vdir / "manifest.json").read_text())

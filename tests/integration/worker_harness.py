@@ -25,8 +25,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from erc_stream.devtools.broker import free_port
 from erc_stream.config import WorkerConfig
+from erc_stream.devtools.broker import free_port
 from erc_stream.model import Predictor
 from trainer.datasets import Conversation, load_split
 from trainer.evaluate import build_examples
@@ -334,7 +334,7 @@ class WorkerProcess:
                 status, _ = await http_get(self.url + "/readyz", timeout_s=2.0)
                 if status == 200:
                     return time.monotonic() - t0
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.2)
         raise AssertionError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")
@@ -384,7 +384,7 @@ def offline_expected(predictor: Predictor, convs: Sequence[Conversation]) -> dic
     preds = predictor.predict([p for p, _ in examples])
     ids = [f"{c.id}:{i}" for c in convs for i in range(len(c.utterances))]
     out = {}
-    for row, (eid, (prompt, gold)) in enumerate(zip(ids, examples)):
+    for row, (eid, (prompt, gold)) in enumerate(zip(ids, examples, strict=True)):
         s = preds.scores[row]
         top = np.sort(s)[::-1]
         out[eid] = Expected(s.copy(), int(preds.label_ids[row]), gold, prompt.context_used, float(top[0] - top[1]))

@@ -105,7 +105,7 @@ def test_llm_descriptions_come_from_the_server_through_the_openai_client(server,
     assert source.descriptions == {label: default_chat_reply(label, {}) for label in MELD}
     chats = server.requests_to(CHAT)
     assert len(chats) == len(MELD) == len(server.requests)
-    for label, request in zip(MELD, chats):
+    for label, request in zip(MELD, chats, strict=True):
         assert request.authorization == f"Bearer {KEY}"
         assert request.body["model"] == "loop-model"
         assert request.body["messages"] == [

@@ -145,7 +145,7 @@ def test_interleaved_conversations_still_give_full_batches() -> None:
 def test_same_lengths_without_keys_or_with_other_keys_are_grouped() -> None:
     for keys in ((None, None, None, None), ("A", "B", "A", "C")):
         b: MicroBatcher[str] = MicroBatcher(2, 1000, 0.0, clock=FakeClock())
-        for name, length, key in zip(("A1", "B1", "A2", "X3"), (10, 50, 50, 11), keys):
+        for name, length, key in zip(("A1", "B1", "A2", "X3"), (10, 50, 50, 11), keys, strict=True):
             b.add(name, length, key=key)
         assert b.take() == ["A1", "X3"]
         assert b.take() == ["B1", "A2"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -313,7 +313,7 @@ _field_value = st.one_of(
     _json_leaf,
     st.text(alphabet=st.characters(codec="utf-8"), max_size=30),
     st.text(alphabet=" \t\n\r\x00\x0b\x1f\x7f\x85\xa0\u2003ab", max_size=8),
-    st.datetimes(timezones=st.none() | st.just(timezone.utc)).map(lambda d: d.isoformat()),
+    st.datetimes(timezones=st.none() | st.just(UTC)).map(lambda d: d.isoformat()),
     st.lists(_json_leaf, max_size=2),
     st.dictionaries(st.text(max_size=3), _json_leaf, max_size=2),
 )
@@ -491,5 +491,5 @@ def test_turn_schema_limits_match_parser_constants() -> None:
 
 
 def test_iso_ts_examples_from_datetime_isoformat() -> None:
-    stamp = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
+    stamp = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
     assert parse_turn(_j(_turn(ts=stamp.isoformat())), None).ts == stamp.timestamp()

@@ -14,8 +14,8 @@ import torch
 from erc_stream.errors import ConfigError
 from trainer.losses import (
     LossWeights,
-    angle_loss,
     anchor_adaptation_loss,
+    angle_loss,
     cosine_logits,
     stage1_loss,
     supcon_loss,

@@ -169,7 +169,7 @@ def test_piecewise_ids_equal_tokenizing_the_rendered_string(tokenizer, speakers,
     b = builder(tokenizer, context_turns=3)
     enc = b.encode_turns(speakers, texts)
     p = b.build(enc[:-1], enc[-1])
-    lines = " ".join(f"{s}: {t}" for s, t in zip(speakers, texts))
+    lines = " ".join(f"{s}: {t}" for s, t in zip(speakers, texts, strict=True))
     rendered = (
         lines + " " + DEFAULT_TEMPLATE.format(utterance=texts[-1], speaker=speakers[-1], mask=tokenizer.mask_token)
     )
