@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from _common import ROOT, command_line, machine_info, md_table, write_results
 
 from erc_stream.artifact import read_current, version_path
