@@ -27,7 +27,7 @@ __all__ = ["Calibration", "fit_temperature", "expected_calibration_error", "cali
 N_BINS = 15
 
 
-def fit_temperature(scores: np.ndarray, gold: Sequence[int], init: float = 0.1) -> float:
+def fit_temperature(scores: np.ndarray, gold: Sequence[int] | np.ndarray, init: float = 0.1) -> float:
     """The T > 0 that minimises NLL of ``softmax(scores / T)``; scores (N, C) are cosines."""
     s = torch.as_tensor(np.asarray(scores), dtype=torch.float64)  # (N, C)
     y = torch.as_tensor(np.asarray(gold), dtype=torch.long)  # (N,)

@@ -73,7 +73,7 @@ class Progress:
 
 def capture_rng(batch_rng: random.Random) -> dict[str, Any]:
     """Every random stream training reads: Python's, NumPy's, torch's (CPU, CUDA) and the batch shuffler."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -10,14 +11,16 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from erc_stream.cli import configure_process
 from erc_stream.errors import ErcError
+from trainer.config import TrainConfig
 
 __all__ = ["app"]
 
@@ -40,7 +43,7 @@ def print_metrics(m: dict, title: str) -> None:
     t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k in ("weighted_f1", "macro_f1", "accuracy", "mcc", "micro_f1_no_neutral", "macro_f1_no_neutral"):
+    for k in ("weighted_f1", "macro_f1", "accuracy", "mcc", "micro_f1_no_neutral", "macro_f1_no_neutral", "ece"):
         if k in m:
             t.add_row(k, f"{m[k]:.4f}")
     t.add_row("utterances", str(m["n"]))
@@ -56,52 +59,46 @@ def print_metrics(m: dict, title: str) -> None:
     cm.add_column("")
     for label in m["labels"]:
         cm.add_column(label[:7], justify="right")
-    for label, row in zip(m["labels"], m["confusion_matrix"]):
+    for label, row in zip(m["labels"], m["confusion_matrix"], strict=True):
         cm.add_row(label, *[str(v) for v in row])
     Console().print(cm)
 
 
-def _default(name: str) -> Any:
-    """TrainConfig's default for a field: the CLI's defaults are the config's, never a second copy."""
-    from trainer.config import TrainConfig
-
-    f = TrainConfig.__dataclass_fields__[name]
-    return f.default
+# TrainConfig's defaults: the CLI's defaults are the config's, never a second copy.
+_D: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 @app.command()
 def fit(
-    dataset: str = typer.Option(_default("dataset"), help="meld, emorynlp, dailydialog or iemocap"),
+    dataset: str = typer.Option(_D["dataset"], help="meld, emorynlp, dailydialog or iemocap"),
     data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR", help="folder holding the dataset folders"),
-    store: Path = typer.Option(_default("store"), envvar="ERC_MODEL_STORE", help="model store to publish into"),
-    encoder: str = typer.Option(
-        _default("encoder"), help="encoder name (`erc-train encoders list`) or local HF folder"
-    ),
-    context_turns: int = typer.Option(_default("context_turns"), help="past turns in each prompt"),
-    max_length: int = typer.Option(_default("max_length"), help="max tokens per prompt"),
-    template: str = typer.Option(_default("template"), help="prompt template with {utterance}, {speaker}, {mask}"),
-    proj_dim: int = typer.Option(_default("proj_dim"), help="width of the projection head's output"),
+    store: Path = typer.Option(_D["store"], envvar="ERC_MODEL_STORE", help="model store to publish into"),
+    encoder: str = typer.Option(_D["encoder"], help="encoder name (`erc-train encoders list`) or local HF folder"),
+    context_turns: int = typer.Option(_D["context_turns"], help="past turns in each prompt"),
+    max_length: int = typer.Option(_D["max_length"], help="max tokens per prompt"),
+    template: str = typer.Option(_D["template"], help="prompt template with {utterance}, {speaker}, {mask}"),
+    proj_dim: int = typer.Option(_D["proj_dim"], help="width of the projection head's output"),
     dropout: float | None = typer.Option(
         None, help="dropout of encoder and head (default: the encoder's own, 0.1 in the head); 0 turns it off"
     ),
-    epochs: int = typer.Option(_default("epochs"), help="stage-1 epochs"),
-    batch_size: int = typer.Option(_default("batch_size"), help="utterances per optimizer step"),
-    lr: float = typer.Option(_default("lr"), help="encoder learning rate"),
-    head_lr: float = typer.Option(_default("head_lr"), help="projection head learning rate"),
-    weight_decay: float = typer.Option(_default("weight_decay"), help="AdamW weight decay (not on biases/norms)"),
-    warmup_ratio: float = typer.Option(_default("warmup_ratio"), help="share of steps with linear warmup"),
-    max_grad_norm: float = typer.Option(_default("max_grad_norm"), help="gradient clipping norm"),
-    lambda1: float = typer.Option(_default("lambda1"), help="weight of SupCon+angle vs cross-entropy"),
-    lambda2: float = typer.Option(_default("lambda2"), help="weight of the anchor-angle loss"),
-    temperature: float = typer.Option(_default("temperature"), help="tau of the cosine logits"),
+    epochs: int = typer.Option(_D["epochs"], help="stage-1 epochs"),
+    batch_size: int = typer.Option(_D["batch_size"], help="utterances per optimizer step"),
+    lr: float = typer.Option(_D["lr"], help="encoder learning rate"),
+    head_lr: float = typer.Option(_D["head_lr"], help="projection head learning rate"),
+    weight_decay: float = typer.Option(_D["weight_decay"], help="AdamW weight decay (not on biases/norms)"),
+    warmup_ratio: float = typer.Option(_D["warmup_ratio"], help="share of steps with linear warmup"),
+    max_grad_norm: float = typer.Option(_D["max_grad_norm"], help="gradient clipping norm"),
+    lambda1: float = typer.Option(_D["lambda1"], help="weight of SupCon+angle vs cross-entropy"),
+    lambda2: float = typer.Option(_D["lambda2"], help="weight of the anchor-angle loss"),
+    temperature: float = typer.Option(_D["temperature"], help="tau of the cosine logits"),
     class_weighting: str = typer.Option(
-        _default("class_weighting"), help="cross-entropy class weights: none, inverse or sqrt_inverse (rare classes up)"
+        _D["class_weighting"], help="cross-entropy class weights: none, inverse or sqrt_inverse (rare classes up)"
     ),
-    stage2: bool = typer.Option(_default("stage2"), "--stage2/--no-stage2", help="anchor adaptation after stage 1"),
-    stage2_epochs: int = typer.Option(_default("stage2_epochs"), help="anchor-adaptation epochs"),
-    stage2_lr: float = typer.Option(_default("stage2_lr"), help="anchor-adaptation learning rate (Adam)"),
+    stage2: bool = typer.Option(_D["stage2"], "--stage2/--no-stage2", help="anchor adaptation after stage 1"),
+    stage2_epochs: int = typer.Option(_D["stage2_epochs"], help="anchor-adaptation epochs"),
+    stage2_lr: float = typer.Option(_D["stage2_lr"], help="anchor-adaptation learning rate (Adam)"),
     anchors: str = typer.Option(
-        _default("anchors"), help="plain (label words), llm (OpenAI-compatible LLM) or file (descriptions JSON)"
+        _D["anchors"], help="plain (label words), llm (OpenAI-compatible LLM) or file (descriptions JSON)"
     ),
     descriptions: Path | None = typer.Option(
         None, help="descriptions JSON for --anchors file (default: the shipped one)"
@@ -109,39 +106,39 @@ def fit(
     llm_model: str | None = typer.Option(None, help="LLM model for --anchors llm (else OPENAI_MODEL)"),
     llm_base_url: str | None = typer.Option(None, help="OpenAI-compatible base URL (else OPENAI_BASE_URL)"),
     embeddings_model: str | None = typer.Option(None, help="embed descriptions with this embeddings endpoint model"),
-    device: str = typer.Option(_default("device"), help="auto, cpu or cuda"),
-    dtype: str = typer.Option(_default("dtype"), help="auto, fp32, bf16 or fp16"),
-    seed: int = typer.Option(_default("seed"), help="seed of every random stream"),
-    eval_batch_size: int = typer.Option(_default("eval_batch_size"), help="prompts per batch in dev evaluation"),
+    device: str = typer.Option(_D["device"], help="auto, cpu or cuda"),
+    dtype: str = typer.Option(_D["dtype"], help="auto, fp32, bf16 or fp16"),
+    seed: int = typer.Option(_D["seed"], help="seed of every random stream"),
+    eval_batch_size: int = typer.Option(_D["eval_batch_size"], help="prompts per batch in dev evaluation"),
     max_train_conversations: int | None = typer.Option(None, help="use only the first N train conversations"),
     max_dev_conversations: int | None = typer.Option(None, help="use only the first N dev conversations"),
     version: str | None = typer.Option(None, help="version name (default: dataset-timestamp-random)"),
     make_current: bool = typer.Option(
-        _default("make_current"), "--make-current/--no-make-current", help="point CURRENT at the new version"
+        _D["make_current"], "--make-current/--no-make-current", help="point CURRENT at the new version"
     ),
     run_dir: Path | None = typer.Option(None, help="folder for the run's config and checkpoints (var/runs/<version>)"),
     checkpoint_every_steps: int = typer.Option(
-        _default("checkpoint_every_steps"), help="checkpoint every N optimizer steps (0: only at epoch ends)"
+        _D["checkpoint_every_steps"], help="checkpoint every N optimizer steps (0: only at epoch ends)"
     ),
     architecture: str = typer.Option(
-        _default("architecture"),
+        _D["architecture"],
         help="window (each prompt holds the last k turns) or turn (each turn encoded once; a context "
         "transformer reads the window's cached turn vectors)",
     ),
-    context_layers: int = typer.Option(_default("context_layers"), help="turn: layers of the context transformer"),
+    context_layers: int = typer.Option(_D["context_layers"], help="turn: layers of the context transformer"),
     context_heads: int = typer.Option(
-        _default("context_heads"), help="turn: attention heads of the context transformer (0: one per 64 dims)"
+        _D["context_heads"], help="turn: attention heads of the context transformer (0: one per 64 dims)"
     ),
     context_ffn_dim: int = typer.Option(
-        _default("context_ffn_dim"), help="turn: feed-forward width of the context transformer (0: 4 x encoder width)"
+        _D["context_ffn_dim"], help="turn: feed-forward width of the context transformer (0: 4 x encoder width)"
     ),
-    context_dropout: float = typer.Option(_default("context_dropout"), help="turn: dropout in the context transformer"),
+    context_dropout: float = typer.Option(_D["context_dropout"], help="turn: dropout in the context transformer"),
     context_lr: float | None = typer.Option(None, help="turn: context transformer learning rate (default: --head-lr)"),
-    triplet_weight: float = typer.Option(_default("triplet_weight"), help="weight of a triplet loss added (0: off)"),
-    triplet_margin: float = typer.Option(_default("triplet_margin"), help="triplet margin in cosine distance"),
-    triplet_mining: str = typer.Option(_default("triplet_mining"), help="triplet mining: batch_hard or semi_hard"),
+    triplet_weight: float = typer.Option(_D["triplet_weight"], help="weight of a triplet loss added (0: off)"),
+    triplet_margin: float = typer.Option(_D["triplet_margin"], help="triplet margin in cosine distance"),
+    triplet_mining: str = typer.Option(_D["triplet_mining"], help="triplet mining: batch_hard or semi_hard"),
     sampler: str = typer.Option(
-        _default("sampler"), help="shuffle, or balanced (turn only: conversations drawn by inverse class frequency)"
+        _D["sampler"], help="shuffle, or balanced (turn only: conversations drawn by inverse class frequency)"
     ),
     quick: bool = typer.Option(False, "--quick", help="a few-minute run: 1 epoch on 80 train / 40 dev conversations"),
     nproc_per_node: int = typer.Option(
@@ -161,7 +158,6 @@ def fit(
     """
     _setup()
     from trainer.checkpoint import read_run_config
-    from trainer.config import TrainConfig
     from trainer.train import StopFlag, TrainingInterrupted
     from trainer.train import fit as run_fit
 
@@ -226,21 +222,22 @@ def _stop_on_signals(stop: Any) -> Iterator[None]:
 @app.command()
 def evaluate(
     store: Path = typer.Option(Path("var/models"), envvar="ERC_MODEL_STORE", help="model store"),
-    version: Optional[str] = typer.Option(None, help="version to evaluate (default: CURRENT)"),
+    version: str | None = typer.Option(None, help="version to evaluate (default: CURRENT)"),
     split: str = typer.Option("dev", help="train, dev or test"),
-    dataset: Optional[str] = typer.Option(None, help="dataset (default: the one the model was trained on)"),
-    data_dir: Optional[Path] = typer.Option(None, envvar="ERC_DATA_DIR"),
-    out: Optional[Path] = typer.Option(None, help="report folder (default: reports/<version>/<split>)"),
-    predictions: Optional[Path] = typer.Option(None, help="also write per-utterance predictions as JSONL"),
+    dataset: str | None = typer.Option(None, help="dataset (default: the one the model was trained on)"),
+    data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR"),
+    out: Path | None = typer.Option(None, help="report folder (default: reports/<version>/<split>)"),
+    predictions: Path | None = typer.Option(None, help="also write per-utterance predictions as JSONL"),
     device: str = typer.Option("auto"),
     dtype: str = typer.Option("auto"),
     batch_size: int = typer.Option(64),
-    max_conversations: Optional[int] = typer.Option(None),
+    max_conversations: int | None = typer.Option(None),
 ) -> None:
     """Score a published version on a split: metrics table, metrics.json and plots."""
     _setup()
     from erc_stream.artifact import read_current, version_path
     from erc_stream.model import load_predictor
+    from trainer.calibration import expected_calibration_error
     from trainer.datasets import DATASETS, load_split
     from trainer.evaluate import compute_metrics, predict_conversations, write_report
 
@@ -261,6 +258,9 @@ def evaluate(
             )
         res = predict_conversations(predictor, convs, batch_size=batch_size, progress=True)
         m = compute_metrics(res.gold, res.predictions.label_ids.tolist(), predictor.labels, DATASETS[ds].neutral_label)
+        # Calibration of the confidence this version serves (its fitted temperature, or tau).
+        correct = (res.predictions.label_ids == np.asarray(res.gold)).astype(np.float64)
+        m["ece"] = round(expected_calibration_error(res.predictions.confidence.max(axis=1), correct), 4)
         out = out or Path("reports") / version / split
         write_report(out, {split: m}, predictor.labels, title=f"{ds} {version}")
         # Anchors before/after training are a fact of the training run: its heatmap is in the artifact.
@@ -270,7 +270,9 @@ def evaluate(
         if predictions:
             predictions.parent.mkdir(parents=True, exist_ok=True)
             with open(predictions, "w", encoding="utf-8") as f:
-                for (cid, i), g, lid, sc in zip(res.keys, res.gold, res.predictions.label_ids, res.predictions.scores):
+                for (cid, i), g, lid, sc in zip(
+                    res.keys, res.gold, res.predictions.label_ids, res.predictions.scores, strict=True
+                ):
                     f.write(
                         json.dumps(
                             {

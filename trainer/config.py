@@ -172,5 +172,5 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"run config has settings this version does not know: {', '.join(unknown)}")
-        values = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in data.items()}
+        values: dict[str, Any] = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in data.items()}
         return cls(**values)

@@ -65,12 +65,14 @@ from __future__ import annotations
 
 import ast
 import csv
+import itertools
 import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from erc_stream.errors import ConfigError, DataNotFoundError
 
@@ -360,11 +362,11 @@ def _speaker(value: str) -> str:
     return value.strip() or UNKNOWN_SPEAKER
 
 
-def _ordered(groups: dict, path: Path, id_name: str) -> Iterator[tuple[object, tuple[Utterance, ...]]]:
+def _ordered(groups: dict, path: Path, id_name: str) -> Iterator[tuple[Any, tuple[Utterance, ...]]]:
     """Sort groups of (utterance id, line, utterance) by key, then by utterance id."""
     for key in sorted(groups):
         turns = sorted(groups[key], key=lambda turn: turn[0])
-        for (first_id, first_line, _), (second_id, second_line, _) in zip(turns, turns[1:]):
+        for (first_id, first_line, _), (second_id, second_line, _) in itertools.pairwise(turns):
             if first_id == second_id:
                 raise ValueError(
                     f"{path}, lines {first_line} and {second_line}: {id_name} {first_id} occurs twice "
@@ -442,7 +444,7 @@ def _load_dailydialog(files: tuple[Path, ...], split: str) -> list[Conversation]
             "emotion lines; the two files pair line by line, take both from the same download"
         )
     conversations = []
-    for index, (dialogue, codes) in enumerate(zip(dialogues, emotions)):
+    for index, (dialogue, codes) in enumerate(zip(dialogues, emotions, strict=True)):
         line = index + 1
         pieces = dialogue.split("__eou__")
         # Every utterance ends with __eou__, so the last piece is normally blank; keep it only
@@ -460,7 +462,7 @@ def _load_dailydialog(files: tuple[Path, ...], split: str) -> list[Conversation]
             )
         utterances = tuple(
             Utterance(speaker="AB"[turn % 2], text=text, label=label)
-            for turn, (text, label) in enumerate(zip(texts, labels))
+            for turn, (text, label) in enumerate(zip(texts, labels, strict=True))
         )
         conversations.append(Conversation(id=f"dailydialog-{split}-{index}", utterances=utterances))
     return conversations

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ def predict_conversations(
     """Every utterance's prediction, for either architecture."""
     if isinstance(predictor, TurnPredictor):
         return _predict_turn_conversations(predictor, conversations, batch_size=batch_size, progress=progress)
-    label_id = {l: i for i, l in enumerate(predictor.labels)}
+    label_id = {label: i for i, label in enumerate(predictor.labels)}
     examples = build_examples(predictor.builder, conversations, label_id)
     keys = [(c.id, i) for c in conversations for i in range(len(c.utterances))]
     preds = predict_examples(predictor, examples, batch_size=batch_size, progress=progress, desc="evaluate")
@@ -96,7 +97,7 @@ def predict_conversations(
 def _predict_turn_conversations(
     predictor: TurnPredictor, conversations: Sequence[Conversation], *, batch_size: int, progress: bool
 ) -> ConversationPredictions:
-    label_id = {l: i for i, l in enumerate(predictor.labels)}
+    label_id = {label: i for i, label in enumerate(predictor.labels)}
     data = TurnData.build(predictor.builder, conversations, label_id)
     preds = predict_turn_data(predictor, data, batch_size)
     keys = [(conv.id, i) for conv in conversations for i in range(len(conv.utterances))]
@@ -152,7 +153,7 @@ def write_report(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"labels": list(labels), "splits": metrics_by_split}
+    payload: dict[str, Any] = {"labels": list(labels), "splits": metrics_by_split}
     if history:
         payload["history"] = history
     if anchors_before is not None and anchors_after is not None:
@@ -191,7 +192,9 @@ def write_report(
 
     if anchors_before is not None and anchors_after is not None:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-        for ax, (name, a) in zip(axes, (("before training", anchors_before), ("after training", anchors_after))):
+        for ax, (name, a) in zip(
+            axes, (("before training", anchors_before), ("after training", anchors_after)), strict=True
+        ):
             sim = _cosine_matrix(a)
             im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1)
             ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")

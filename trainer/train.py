@@ -28,7 +28,7 @@ import math
 import random
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from erc_stream.context import ContextModel, ContextSettings
 from erc_stream.errors import ConfigError, ErcError
 from erc_stream.model import (
     EmotionModel,
+    Predictions,
     Predictor,
     ProjectionHead,
     TurnEmotionModel,
@@ -52,6 +53,7 @@ from erc_stream.model import (
 )
 from erc_stream.prompt import Prompt, PromptBuilder, pad_batch
 from trainer.anchors import LLMSettings, describe_emotions, embed_descriptions
+from trainer.calibration import calibrate, reliability_diagram
 from trainer.checkpoint import (
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -107,8 +109,11 @@ class _AnchorEncoder(nn.Module):
         self.register_buffer("ids", enc["input_ids"], persistent=False)  # (C, L)
         self.register_buffer("mask", enc["attention_mask"], persistent=False)  # (C, L)
 
+    ids: torch.Tensor
+    mask: torch.Tensor
+
     def forward(self) -> torch.Tensor:
-        if self.adapter is not None:
+        if self.adapter is not None and self.external is not None:
             return self.head(self.adapter(self.external.to(self.adapter.weight.device)))  # (C, D)
         hidden = self.encoder(input_ids=self.ids, attention_mask=self.mask).last_hidden_state  # (C, L, H)
         m = self.mask.unsqueeze(-1).to(hidden.dtype)  # (C, L, 1)
@@ -215,6 +220,7 @@ class _Run:
     anchors_before: torch.Tensor  # (C, D) anchors of the untrained model, for the report
     dist: DistContext  # this process's place in a torchrun run (one process: world_size 1)
     turn: TurnSplits | None = None  # the conversations of a turn run; None for window
+    dev_groups: list[str] = field(default_factory=list)  # conversation id of each dev utterance, dev_ex order
 
     def predictor(self, anchors: torch.Tensor) -> Predictor | TurnPredictor:
         """The shared inference path on the live weights, for dev evaluation."""
@@ -231,16 +237,21 @@ class _Run:
         """Utterances in a batch (a turn batch lists conversations)."""
         return len(batch) if self.turn is None else sum(self.turn.train.lengths[c] for c in batch)
 
-    def dev_metrics(self, anchors: torch.Tensor, progress: bool, desc: str = "dev") -> dict:
+    def dev_predictions(self, anchors: torch.Tensor, progress: bool, desc: str = "dev") -> tuple[dict, Predictions]:
+        """Dev metrics and the predictions behind them (scores for calibration)."""
         predictor = self.predictor(anchors)
         if isinstance(predictor, TurnPredictor):
             assert self.turn is not None
-            preds = predict_turn_data(predictor, self.turn.dev, self.cfg.eval_batch_size)
-            return compute_metrics(self.turn.dev.labels, preds.label_ids.tolist(), self.labels, self.neutral)
-        pred = predict_examples(
-            predictor, self.dev_ex, batch_size=self.cfg.eval_batch_size, progress=progress, desc=desc
-        )
-        return compute_metrics([y for _, y in self.dev_ex], pred.label_ids.tolist(), self.labels, self.neutral)
+            pred = predict_turn_data(predictor, self.turn.dev, self.cfg.eval_batch_size)
+        else:
+            pred = predict_examples(
+                predictor, self.dev_ex, batch_size=self.cfg.eval_batch_size, progress=progress, desc=desc
+            )
+        gold = [y for _, y in self.dev_ex]
+        return compute_metrics(gold, pred.label_ids.tolist(), self.labels, self.neutral), pred
+
+    def dev_metrics(self, anchors: torch.Tensor, progress: bool, desc: str = "dev") -> dict:
+        return self.dev_predictions(anchors, progress, desc)[0]
 
 
 @dataclass
@@ -386,6 +397,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         anchors_before,
         ctx,
         turn,
+        dev_groups=[conv.id for conv in dev_convs for _ in conv.utterances],
     )
 
 
@@ -641,7 +653,11 @@ def _publish(
 ) -> FitResult:
     """Final dev evaluation, manifest and report, atomic publish into the store."""
     cfg = run.cfg
-    dev_metrics = run.dev_metrics(anchors, progress, desc="final dev")
+    dev_metrics, dev_pred = run.dev_predictions(anchors, progress, desc="final dev")
+    dev_gold = [y for _, y in run.dev_ex]
+    calibration = calibrate(dev_pred.scores, dev_gold, run.dev_groups, cfg.temperature)
+    log.info("confidence temperature %.4f (tau %g): dev ECE %.4f -> %.4f", calibration.temperature, cfg.temperature,
+             calibration.ece_before, calibration.ece_after)  # fmt: skip
     wall_s = time.perf_counter() - t_start
     version = str(cfg.version)
     manifest = _manifest_core(cfg, run.labels, run.builder, run.source, run.enc_path)
@@ -649,6 +665,7 @@ def _publish(
     if context is not None:
         manifest["context_model"] = context.settings.to_manifest()
     manifest["metrics"] = {"dev": _headline(dev_metrics)}
+    manifest["calibration"] = calibration.to_manifest()
     manifest["training"] = {
         "config": cfg.to_json(),
         "device": str(run.device),
@@ -673,6 +690,7 @@ def _publish(
             history=state.history,
             title=f"{cfg.dataset} {version}",
         )
+        reliability_diagram(report / "reliability.png", dev_pred.scores, dev_gold, calibration)
         path = publish_version(
             cfg.store,
             version=version,
