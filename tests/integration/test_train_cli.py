@@ -132,13 +132,20 @@ def test_fit_every_file_checksum_matches(fitted):
 def test_fit_report(fitted):
     _, _, vdir, m = fitted
     report = vdir / "report"
-    for name in ("metrics.json", "confusion_dev.png", "anchors_cosine.png", "training_curve.png"):
+    for name in ("metrics.json", "confusion_dev.png", "anchors_cosine.png", "training_curve.png", "reliability.png"):
         assert (report / name).is_file(), name
-    for name in ("confusion_dev.png", "anchors_cosine.png"):
+    for name in ("confusion_dev.png", "anchors_cosine.png", "reliability.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     payload = json.loads((report / "metrics.json").read_text())
     assert payload["splits"]["dev"]["weighted_f1"] == m["metrics"]["dev"]["weighted_f1"]
     assert len(payload["anchor_cosine"]["before"]) == len(payload["anchor_cosine"]["after"]) == 7
+    cal = m["calibration"]
+    assert cal["temperature"] > 0 and cal["training_temperature"] == m["temperature"] and cal["fitted_on"] == "dev"
+    assert (
+        0 <= cal["ece_after"] <= 1
+        and 0 <= cal["ece_before"] <= 1
+        and cal["utterances"] == m["training"]["dev_utterances"]
+    )
 
 
 def test_evaluate_reproduces_the_published_dev_metrics(fitted, tmp_path):
