@@ -30,6 +30,7 @@ import argparse
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -277,7 +278,7 @@ def main() -> None:
             arch: training_samples_per_s(arch, a.train_batch_size, a.train_steps, a.budget_s, Path(tmp))
             for arch in ("window", "turn")
         }
-    payload = {
+    payload: dict[str, Any] = {
         "command": command_line(),
         "machine": info,
         "models": {"window": str(window_dir), "turn": str(turn_dir)},
