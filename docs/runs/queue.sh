@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The quality runs of issue 11 as a resumable queue: each line is one `erc-train fit`.
+# A run already published is skipped, a run with a checkpoint is resumed, the rest start fresh,
+# in order, one at a time. Stop it any time (SIGTERM checkpoints at the next step); start it
+# again in a later session and it goes on where it was.
+#
+#   nohup bash docs/runs/queue.sh > "$ERC_RUNS/queue.log" 2>&1 &
+#
+# Runs live outside the work tree (ERC_RUNS, default /root/erc-runs) so that a new checkout
+# does not take them away. Logs: $ERC_RUNS/<name>.log; commands and exit codes: commands.txt.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export ERC_DATA_DIR=${ERC_DATA_DIR:-$(realpath ../shared/datasets)} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+RUNS=${ERC_RUNS:-/root/erc-runs}
+ERC_TRAIN=${ERC_TRAIN:-.venv/bin/erc-train}
+STORE=$RUNS/store
+mkdir -p "$RUNS"
+only=${1:-}  # optional: run only names matching this pattern
+
+run() {  # name, dataset, args...
+  local name=$1 dataset=$2; shift 2
+  [[ -n $only && ! $name =~ $only ]] && return 0
+  if [[ -f $STORE/$name/manifest.json ]]; then echo "== $name: published, skipped"; return 0; fi
+  local rc t0=$(date +%s)
+  if [[ -f $RUNS/$name/checkpoint.pt || -f $RUNS/$name/config.json ]]; then
+    echo "== $(date -u +%FT%TZ) $name: resume" | tee -a "$RUNS/commands.txt"
+    $ERC_TRAIN fit --resume "$RUNS/$name" >> "$RUNS/$name.log" 2>&1
+  else
+    echo "== $(date -u +%FT%TZ) $name: erc-train fit --dataset $dataset $*" | tee -a "$RUNS/commands.txt"
+    $ERC_TRAIN fit --dataset "$dataset" --store "$STORE" --run-dir "$RUNS/$name" --version "$name" \
+      --no-make-current --device cpu --dtype auto "$@" > "$RUNS/$name.log" 2>&1
+  fi
+  rc=$?
+  echo "   $name rc=$rc wall_s=$(( $(date +%s) - t0 )) ($(lscpu | sed -n 's/^Model name: *//p'))" | tee -a "$RUNS/commands.txt"
+  [[ $rc == 75 ]] && exit 75  # stopped by a signal: stop the queue too
+  return 0
+}
+
+# 1. Architecture at equal budget (issue 10): MiniLM, k=5, 3 epochs, window vs turn.
+run meld-turn-minilm-e3 meld --architecture turn --epochs 3
+run meld-window-minilm-e3 meld --architecture window --epochs 3
+# 2. Rare classes: the same window run with class-weighted cross-entropy.
+run meld-window-minilm-e3-sqrtw meld --architecture window --epochs 3 --class-weighting sqrt_inverse
+# 3. EmoryNLP, default encoder.
+run emorynlp-window-minilm-e3 emorynlp --architecture window --epochs 3
+# 4. The base-size encoder on MELD (about 5x the default's cost per step).
+run meld-mpnet-w3 meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100
+run emorynlp-mpnet-w3 emorynlp --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100
