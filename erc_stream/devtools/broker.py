@@ -9,12 +9,18 @@ What this broker (Tansu v0.6.0-510f3e2, memory storage) does and does not do, as
 measured with aiokafka 0.14 and confluent-kafka 2.16 (librdkafka):
 
 - Works: produce (acks=0/1/all, keyed, gzip), fetch, consumer groups with the range
-  assignor, offset commit / ``committed()``, ``end_offsets``/``beginning_offsets``,
+  assignor, offset commit / ``committed()`` (kept across member crashes and idle time),
+  ``beginning_offsets``,
   CreateTopics (an existing topic answers error 36 TOPIC_ALREADY_EXISTS, which
   :func:`create_topics` treats as success), DeleteTopics, ListGroups, records of 2 MB
   (with ``max_request_size`` raised on the producer), ``cleanup.policy=compact`` is
   accepted at creation (whether memory storage ever compacts is not verified: do not
   rely on compaction for correctness).
+- ListOffsets(latest) (``end_offsets``, ``seek_to_end``, ``auto_offset_reset="latest"``)
+  answers the first offset of the partition's last batch + 1, not the end: a reader starting
+  at "latest" re-reads the rest of that batch (old records, once). The high watermark in
+  fetch responses is right. A fetch beyond the end returns no records instead of
+  OFFSET_OUT_OF_RANGE.
 - aiokafka idempotent and transactional producers fail: the broker answers aiokafka's
   InitProducerId (v0/v1, no producer id/epoch fields) with UnknownError, so use
   ``enable_idempotence=False`` (the aiokafka default). librdkafka's idempotent producer
@@ -54,15 +60,12 @@ import tempfile
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from erc_stream.errors import BrokerError
 
 __all__ = [
-    "DEFAULT_TOPICS",
-    "TopicNames",
     "LocalBroker",
     "free_port",
     "create_topics",
@@ -86,22 +89,6 @@ _TANSU_ENV_VARS = (
 )
 _STOP_GRACE_S = 10.0
 _LOG_TAIL_CHARS = 2000
-
-
-@dataclass(frozen=True, slots=True)
-class TopicNames:
-    """Names of the worker's three topics (ARCHITECTURE.md, "Topics and messages")."""
-
-    input: str = "chat.turns"
-    output: str = "chat.emotions"
-    dlq: str = "chat.turns.dlq"
-
-    def all(self) -> tuple[str, str, str]:
-        """The three names: input, output, dead-letter."""
-        return (self.input, self.output, self.dlq)
-
-
-DEFAULT_TOPICS = TopicNames()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

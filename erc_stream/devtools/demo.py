@@ -28,10 +28,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from erc_stream.artifact import read_current, version_path
-from erc_stream.devtools.broker import TopicNames, LocalBroker, acreate_topics, free_port
-from erc_stream.errors import ArtifactError, ConfigError
+from erc_stream.config import TopicNames, validate_settings
+from erc_stream.devtools.broker import LocalBroker, acreate_topics, free_port
 from erc_stream.devtools.replay import ReplayConfig, ReplayResult, SentTurn, load_conversations, replay
 from erc_stream.devtools.tail import render_event
+from erc_stream.errors import ArtifactError
 
 __all__ = ["DemoConfig", "DemoSummary", "ensure_model", "run_demo", "print_summary"]
 
@@ -70,9 +71,7 @@ class DemoConfig:
             ("device", self.device in ("auto", "cpu", "cuda")),
             ("idle_timeout_s", self.idle_timeout_s > 0),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise ConfigError(f"DemoConfig.{name} has an invalid value: {getattr(self, name)!r}")
+        validate_settings(self, checks)
 
 
 @dataclass
@@ -192,6 +191,7 @@ async def _stream(
 
     stop = asyncio.Event()
     main_task = asyncio.current_task()
+    assert main_task is not None  # called from a coroutine
     loop = asyncio.get_running_loop()
 
     def on_signal() -> None:

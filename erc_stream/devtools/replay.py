@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from erc_stream.clients import start_clients
+from erc_stream.config import DEFAULT_TOPICS, validate_settings
 from erc_stream.errors import BrokerError, ConfigError
 
 if TYPE_CHECKING:  # only for annotations: no runtime dependency on trainer
@@ -49,7 +51,7 @@ class ReplayConfig:
     dataset: str = "meld"
     split: str = "dev"
     bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "chat.turns"
+    topic: str = DEFAULT_TOPICS.input
     rate_per_s: float = 0.0
     conversations: int | None = None
     interleave: int = 8
@@ -65,12 +67,9 @@ class ReplayConfig:
             ("conversations", self.conversations is None or self.conversations >= 1),
             ("interleave", self.interleave >= 1),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise ConfigError(
-                    f"ReplayConfig.{name} has an invalid value: {getattr(self, name)!r} "
-                    "(rate_per_s >= 0, conversations >= 1 or unset, interleave >= 1, names non-empty)"
-                )
+        validate_settings(
+            self, checks, hint="rate_per_s >= 0, conversations >= 1 or unset, interleave >= 1, names non-empty"
+        )
 
     def replace(self, **changes: Any) -> ReplayConfig:
         return dataclasses.replace(self, **changes)
@@ -191,13 +190,7 @@ async def replay(
         producer = AIOKafkaProducer(
             bootstrap_servers=cfg.bootstrap_servers, acks="all", linger_ms=5, **(producer_kwargs or {})
         )
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
-            raise BrokerError(
-                f"cannot connect to Kafka at {cfg.bootstrap_servers}: {exc!r}; is the broker running?"
-            ) from exc
+        await start_clients([producer], cfg.bootstrap_servers)
     interval_s = 1.0 / cfg.rate_per_s if cfg.rate_per_s > 0 else 0.0
     sent = 0
     interrupted = False

@@ -23,7 +23,9 @@ import orjson
 from rich.console import Console
 from rich.text import Text
 
-from erc_stream.errors import BrokerError, ConfigError
+from erc_stream.clients import start_clients
+from erc_stream.config import DEFAULT_TOPICS, validate_settings
+from erc_stream.errors import BrokerError
 from erc_stream.events import BadInput, parse_turn
 
 __all__ = ["EMOTION_STYLES", "TailConfig", "TextJoin", "top_scores", "render_event", "tail"]
@@ -53,6 +55,8 @@ _MISSING_TEXT = "(text not seen)"
 _CONV_WIDTH = 20
 _SPEAKER_WIDTH = 12
 _EMOTION_WIDTH = 10
+# Records this much older than the start of a tail that is not --from-beginning are old ones.
+_CLOCK_SLACK_MS = 1000
 
 
 def _fit(value: str, width: int) -> str:
@@ -139,7 +143,9 @@ class TextJoin:
 
     def drain(self) -> list[tuple[dict, str | None]]:
         """Every waiting event, without text (at shutdown)."""
-        out = [(event, None) for waiting in self._pending.values() for _, event in waiting]
+        out: list[tuple[dict, str | None]] = [
+            (event, None) for waiting in self._pending.values() for _, event in waiting
+        ]
         self._pending.clear()
         return out
 
@@ -149,8 +155,8 @@ class TailConfig:
     """Settings of ``erc-stream tail``. ``input_topic=None`` shows events without text."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "chat.emotions"
-    input_topic: str | None = "chat.turns"
+    topic: str = DEFAULT_TOPICS.output
+    input_topic: str | None = DEFAULT_TOPICS.input
     from_beginning: bool = False
     max_events: int | None = None
     text_wait_s: float = 2.0
@@ -165,12 +171,11 @@ class TailConfig:
             ("text_wait_s", self.text_wait_s >= 0),
             ("text_width", self.text_width >= 8),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise ConfigError(
-                    f"TailConfig.{name} has an invalid value: {getattr(self, name)!r} (topics non-empty and "
-                    "different, max_events >= 1 or unset, text_wait_s >= 0, text_width >= 8)"
-                )
+        validate_settings(
+            self,
+            checks,
+            hint="topics non-empty and different, max_events >= 1 or unset, text_wait_s >= 0, text_width >= 8",
+        )
 
 
 def _event_id_of_turn(value: bytes | None, key: bytes | None) -> tuple[str, str] | None:
@@ -191,19 +196,17 @@ async def tail(cfg: TailConfig, *, console: Console, stop: asyncio.Event | None 
     from aiokafka.errors import KafkaError
 
     stop = stop or asyncio.Event()
+    # The local broker answers "latest" with the first offset of a partition's last batch + 1,
+    # so a consumer starting there re-reads the rest of that batch (README, "Delivery
+    # guarantees"). Records older than the start are therefore skipped unless from_beginning.
+    oldest_ms = 0 if cfg.from_beginning else int(time.time() * 1000) - _CLOCK_SLACK_MS
     consumer = AIOKafkaConsumer(
         bootstrap_servers=cfg.bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if cfg.from_beginning else "latest",
     )
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise BrokerError(
-            f"cannot connect to Kafka at {cfg.bootstrap_servers}: {exc!r}; is the broker running?"
-        ) from exc
+    await start_clients([consumer], cfg.bootstrap_servers)
     shown = 0
     join = TextJoin(wait_s=cfg.text_wait_s)
 
@@ -235,6 +238,8 @@ async def tail(cfg: TailConfig, *, console: Console, stop: asyncio.Event | None 
                 if tp.topic != cfg.input_topic:
                     continue
                 for rec in records:
+                    if rec.timestamp < oldest_ms:
+                        continue
                     joined = _event_id_of_turn(rec.value, rec.key)
                     if joined is not None and not done:
                         done = show(join.add_turn(*joined))
@@ -244,6 +249,8 @@ async def tail(cfg: TailConfig, *, console: Console, stop: asyncio.Event | None 
                 for rec in records:
                     if done:
                         break
+                    if rec.timestamp < oldest_ms:
+                        continue
                     try:
                         event = orjson.loads(rec.value)
                         event["event_id"], event["emotion"], event["confidence"]  # noqa: B018 - shape check

@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from erc_stream.devtools.broker import DEFAULT_TOPICS, LocalBroker, create_topics, free_port
+from erc_stream.config import DEFAULT_TOPICS
+from erc_stream.devtools.broker import LocalBroker, create_topics, free_port
 from erc_stream.errors import BrokerError
 
 pytestmark = pytest.mark.broker
@@ -190,6 +191,59 @@ def test_aiokafka_idempotent_producer_is_rejected(broker: LocalBroker, topic_fac
             await producer.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_consumer_starting_at_latest_reads_the_tail_of_the_last_batch(
+    broker: LocalBroker, topic_factory: Callable[..., str]
+) -> None:
+    """Issue 9's "events re-emitted from an earlier replay": nothing was re-emitted. This broker
+    answers ListOffsets(latest) with the first offset of a partition's last batch + 1, so a new
+    consumer that starts at "latest" (librdkafka's auto.offset.reset=latest, aiokafka's
+    seek_to_end, `erc-stream tail` before the fix) reads the rest of that batch: old records, once.
+    Kafka would give it nothing. Fails when the broker is fixed: then update README and broker.py."""
+    ck = pytest.importorskip("confluent_kafka")
+    topic = topic_factory(2)
+
+    async def produce_batched() -> dict[int, list[int]]:
+        # One batch per partition for exact offsets; the worker (linger_ms=5) batches too, under load.
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=500)
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, value=b"old-%d" % i, partition=i % 2) for i in range(20)]
+            metas = [await f for f in futures]
+        finally:
+            await producer.stop()
+        offsets: dict[int, list[int]] = defaultdict(list)
+        for m in metas:
+            offsets[m.partition].append(m.offset)
+        return offsets
+
+    written = asyncio.run(produce_batched())
+    assert written == {0: list(range(10)), 1: list(range(10))}
+    consumer = ck.Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"latest-{topic}",
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+        }
+    )
+    got: list[tuple[int, int]] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.3)
+            if msg is not None and not msg.error():
+                got.append((msg.partition(), msg.offset()))
+        low, high = consumer.get_watermark_offsets(ck.TopicPartition(topic, 0), timeout=10)
+    finally:
+        consumer.close()
+    # Each partition got its 10 records in one batch (base offset 0): "latest" is 1, not 10.
+    assert high == 1 and low == 0
+    assert sorted(got) == [(p, o) for p in (0, 1) for o in range(1, 10)]
 
 
 def test_confluent_kafka_produces_and_consumes(broker: LocalBroker, topic_factory: Callable[..., str]) -> None:

@@ -9,6 +9,7 @@ starts its own broker and an in-process worker with a test model
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -22,11 +23,12 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from rich.console import Console
 
+from erc_stream.devtools.replay import ReplayConfig, interleave, load_conversations, replay
+from erc_stream.devtools.tail import TailConfig, TextJoin, render_event, tail, top_scores
 from erc_stream.errors import ConfigError
 from erc_stream.events import SourceRef, emotion_event, parse_turn
-from erc_stream.devtools.replay import ReplayConfig, interleave, load_conversations, replay
-from erc_stream.devtools.tail import TailConfig, TextJoin, render_event, top_scores
 from trainer.datasets import Conversation, Utterance, data_dir_from_env
 
 CLI = [sys.executable, "-c", "from erc_stream.cli import main; main()"]
@@ -219,7 +221,7 @@ def test_tail_prints_joined_lines(broker, topic_factory) -> None:
         {"neutral": 0.9, "surprise": 0.3, "joy": 0.2},
     ]
     events = []
-    for (cid, tid, speaker, text), sc in zip([*turns, ("c1", 1, "Ross", "never sent")], scores):
+    for (cid, tid, speaker, text), sc in zip([*turns, ("c1", 1, "Ross", "never sent")], scores, strict=True):
         turn = parse_turn(
             orjson.dumps({"conversation_id": cid, "turn_id": tid, "speaker": speaker, "text": text}), None
         )
@@ -285,9 +287,57 @@ def test_tail_prints_joined_lines(broker, topic_factory) -> None:
         render_event(decoded[2], None, text_width=24).plain,
     ]
     assert proc.stdout.splitlines()[0] == (
-        "c1#0                 Monica       Are you kidding me?      surprise   0.90  surprise 0.80 · joy 0.50 · neutral 0.20"
+        "c1#0                 Monica       Are you kidding me?      surprise   0.90  surprise 0.80 · joy 0.50 · "
+        "neutral 0.20"
     )
     assert "3 events shown" in proc.stderr
+
+
+@pytest.mark.broker
+def test_tail_without_from_beginning_shows_only_new_events(broker, topic_factory) -> None:
+    """The local broker's "latest" points inside the last batch (README, "Delivery guarantees"):
+    tail must still show only events produced after it started, not the rest of that batch."""
+    events_topic = topic_factory(1)
+
+    def event(turn_id: int) -> bytes:
+        turn = parse_turn(
+            orjson.dumps({"conversation_id": "c", "turn_id": turn_id, "speaker": "A", "text": "hi"}), None
+        )
+        return emotion_event(
+            turn,
+            emotion="joy",
+            confidence=0.9,
+            scores={"joy": 0.9, "neutral": 0.1},
+            model_version="v",
+            context_turns=0,
+            source=SourceRef("t", 0, turn_id),
+            record_ts_ms=None,
+            produced_at=time.time(),
+            latency_ms=1.0,
+        )
+
+    async def publish(turn_ids: range) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200)  # one batch
+        await producer.start()
+        try:
+            futures = [await producer.send(events_topic, event(i), key=b"c") for i in turn_ids]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    async def scenario() -> tuple[int, str]:
+        out = io.StringIO()
+        cfg = TailConfig(bootstrap_servers=broker.bootstrap, topic=events_topic, input_topic=None, max_events=2)
+        shown = asyncio.create_task(tail(cfg, console=Console(file=out, width=200)))
+        await asyncio.sleep(4.0)  # old events are due now, if they were to be shown
+        await publish(range(100, 102))
+        return await asyncio.wait_for(shown, 60), out.getvalue()
+
+    asyncio.run(publish(range(10)))
+    time.sleep(1.5)  # older than tail's clock slack
+    shown, text = asyncio.run(scenario())
+    assert shown == 2
+    assert [line.split()[0] for line in text.splitlines()] == ["c#100", "c#101"]
 
 
 @pytest.mark.broker

@@ -124,7 +124,7 @@ def test_clean_run_one_event_per_turn_in_order(broker, topic_factory, store, pre
     assert reader.dead == []
     assert len(reader.events) == len(recs)
     assert reader.duplicates() == 0
-    source_of = {r.event_id: (m.partition, m.offset) for r, m in zip(recs, metas)}
+    source_of = {r.event_id: (m.partition, m.offset) for r, m in zip(recs, metas, strict=True)}
     by_id = {r.event_id: r for r in recs}
     for e in reader.events:
         validator.validate(e.value)
@@ -217,6 +217,14 @@ def test_bad_inputs_go_to_the_dlq_with_their_reason(broker, topic_factory, store
         (key, turn(904, text="a" * (max_text_chars + 1)), "text_too_long"),
         None,  # placeholder: a redelivery of turn 1 (duplicate_turn)
         (b"someone-else", turn(905, text="hello"), "key_mismatch"),
+        # Parses, but needs more than MAX_LENGTH tokens (its own conversation: it stays in its
+        # window). The dead letter must carry these very bytes (integer turn_id, two spaces),
+        # not the parsed turn serialized again.
+        (
+            b"long",
+            b'{"conversation_id": "long",  "turn_id": 906, "speaker": "Ross", "text": "' + b"x " * 140 + b'"}',
+            "prompt_too_long",
+        ),
     ]
     valid = turn_records(convs)
     first = [r for r in valid if r.conversation_id == cid][1]
@@ -253,9 +261,10 @@ def test_bad_inputs_go_to_the_dlq_with_their_reason(broker, topic_factory, store
         "text_too_long": 1,
         "duplicate_turn": 1,
         "key_mismatch": 1,
+        "prompt_too_long": 1,
     }
     letters = {(d.value["source"]["partition"], d.value["source"]["offset"]): d.value for d in reader.dead}
-    for (k, v, why, rec), meta in zip(plan, metas):
+    for (k, v, why, _), meta in zip(plan, metas, strict=True):
         if why is None:
             continue
         letter = letters[(meta.partition, meta.offset)]
@@ -266,7 +275,7 @@ def test_bad_inputs_go_to_the_dlq_with_their_reason(broker, topic_factory, store
         assert base64.b64decode(letter["key_b64"]) == k
         assert letter["detail"]
     # No event for a bad record; the valid turns around them see only valid turns as context.
-    assert not any(e.value["turn_id"] in {"900", "901", "902", "903", "904", "905"} for e in reader.events)
+    assert not any(e.value["turn_id"] in {"900", "901", "902", "903", "904", "905", "906"} for e in reader.events)
     _check_against_offline(reader.events, expected, predictor.labels)
     after = [e for e in reader.events if e.value["conversation_id"] == cid and int(e.value["turn_id"]) >= 2]
     assert len(after) == len(tail)
@@ -375,6 +384,46 @@ def test_hot_reload_ok_failed_and_incompatible(broker, topic_factory, tmp_path, 
         if e.value["model_version"] == "v2":  # really the other model's scores
             got = np.array([e.value["scores"][label] for label in predictor.labels])
             assert np.abs(got - expected_v1[e.value["event_id"]].scores).max() > 1e-2
+
+
+@pytest.mark.timeout(300)
+def test_hot_reload_to_a_longer_context_grows_live_windows(broker, topic_factory, tmp_path) -> None:
+    """A reload from a k=1 model to a k=4 one: conversations that began under k=1 must reach
+    four turns of context, as the offline evaluation of the new model has."""
+    store = tmp_path / "store"
+    publish_test_model(store, version="k1", context_turns=1, max_length=MAX_LENGTH, seed=0)
+    v2 = publish_test_model(store, version="k4", context_turns=4, max_length=MAX_LENGTH, seed=1, make_current=False)
+    k4 = Predictor.load(v2, device="cpu", dtype="fp32")
+    topics = make_topics(topic_factory, partitions=2)
+    convs = [c for c in meld_dev(40) if len(c.utterances) >= 9][:4]
+    assert len(convs) == 4
+    before = turn_records(convs, slice(0, 3))
+    after = turn_records(convs, slice(3, None))
+    expected = offline_expected(k4, convs)
+
+    async def scenario():
+        cfg = worker_config(broker.bootstrap, topics, store, _group(), reload_poll_s=0.3)
+        async with OutputReader(broker.bootstrap, topics) as reader:
+            async with Worker(cfg) as w:
+                await produce(broker.bootstrap, topics.input, before)
+                await reader.wait_for_ids([r.event_id for r in before], timeout_s=90)
+                set_current(store, "k4")
+                assert await reader.wait_for(lambda: w.model_version == "k4", timeout_s=60)
+                await produce(broker.bootstrap, topics.input, after)
+                await reader.wait_for_ids([r.event_id for r in after], timeout_s=90)
+            return reader
+
+    reader = asyncio.run(scenario())
+    assert reader.duplicates() == 0
+    version_of = {e.value["event_id"]: e.value["model_version"] for e in reader.events}
+    assert {version_of[r.event_id] for r in before} == {"k1"}
+    assert {version_of[r.event_id] for r in after} == {"k4"}
+    # Under k=1 a window held one turn; from turn 3 on it grows by one turn per turn, so from
+    # turn 6 on each window holds the four turns the offline evaluation of k4 uses.
+    full = [e for e in reader.events if int(e.value["turn_id"]) >= 6]
+    assert len(full) >= 4
+    assert max(e.value["context_turns"] for e in full) == 4
+    _check_against_offline(full, expected, k4.labels)
 
 
 # ---------------------------------------------------------------------- 5. two workers
@@ -496,6 +545,70 @@ def test_sigkill_mid_stream_then_restart(broker, topic_factory, store, predictor
     assert after and all(e.value["context_turns"] > 0 for e in after)
     _check_against_offline(after, expected, predictor.labels)
     print(f"sigkill: {reader.duplicates()} duplicates of {len(in_flight)} in flight")
+
+
+@pytest.mark.timeout(300)
+def test_idle_partitions_keep_their_committed_offsets_across_sigkills(broker, topic_factory, store, tmp_path) -> None:
+    """Issue 9's report of re-emits after two SIGKILLs, pinned: once a replay is acknowledged, its
+    offsets are committed on every partition, and partitions that stay idle while two workers are
+    killed keep them, so nothing of that replay comes out again. (The reported re-emits were a
+    reader starting at "latest" on the local broker: see test_broker.py and the README.)"""
+    topics = make_topics(topic_factory, partitions=3)
+    convs = meld_dev(24, start=20)
+    earlier = turn_records(convs, slice(0, 3))
+    group = _group()
+    settings = {"max_batch_size": 4, "max_in_flight": 16}
+
+    async def wait_committed(want: dict[int, int]) -> None:
+        deadline = time.monotonic() + 30
+        while (got := await committed_offsets(broker.bootstrap, group, topics.input, topics.partitions)) != want:
+            assert time.monotonic() < deadline, f"committed {got}, want {want}"
+            await asyncio.sleep(0.2)
+
+    async def scenario():
+        async with OutputReader(broker.bootstrap, topics) as reader:
+            metas = await produce(broker.bootstrap, topics.input, earlier)
+            ends = {p: max(m.offset for m in metas if m.partition == p) + 1 for p in range(topics.partitions)}
+            busy = metas[0].partition  # the later turns go to this partition only; the others stay idle
+            later = [
+                r
+                for r in turn_records(convs, slice(3, None))
+                if r.conversation_id
+                in {rec.conversation_id for rec, m in zip(earlier, metas, strict=True) if m.partition == busy}
+            ]
+            w = WorkerProcess(broker.bootstrap, topics, store, group, tmp_path / "w1.log", **settings)
+            try:
+                await w.wait_ready()
+                await reader.wait_for_ids([r.event_id for r in earlier], timeout_s=120)
+                await wait_committed(ends)
+                await asyncio.sleep(2.0)  # idle
+                w.signal(signal.SIGKILL)
+                assert await w.wait_exit(10) == -signal.SIGKILL
+            finally:
+                w.close()
+            for i in (2, 3):  # a worker that is killed mid-stream, then one that finishes
+                w = WorkerProcess(broker.bootstrap, topics, store, group, tmp_path / f"w{i}.log", **settings)
+                try:
+                    await w.wait_ready()
+                    if i == 2:
+                        await produce(broker.bootstrap, topics.input, later)
+                        await reader.wait_for(lambda: len(reader.events) > len(earlier), timeout_s=60)
+                        w.signal(signal.SIGKILL)
+                        assert await w.wait_exit(10) == -signal.SIGKILL
+                        idle = await committed_offsets(broker.bootstrap, group, topics.input, topics.partitions)
+                    else:
+                        await reader.wait_for_ids([r.event_id for r in earlier + later], timeout_s=120)
+                        await reader.settle(2.0)
+                finally:
+                    w.close()
+            return reader, ends, busy, later, idle
+
+    reader, ends, busy, later, idle = asyncio.run(scenario())
+    assert later
+    assert {p: o for p, o in idle.items() if p != busy} == {p: o for p, o in ends.items() if p != busy}
+    counts = reader.id_counts()
+    assert [r.event_id for r in earlier if counts[r.event_id] != 1] == []  # nothing of the earlier replay again
+    assert {r.event_id for r in later} <= set(counts)
 
 
 # ---------------------------------------------------------------------- 7. SIGTERM

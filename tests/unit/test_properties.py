@@ -35,7 +35,7 @@ from erc_stream.events import (
     parse_turn,
 )
 from erc_stream.prompt import EncodedTurn
-from erc_stream.window import EVICT_LRU, EVICT_TTL, WindowStore, WindowTurn
+from erc_stream.window import EVICT_LRU, EVICT_TTL, TurnCache, WindowStore, WindowTurn
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _CONTROL = {*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)}
@@ -348,17 +348,17 @@ def test_thousands_of_conversations_at_once_keep_the_lru_bound() -> None:
     assert evicted[-1] == ("c4001", EVICT_LRU) and "c4000" in store
 
 
-def _feed(store: WindowStore, conversations: int, *, first: int = 0, with_payload: bool = False) -> None:
-    """Two turns per conversation (~60-character texts); ``with_payload`` adds token ids
-    cached the way the worker caches them (``(generation, EncodedTurn)``, 18 ids a turn)."""
+def _feed(store: WindowStore, conversations: int, *, first: int = 0, with_cache: bool = False) -> None:
+    """Two turns per conversation (~60-character texts); ``with_cache`` adds token ids
+    cached the way the worker caches them (``TurnCache(generation, EncodedTurn)``, 18 ids a turn)."""
     for i in range(first, first + conversations):
         cid = f"meld-live-{i:06d}"
         for j in range(2):
-            payload = None
-            if with_payload:
+            cache = None
+            if with_cache:
                 ids = tuple(1000 + ((i * 7 + j * 13 + n) % 28000) for n in range(18))
-                payload = (1, EncodedTurn(ids[:2], ids[2:], ids))
-            store.push(cid, WindowTurn(str(j), "Speaker", f"utterance {j} of conversation {i}, " + "x" * 20, payload))
+                cache = TurnCache(1, EncodedTurn(ids[:2], ids[2:], ids))
+            store.push(cid, WindowTurn(str(j), "Speaker", f"utterance {j} of conversation {i}, " + "x" * 20, cache))
 
 
 @pytest.mark.slow
@@ -383,7 +383,7 @@ def test_memory_of_a_10k_bounded_store_fed_100k_conversations(record_property) -
         # The worker also caches token ids in each WindowTurn: measure that on 1k conversations.
         base = tracemalloc.get_traced_memory()[0]
         cached = WindowStore(context_turns=2, ttl_s=3600, max_conversations=1000)
-        _feed(cached, 1000, with_payload=True)
+        _feed(cached, 1000, with_cache=True)
         per_conv_cached = (tracemalloc.get_traced_memory()[0] - base) / 1000
     finally:
         tracemalloc.stop()
@@ -393,7 +393,8 @@ def test_memory_of_a_10k_bounded_store_fed_100k_conversations(record_property) -
     print(
         f"\nWindowStore(max_conversations=10_000, context_turns=2) fed 100k conversations x 2 turns: "
         f"{held_100k / 2**20:.1f} MiB held ({per_conv:.0f} B/conversation), peak {peak_100k / 2**20:.1f} MiB; "
-        f"fed 10k: {held_10k / 2**20:.1f} MiB; with the worker's cached token ids: {per_conv_cached:.0f} B/conversation "
+        f"fed 10k: {held_10k / 2**20:.1f} MiB; with the worker's cached token ids: {per_conv_cached:.0f} "
+        "B/conversation "
         f"(~{per_conv_cached * 10_000 / 2**20:.0f} MiB at 10k); {seconds:.1f} s under tracemalloc"
     )
     # Fed 10x more conversations, it holds what 10k hold (within 5 %) and never peaks far above.

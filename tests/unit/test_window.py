@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from erc_stream.window import WindowStore, WindowTurn
+from erc_stream.prompt import EncodedTurn
+from erc_stream.window import TurnCache, WindowStore, WindowTurn
 
 
 class FakeClock:
@@ -224,10 +225,40 @@ def test_discard_does_not_report_eviction(clock: FakeClock, evictions: list[tupl
     assert len(store) == 0 and evictions == []
 
 
-def test_payload_kept(clock: FakeClock, evictions: list[tuple[str, str]]) -> None:
+def test_cache_kept(clock: FakeClock, evictions: list[tuple[str, str]]) -> None:
     store = _store(clock, evictions)
-    store.push("c", WindowTurn("1", "A", "hi", payload=[101, 7592, 102]))
-    assert store.context("c")[0].payload == [101, 7592, 102]
+    encoded = EncodedTurn((101,), (7592,), (101, 7592))
+    store.push("c", WindowTurn("1", "A", "hi", cache=TurnCache(3, encoded)))
+    assert store.context("c")[0].cache == TurnCache(generation=3, encoded=encoded)
+
+
+def test_resize_grows_live_windows(clock: FakeClock, evictions: list[tuple[str, str]]) -> None:
+    """A hot reload to a model with more context: windows that exist keep filling up to the new bound."""
+    store = _store(clock, evictions, context_turns=2)
+    for i in range(1, 4):
+        store.push("c", _t(i))
+    assert _ids(store.context("c")) == ["2", "3"]
+    store.resize(4)
+    assert store.context_turns == 4
+    assert _ids(store.context("c")) == ["2", "3"]  # what was dropped stays dropped
+    for i in range(4, 7):
+        store.push("c", _t(i))
+    assert _ids(store.context("c")) == ["3", "4", "5", "6"]
+    store.push("new", _t(1))
+    assert _ids(store.context("new")) == ["1"]
+
+
+def test_resize_shrinks_live_windows(clock: FakeClock, evictions: list[tuple[str, str]]) -> None:
+    store = _store(clock, evictions, context_turns=3)
+    for i in range(1, 5):
+        store.push("c", _t(i))
+    store.resize(1)
+    assert _ids(store.context("c")) == ["4"]
+    assert store.seen("c", "2")  # turn ids for dedup are kept independently of the window
+    store.push("c", _t(5))
+    assert _ids(store.context("c")) == ["5"]
+    with pytest.raises(ValueError, match="context_turns must be an int >= 0, got -1"):
+        store.resize(-1)
 
 
 def test_without_callback(clock: FakeClock) -> None:
