@@ -33,7 +33,7 @@ sysdeps:
 demo: $(STAMP)
 	$(BIN)/erc-stream demo --store models
 
-test: $(STAMP) sysdeps
+test: $(STAMP) sysdeps lint
 	$(BIN)/python -m pytest -q tests --ignore=tests/faults
 
 test-unit: $(STAMP)
