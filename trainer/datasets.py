@@ -378,22 +378,31 @@ def _ordered(groups: dict, path: Path, id_name: str) -> Iterator[tuple[Any, tupl
 # --- loaders ---------------------------------------------------------------------------------
 
 
-def _load_meld(files: tuple[Path, ...], split: str) -> list[Conversation]:
-    (path,) = files
-    labels = {label: label for label in DATASETS["meld"].labels}
-    groups: dict[int, list[tuple[int, int, Utterance]]] = {}
-    for line, row in _read_csv(path, ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")):
-        dialogue_id = _int(row["Dialogue_ID"], path, line, "Dialogue_ID")
+def _friends_conversations(
+    path: Path, dataset: str, required: Sequence[str], key: Sequence[str], speaker: Callable[[str], str]
+) -> Iterator[tuple[tuple[int, ...], tuple[Utterance, ...]]]:
+    """MELD and EmoryNLP (both Friends transcripts, one CSV row per utterance): the rows grouped
+    by the integer ``key`` columns, each group in Utterance_ID order."""
+    labels = {label: label for label in DATASETS[dataset].labels}
+    groups: dict[tuple[int, ...], list[tuple[int, int, Utterance]]] = {}
+    for line, row in _read_csv(path, required):
+        group = tuple(_int(row[column], path, line, column) for column in key)
         utterance_id = _int(row["Utterance_ID"], path, line, "Utterance_ID")
         utterance = Utterance(
-            speaker=_speaker(row["Speaker"]),
+            speaker=speaker(row["Speaker"]),
             text=row["Utterance"],
-            label=_label(row["Emotion"], labels, path, line, "meld"),
+            label=_label(row["Emotion"], labels, path, line, dataset),
         )
-        groups.setdefault(dialogue_id, []).append((utterance_id, line, utterance))
+        groups.setdefault(group, []).append((utterance_id, line, utterance))
+    return _ordered(groups, path, "Utterance_ID")
+
+
+def _load_meld(files: tuple[Path, ...], split: str) -> list[Conversation]:
+    (path,) = files
+    required = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
     return [
         Conversation(id=f"meld-{split}-{dialogue_id}", utterances=utterances)
-        for dialogue_id, utterances in _ordered(groups, path, "Utterance_ID")
+        for (dialogue_id,), utterances in _friends_conversations(path, "meld", required, ("Dialogue_ID",), _speaker)
     ]
 
 
@@ -412,25 +421,13 @@ def _emorynlp_speaker(value: str) -> str:
 
 def _load_emorynlp(files: tuple[Path, ...], split: str) -> list[Conversation]:
     (path,) = files
-    labels = {label: label for label in DATASETS["emorynlp"].labels}
     required = ("Utterance", "Speaker", "Emotion", "Scene_ID", "Utterance_ID", "Season", "Episode")
-    groups: dict[tuple[int, int, int], list[tuple[int, int, Utterance]]] = {}
-    for line, row in _read_csv(path, required):
-        scene = (
-            _int(row["Season"], path, line, "Season"),
-            _int(row["Episode"], path, line, "Episode"),
-            _int(row["Scene_ID"], path, line, "Scene_ID"),
-        )
-        utterance_id = _int(row["Utterance_ID"], path, line, "Utterance_ID")
-        utterance = Utterance(
-            speaker=_emorynlp_speaker(row["Speaker"]),
-            text=row["Utterance"],
-            label=_label(row["Emotion"], labels, path, line, "emorynlp"),
-        )
-        groups.setdefault(scene, []).append((utterance_id, line, utterance))
+    key = ("Season", "Episode", "Scene_ID")
     return [
         Conversation(id=f"emorynlp-{split}-s{season}e{episode}c{scene_id}", utterances=utterances)
-        for (season, episode, scene_id), utterances in _ordered(groups, path, "Utterance_ID")
+        for (season, episode, scene_id), utterances in _friends_conversations(
+            path, "emorynlp", required, key, _emorynlp_speaker
+        )
     ]
 
 
