@@ -51,6 +51,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -61,7 +62,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from erc_stream.errors import BrokerError
 
@@ -75,6 +76,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 # Kafka error code for CreateTopics on a name that exists already.
 _TOPIC_ALREADY_EXISTS = 36
@@ -111,6 +113,18 @@ def _run_sync(make_coro: Callable[[], Awaitable[_T]]) -> _T:
         return asyncio.run(make_coro())  # type: ignore[arg-type]
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(lambda: asyncio.run(make_coro())).result()  # type: ignore[arg-type]
+
+
+def _synchronous(coro_fn: Callable[_P, Awaitable[_T]], name: str) -> Callable[_P, _T]:
+    """The synchronous twin of ``coro_fn``: same parameters, run by :func:`_run_sync`."""
+
+    @functools.wraps(coro_fn)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return _run_sync(lambda: coro_fn(*args, **kwargs))
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"Synchronous :func:`{coro_fn.__name__}` (usable with or without a running loop)."
+    return call
 
 
 # Brokers still running at interpreter exit are stopped, so none outlives a test run.
@@ -501,23 +515,5 @@ async def acreate_topics(
         await admin.close()
 
 
-def create_topics(
-    bootstrap: str,
-    topics: Mapping[str, int],
-    *,
-    timeout_s: float = 30,
-    replication_factor: int = 1,
-    configs: Mapping[str, Mapping[str, str]] | None = None,
-    **client_kwargs: Any,
-) -> None:
-    """Synchronous :func:`acreate_topics` (usable with or without a running loop)."""
-    _run_sync(
-        lambda: acreate_topics(
-            bootstrap,
-            topics,
-            timeout_s=timeout_s,
-            replication_factor=replication_factor,
-            configs=configs,
-            **client_kwargs,
-        )
-    )
+# Same parameters and checks as acreate_topics, for synchronous callers (the CLI, fixtures).
+create_topics = _synchronous(acreate_topics, "create_topics")
