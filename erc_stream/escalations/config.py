@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from erc_stream.config import SASL_MECHANISMS, SECURITY_PROTOCOLS
+from erc_stream.config import (
+    LOG_LEVELS,
+    env_name,
+    kafka_client_kwargs,
+    require_nonempty,
+    validate_kafka_connection,
+    validate_settings,
+)
 from erc_stream.errors import ConfigError
 
-__all__ = ["ENV_NAMES", "EscalationsConfig"]
+__all__ = ["ENV_NAMES", "EscalationsConfig", "escalations_env_name"]
 
 # Kafka connection settings shared with the worker (same Secret, same ConfigMap keys).
 _SHARED = (
@@ -32,78 +39,68 @@ _SHARED = (
 )
 
 
+def _setting(default: Any, help: str = "") -> Any:
+    """A field with its help text (the CLI option's help)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class EscalationsConfig:
     """Settings of `erc-stream escalations` (faust-streaming app over the emotions topic)."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated")
+    security_protocol: str = _setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: str | None = _setting(None, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
     sasl_username: str | None = None
+    # Never a flag: ERC_SASL_PASSWORD or --sasl-password-file (see erc_stream.cli).
     sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
-    input_topic: str = "chat.emotions"
-    output_topic: str = "chat.escalations"
-    dlq_topic: str = "chat.emotions.dlq"
-    # faust app id: the consumer group and the prefix of the changelog topic
-    # (<app_id>-conversations-changelog).
-    app_id: str = "erc-escalations"
-    rules_file: Path | None = None  # None: the packaged defaults (erc_stream/escalations/rules.yaml)
-    replication_factor: int = 1  # of the topics the app creates (changelog, output, DLQ)
-    auto_offset_reset: str = "earliest"  # where a new group starts on the emotions topic
+    input_topic: str = _setting("chat.emotions", "the emotion events (key = conversation_id)")
+    output_topic: str = _setting("chat.escalations", "escalations opened / resolved")
+    dlq_topic: str = _setting("chat.emotions.dlq", "emotion events the app cannot read, with the reason")
+    app_id: str = _setting(
+        "erc-escalations", "faust app id: consumer group and changelog prefix (<app_id>-conversations-changelog)"
+    )
+    rules_file: Path | None = _setting(None, "escalation rules (YAML); default: the packaged rules.yaml")
+    replication_factor: int = _setting(1, "replication factor of the topics the app creates")
+    auto_offset_reset: str = _setting("earliest", "where a new consumer group starts: earliest or latest")
     commit_interval_ms: int = 1000
     session_timeout_ms: int = 10000  # the local broker completes a join after ~half of this
     heartbeat_interval_ms: int = 1000
-    # Upper bound of a producer batch. 1 sends one record per batch: needed on the local
-    # Tansu broker, which reports a short end offset after a multi-record batch (faust would
-    # stop restoring the table before its last records; docs/escalations.md).
-    producer_max_batch_bytes: int = 16384
-    sweep_interval_s: float = 60.0  # event-time seconds between idle sweeps of a partition
-    lag_poll_s: float = 5.0  # how often the consumer-lag gauge is refreshed
+    # 1 sends one record per batch: needed on the local Tansu broker, which reports a short end
+    # offset after a multi-record batch (faust would stop restoring the table before its last
+    # records; docs/escalations.md).
+    producer_max_batch_bytes: int = _setting(
+        16384, "producer batch bound; 1 on the local broker (one record per batch, see docs/escalations.md)"
+    )
+    sweep_interval_s: float = _setting(60.0, "event-time seconds between idle sweeps of a partition")
+    lag_poll_s: float = _setting(5.0, "how often the consumer-lag gauge is refreshed")
     metrics_host: str = "0.0.0.0"
-    metrics_port: int = 9401
-    log_level: str = "INFO"
+    metrics_port: int = _setting(9401, "/metrics, /healthz and /readyz (0: any free port)")
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:
-        checks = [
-            ("bootstrap_servers", bool(self.bootstrap_servers.strip())),
-            ("security_protocol", self.security_protocol in SECURITY_PROTOCOLS),
-            ("sasl_mechanism", self.sasl_mechanism is None or self.sasl_mechanism in SASL_MECHANISMS),
-            ("replication_factor", self.replication_factor >= 1),
-            ("auto_offset_reset", self.auto_offset_reset in ("earliest", "latest")),
-            ("commit_interval_ms", self.commit_interval_ms >= 10),
-            ("session_timeout_ms", self.session_timeout_ms >= 1000),
-            ("heartbeat_interval_ms", 0 < self.heartbeat_interval_ms < self.session_timeout_ms),
-            ("producer_max_batch_bytes", self.producer_max_batch_bytes >= 1),
-            ("sweep_interval_s", self.sweep_interval_s > 0),
-            ("lag_poll_s", self.lag_poll_s > 0),
-            ("metrics_port", 0 <= self.metrics_port <= 65535),
-            ("log_level", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")),
-        ]
-        for name, ok in checks:
-            if not ok:
-                raise ConfigError(f"EscalationsConfig.{name} has an invalid value: {getattr(self, name)!r}")
-        for name in ("input_topic", "output_topic", "dlq_topic", "app_id"):
-            if not getattr(self, name):
-                raise ConfigError(f"EscalationsConfig.{name} must not be empty")
+        validate_kafka_connection(self)
+        validate_settings(
+            self,
+            [
+                ("replication_factor", self.replication_factor >= 1),
+                ("auto_offset_reset", self.auto_offset_reset in ("earliest", "latest")),
+                ("commit_interval_ms", self.commit_interval_ms >= 10),
+                ("session_timeout_ms", self.session_timeout_ms >= 1000),
+                ("heartbeat_interval_ms", 0 < self.heartbeat_interval_ms < self.session_timeout_ms),
+                ("producer_max_batch_bytes", self.producer_max_batch_bytes >= 1),
+                ("sweep_interval_s", self.sweep_interval_s > 0),
+                ("lag_poll_s", self.lag_poll_s > 0),
+                ("metrics_port", 0 <= self.metrics_port <= 65535),
+                ("log_level", self.log_level.upper() in LOG_LEVELS),
+            ],
+        )
+        require_nonempty(self, "input_topic", "output_topic", "dlq_topic", "app_id")
         if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
             raise ConfigError("input_topic, output_topic and dlq_topic must be three different topics")
-        if self.security_protocol.startswith("SASL_"):
-            if self.sasl_mechanism is None:
-                raise ConfigError(
-                    f"security_protocol={self.security_protocol} needs sasl_mechanism "
-                    "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
-                )
-            if not self.sasl_username or self.sasl_password is None:
-                raise ConfigError("SASL needs sasl_username and a password (ERC_SASL_PASSWORD or --sasl-password-file)")
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            p = getattr(self, name)
-            if p is not None and not Path(p).is_file():
-                raise ConfigError(f"EscalationsConfig.{name}: file {str(p)!r} does not exist")
-        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            raise ConfigError("ssl_certfile and ssl_keyfile go together (client certificate and its key)")
         if self.rules_file is not None and not Path(self.rules_file).is_file():
             raise ConfigError(f"EscalationsConfig.rules_file: file {str(self.rules_file)!r} does not exist")
 
@@ -117,33 +114,19 @@ class EscalationsConfig:
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for SSL / SASL_SSL, else ``None``."""
-        if self.security_protocol not in ("SSL", "SASL_SSL"):
-            return None
-        ctx = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
-        if self.ssl_certfile:
-            ctx.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile))
+        ctx: ssl.SSLContext | None = kafka_client_kwargs(self).get("ssl_context")
         return ctx
 
     def kafka_kwargs(self) -> dict[str, Any]:
         """Connection settings for plain aiokafka clients (topic checks before faust starts)."""
-        kw: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": self.security_protocol,
-            "client_id": f"{self.app_id}-setup",
-        }
-        ctx = self.ssl_context()
-        if ctx is not None:
-            kw["ssl_context"] = ctx
-        if self.security_protocol.startswith("SASL_"):
-            kw["sasl_mechanism"] = self.sasl_mechanism
-            kw["sasl_plain_username"] = self.sasl_username
-            kw["sasl_plain_password"] = self.sasl_password
-        return kw
+        return kafka_client_kwargs(self, client_id=f"{self.app_id}-setup")
 
 
-def _env_name(name: str) -> str:
-    return f"ERC_{name.upper()}" if name in _SHARED else f"ERC_ESCALATIONS_{name.upper()}"
+def escalations_env_name(setting: str) -> str:
+    """The environment variable of a setting: the worker's for Kafka connection settings
+    (``ERC_BOOTSTRAP_SERVERS``), ``ERC_ESCALATIONS_<NAME>`` for the app's own."""
+    return env_name(setting) if setting in _SHARED else env_name(f"escalations_{setting}")
 
 
 # Field -> environment variable; the CLI options use exactly these (a test checks it).
-ENV_NAMES: dict[str, str] = {f.name: _env_name(f.name) for f in dataclasses.fields(EscalationsConfig)}
+ENV_NAMES: dict[str, str] = {f.name: escalations_env_name(f.name) for f in dataclasses.fields(EscalationsConfig)}
