@@ -1,10 +1,11 @@
 """`erc-stream demo`: the whole system on one machine, in one command.
 
 Steps, in order: make sure the model store has a model (else train a ``--quick`` one),
-start the local broker on a free port and create the topics, start a worker in this
-process (its /metrics on a free port), replay a dataset split as live interleaved chats,
-show each emotion event as it arrives, then print a summary: counts, throughput, latency
-and the streamed predictions scored against the gold labels.
+start the local broker on a free port and create the topics, start `erc-stream escalations`
+as a child process on the emotion events and a worker in this process (each with /metrics on a
+free port), replay a dataset split as live interleaved chats, show each emotion event and each
+escalation as it arrives, then print a summary: counts, throughput, latency, the streamed
+predictions scored against the gold labels, and the escalations opened and resolved.
 
 The trainer is imported lazily here (training a quick model, loading the dataset,
 scoring with ``trainer.evaluate.compute_metrics``): only ``erc_stream.devtools`` may import
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -30,13 +32,18 @@ from rich.table import Table
 from erc_stream.artifact import read_current, version_path
 from erc_stream.config import TopicNames, validate_settings
 from erc_stream.devtools.broker import LocalBroker, acreate_topics, free_port
+from erc_stream.devtools.escalations import EscalationsProcess, EscalationTally, render_escalation
 from erc_stream.devtools.replay import ReplayConfig, ReplayResult, SentTurn, load_conversations, replay
 from erc_stream.devtools.tail import render_event
-from erc_stream.errors import ArtifactError
+from erc_stream.errors import ArtifactError, ErcError
 
 __all__ = ["DemoConfig", "DemoSummary", "ensure_model", "run_demo", "print_summary"]
 
 _DRAIN_AFTER_STOP_S = 10.0
+_ESCALATIONS_TOPIC = "chat.escalations"
+_ESCALATIONS_DLQ = "chat.emotions.dlq"
+_ESCALATIONS_READY_S = 60.0  # faust's start and first rebalance on the local broker take seconds
+_ESCALATIONS_CATCH_UP_S = 20.0  # after the last emotion event, for the app to process the rest
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,11 @@ class DemoSummary:
     worker_latency_ms_p95: float | None = None
     metrics_url: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Escalations from `erc-stream escalations` (first record per escalation_id and status):
+    # opened by "rule/severity", resolved by resolution, still_open, repeats_dropped; plus the
+    # emotion events the app processed. Empty when the app did not start.
+    escalations: dict[str, Any] = field(default_factory=dict)
+    escalations_metrics_url: str = ""
     gold_counts: dict[str, int] = field(default_factory=dict)
     predicted_counts: dict[str, int] = field(default_factory=dict)
 
@@ -208,7 +220,17 @@ async def _stream(
         loop.add_signal_handler(sig, on_signal)
 
     topics = cfg.topics
-    await acreate_topics(broker.bootstrap, {topics.input: cfg.partitions, topics.output: cfg.partitions, topics.dlq: 1})
+    await acreate_topics(
+        broker.bootstrap,
+        {
+            topics.input: cfg.partitions,
+            topics.output: cfg.partitions,
+            topics.dlq: 1,
+            _ESCALATIONS_TOPIC: cfg.partitions,
+            _ESCALATIONS_DLQ: 1,
+        },
+    )
+    tally = EscalationTally()
     metrics_port = free_port()
     wcfg = WorkerConfig(
         bootstrap_servers=broker.bootstrap,
@@ -230,6 +252,7 @@ async def _stream(
     consumer = AIOKafkaConsumer(
         topics.output,
         topics.dlq,
+        _ESCALATIONS_TOPIC,
         bootstrap_servers=broker.bootstrap,
         group_id=None,
         enable_auto_commit=False,
@@ -255,6 +278,15 @@ async def _stream(
         console=console,
         transient=False,
     )
+    # The escalations app starts before the worker: faust's start and group join overlap the model load.
+    escalations = EscalationsProcess(
+        broker.bootstrap,
+        input_topic=topics.output,
+        output_topic=_ESCALATIONS_TOPIC,
+        dlq_topic=_ESCALATIONS_DLQ,
+        metrics_port=free_port(),
+        log_path=Path(tempfile.mkdtemp(prefix="erc-demo-")) / "escalations.log",
+    )
     try:
         console.print("starting the worker (loading the model)…")
         await worker.start()
@@ -265,6 +297,10 @@ async def _stream(
         deadline = time.monotonic() + 60
         while not worker.ready and time.monotonic() < deadline and not stop.is_set():
             await asyncio.sleep(0.1)  # partition assignment (a few seconds on the local broker)
+        escalations_ok = await _wait_escalations_ready(escalations, stop, console)
+        if escalations_ok:
+            summary.escalations_metrics_url = escalations.url + "/metrics"
+            console.print(f"escalations app ready; metrics at {summary.escalations_metrics_url}", soft_wrap=True)
         await consumer.start()
         console.print(
             f"replaying {len(conversations)} {cfg.dataset} {cfg.split} conversations ({total} turns), "
@@ -304,6 +340,11 @@ async def _stream(
                 received_s = time.time()
                 for tp, records in batches.items():
                     for rec in records:
+                        if tp.topic == _ESCALATIONS_TOPIC:
+                            escalation = orjson.loads(rec.value)
+                            if tally.add(escalation):  # escalations show even with --quiet: they are few
+                                progress.console.print(render_escalation(escalation), soft_wrap=True)
+                            continue
                         last_progress = time.monotonic()
                         if tp.topic == topics.dlq:
                             summary.dead_letters += 1
@@ -330,6 +371,9 @@ async def _stream(
                             progress.console.print(render_event(event, turn.text if turn else None), soft_wrap=True)
         if replay_result is None and replay_task.done() and not replay_task.cancelled():
             replay_result = replay_task.result()
+        if escalations_ok:
+            await _catch_up_escalations(escalations, consumer, tally, summary.events, _ESCALATIONS_TOPIC, console)
+            summary.escalations = tally.as_dict() | {"events_processed": int(escalations.events_processed())}
     finally:
         if replay_task is not None and not replay_task.done():
             stop.set()
@@ -338,6 +382,9 @@ async def _stream(
         # The worker's own graceful stop: stop fetching, finish the in-flight batch, flush, commit.
         await worker.stop()
         console.print("worker stopped")
+        # SIGTERM: faust stops its agent, flushes and commits.
+        await asyncio.to_thread(escalations.stop)
+        console.print("escalations app stopped")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
@@ -361,6 +408,49 @@ async def _stream(
         neutral = DATASETS[cfg.dataset].neutral_label if cfg.dataset in DATASETS else None
         summary.metrics = compute_metrics(gold, pred, labels, neutral)
     return summary
+
+
+async def _wait_escalations_ready(escalations: EscalationsProcess, stop: asyncio.Event, console: Console) -> bool:
+    """Until the escalations app answers /readyz; False (and a warning) if it does not."""
+    deadline = time.monotonic() + _ESCALATIONS_READY_S
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            if await asyncio.to_thread(escalations.ready):
+                return True
+            await asyncio.sleep(0.2)
+    except ErcError as exc:
+        console.print(f"[yellow]escalations app failed, going on without it:[/] {exc}")
+        return False
+    console.print(f"[yellow]escalations app not ready after {_ESCALATIONS_READY_S:g} s; going on without it[/]")
+    return False
+
+
+async def _catch_up_escalations(
+    escalations: EscalationsProcess,
+    consumer: Any,
+    tally: EscalationTally,
+    events: int,
+    topic: str,
+    console: Console,
+) -> None:
+    """After the last emotion event: let the app process every event, and show what it emits."""
+    deadline = time.monotonic() + _ESCALATIONS_CATCH_UP_S
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        batches = await consumer.getmany(timeout_ms=200, max_records=500)
+        for tp, records in batches.items():
+            if tp.topic != topic:
+                continue
+            for rec in records:
+                escalation = orjson.loads(rec.value)
+                if tally.add(escalation):
+                    console.print(render_escalation(escalation), soft_wrap=True)
+        processed = await asyncio.to_thread(escalations.events_processed)
+        if processed >= events:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 1.0:  # the escalations of the last events have arrived
+                return
+    console.print(f"[yellow]the escalations app had not processed all {events} events after the catch-up wait[/]")
 
 
 def _ms(value: float | None) -> str:
@@ -391,6 +481,18 @@ def print_summary(s: DemoSummary, console: Console) -> None:
         t.add_row("macro F1", f"{m['macro_f1']:.4f}")
         t.add_row("accuracy", f"{m['accuracy']:.4f}")
         t.add_row("scored turns", str(m["n"]))
+    e = s.escalations
+    if e:
+        opened = e["opened"]
+        t.add_row("escalations opened", str(sum(opened.values())))
+        for key, n in opened.items():
+            t.add_row(f"  {key}", str(n))
+        t.add_row("escalations resolved", str(sum(e["resolved"].values())))
+        for key, n in e["resolved"].items():
+            t.add_row(f"  {key}", str(n))
+        t.add_row("escalations still open", str(e["still_open"]))
+    else:
+        t.add_row("escalations", "[yellow]app not running[/]")
     console.print(t)
     per = Table(title="per emotion (streamed predictions vs gold)")
     per.add_column("emotion")

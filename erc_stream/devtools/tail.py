@@ -1,4 +1,5 @@
-"""Follow the emotion events live, one line per event, with the text of the turn.
+"""Follow the emotion events live, one line per event, with the text of the turn; or, with
+``escalations=True``, the escalation events of `erc-stream escalations` (``chat.escalations``).
 
 An emotion event does not carry the turn's text, so :func:`tail` also reads the input
 topic and joins the two on the event id ``conversation_id:turn_id`` (:class:`TextJoin`).
@@ -25,6 +26,7 @@ from rich.text import Text
 
 from erc_stream.clients import start_clients
 from erc_stream.config import DEFAULT_TOPICS, validate_settings
+from erc_stream.devtools.escalations import render_escalation
 from erc_stream.errors import BrokerError
 from erc_stream.events import BadInput, parse_turn
 
@@ -152,7 +154,11 @@ class TextJoin:
 
 @dataclass(frozen=True)
 class TailConfig:
-    """Settings of ``erc-stream tail``. ``input_topic=None`` shows events without text."""
+    """Settings of ``erc-stream tail``. ``input_topic=None`` shows events without text.
+
+    ``escalations=True``: ``topic`` holds escalation events (``schemas/escalation_event.schema.json``),
+    shown one line each; ``input_topic`` must then be ``None``.
+    """
 
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = DEFAULT_TOPICS.output
@@ -161,6 +167,7 @@ class TailConfig:
     max_events: int | None = None
     text_wait_s: float = 2.0
     text_width: int = 40
+    escalations: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -170,6 +177,7 @@ class TailConfig:
             ("max_events", self.max_events is None or self.max_events >= 1),
             ("text_wait_s", self.text_wait_s >= 0),
             ("text_width", self.text_width >= 8),
+            ("input_topic", not (self.escalations and self.input_topic)),
         ]
         validate_settings(
             self,
@@ -209,6 +217,19 @@ async def tail(cfg: TailConfig, *, console: Console, stop: asyncio.Event | None 
     await start_clients([consumer], cfg.bootstrap_servers)
     shown = 0
     join = TextJoin(wait_s=cfg.text_wait_s)
+
+    def show_escalation(topic: str, partition: int, offset: int, value: bytes | None) -> bool:
+        nonlocal shown
+        try:
+            event = orjson.loads(value or b"")
+            event["escalation_id"], event["status"], event["rule"]  # noqa: B018 - shape check
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            skipped = f"(skipped a record at {topic}[{partition}]@{offset}: not an escalation event)"
+            console.print(Text(skipped, style="dim"))
+            return False
+        console.print(render_escalation(event), soft_wrap=True)
+        shown += 1
+        return cfg.max_events is not None and shown >= cfg.max_events
 
     def show(pairs) -> bool:
         nonlocal shown
@@ -250,6 +271,9 @@ async def tail(cfg: TailConfig, *, console: Console, stop: asyncio.Event | None 
                     if done:
                         break
                     if rec.timestamp < oldest_ms:
+                        continue
+                    if cfg.escalations:
+                        done = show_escalation(tp.topic, tp.partition, rec.offset, rec.value)
                         continue
                     try:
                         event = orjson.loads(rec.value)
