@@ -12,15 +12,14 @@ import sys
 import typing
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from erc_stream.config import DEFAULT_TOPICS, WorkerConfig, env_name
 from erc_stream.errors import ErcError
-from erc_stream.escalations.config import ENV_NAMES as ESC_ENV
-from erc_stream.escalations.config import EscalationsConfig
+from erc_stream.escalations.config import EscalationsConfig, escalations_env_name
 
 __all__ = ["app", "configure_process", "config_options"]
 
@@ -84,6 +83,7 @@ def _with_options(command: Callable[..., None], options: list[inspect.Parameter]
     return command
 
 
+_C = TypeVar("_C")
 _WORKER_DEFAULTS = WorkerConfig()
 _SASL_PASSWORD_FILE = inspect.Parameter(
     "sasl_password_file",
@@ -95,12 +95,17 @@ _SASL_PASSWORD_FILE = inspect.Parameter(
 )
 
 
+def _kafka_config(config_cls: Callable[..., _C], sasl_password_file: Path | None, settings: dict[str, Any]) -> _C:
+    """The config of a Kafka process from its options, the SASL password from its file or ERC_SASL_PASSWORD."""
+    password = _read_secret(os.environ.get("ERC_SASL_PASSWORD"), sasl_password_file, "SASL password")
+    return config_cls(**settings, sasl_password=password)
+
+
 def worker(sasl_password_file: Path | None, **settings: Any) -> None:
     """Consume chat turns, emit one emotion event per turn. SIGTERM drains and exits 0; SIGHUP reloads."""
     configure_process(settings["log_level"])
     try:
-        password = _read_secret(os.environ.get("ERC_SASL_PASSWORD"), sasl_password_file, "SASL password")
-        cfg = WorkerConfig(**settings, sasl_password=password)
+        cfg = _kafka_config(WorkerConfig, sasl_password_file, settings)
     except (ErcError, ValueError) as exc:
         _fail(exc)
     try:
@@ -129,81 +134,14 @@ async def run_worker(cfg: WorkerConfig) -> None:
         await w.stop()
 
 
-# `erc-stream escalations`: options map one-to-one onto EscalationsConfig fields, with the
-# environment names of erc_stream.escalations.config.ENV_NAMES (tests/unit check both).
-_ESC = EscalationsConfig()
-
-
-@app.command()
-def escalations(
-    bootstrap_servers: str = typer.Option(_ESC.bootstrap_servers, envvar=ESC_ENV["bootstrap_servers"]),
-    security_protocol: str = typer.Option(
-        _ESC.security_protocol, envvar=ESC_ENV["security_protocol"], help="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
-    ),
-    sasl_mechanism: str | None = typer.Option(None, envvar=ESC_ENV["sasl_mechanism"]),
-    sasl_username: str | None = typer.Option(None, envvar=ESC_ENV["sasl_username"]),
-    sasl_password_file: Path | None = typer.Option(
-        None, envvar="ERC_SASL_PASSWORD_FILE", help="file holding the SASL password (or set ERC_SASL_PASSWORD)"
-    ),
-    ssl_cafile: Path | None = typer.Option(None, envvar=ESC_ENV["ssl_cafile"]),
-    ssl_certfile: Path | None = typer.Option(None, envvar=ESC_ENV["ssl_certfile"]),
-    ssl_keyfile: Path | None = typer.Option(None, envvar=ESC_ENV["ssl_keyfile"]),
-    input_topic: str = typer.Option(_ESC.input_topic, envvar=ESC_ENV["input_topic"], help="the emotion events"),
-    output_topic: str = typer.Option(_ESC.output_topic, envvar=ESC_ENV["output_topic"]),
-    dlq_topic: str = typer.Option(_ESC.dlq_topic, envvar=ESC_ENV["dlq_topic"]),
-    app_id: str = typer.Option(_ESC.app_id, envvar=ESC_ENV["app_id"], help="consumer group and changelog topic prefix"),
-    rules_file: Path | None = typer.Option(
-        None, envvar=ESC_ENV["rules_file"], help="escalation rules (YAML); default: the packaged rules.yaml"
-    ),
-    replication_factor: int = typer.Option(_ESC.replication_factor, envvar=ESC_ENV["replication_factor"]),
-    auto_offset_reset: str = typer.Option(_ESC.auto_offset_reset, envvar=ESC_ENV["auto_offset_reset"]),
-    commit_interval_ms: int = typer.Option(_ESC.commit_interval_ms, envvar=ESC_ENV["commit_interval_ms"]),
-    session_timeout_ms: int = typer.Option(_ESC.session_timeout_ms, envvar=ESC_ENV["session_timeout_ms"]),
-    heartbeat_interval_ms: int = typer.Option(_ESC.heartbeat_interval_ms, envvar=ESC_ENV["heartbeat_interval_ms"]),
-    producer_max_batch_bytes: int = typer.Option(
-        _ESC.producer_max_batch_bytes,
-        envvar=ESC_ENV["producer_max_batch_bytes"],
-        help="1 on the local broker (one record per batch; see docs/escalations.md)",
-    ),
-    sweep_interval_s: float = typer.Option(_ESC.sweep_interval_s, envvar=ESC_ENV["sweep_interval_s"]),
-    lag_poll_s: float = typer.Option(_ESC.lag_poll_s, envvar=ESC_ENV["lag_poll_s"]),
-    metrics_host: str = typer.Option(_ESC.metrics_host, envvar=ESC_ENV["metrics_host"]),
-    metrics_port: int = typer.Option(_ESC.metrics_port, envvar=ESC_ENV["metrics_port"]),
-    log_level: str = typer.Option(_ESC.log_level, envvar=ESC_ENV["log_level"]),
-) -> None:
+def escalations(sasl_password_file: Path | None, **settings: Any) -> None:
     """Conversation-level escalations from the emotion events (faust-streaming app). SIGTERM commits and exits."""
-    configure_process(log_level)
+    configure_process(settings["log_level"])
     from erc_stream.escalations.app import run_escalations
     from erc_stream.escalations.rules import load_rules
 
     try:
-        password = _read_secret(os.environ.get("ERC_SASL_PASSWORD"), sasl_password_file, "SASL password")
-        cfg = EscalationsConfig(
-            bootstrap_servers=bootstrap_servers,
-            security_protocol=security_protocol,
-            sasl_mechanism=sasl_mechanism,
-            sasl_username=sasl_username,
-            sasl_password=password,
-            ssl_cafile=ssl_cafile,
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-            input_topic=input_topic,
-            output_topic=output_topic,
-            dlq_topic=dlq_topic,
-            app_id=app_id,
-            rules_file=rules_file,
-            replication_factor=replication_factor,
-            auto_offset_reset=auto_offset_reset,
-            commit_interval_ms=commit_interval_ms,
-            session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=heartbeat_interval_ms,
-            producer_max_batch_bytes=producer_max_batch_bytes,
-            sweep_interval_s=sweep_interval_s,
-            lag_poll_s=lag_poll_s,
-            metrics_host=metrics_host,
-            metrics_port=metrics_port,
-            log_level=log_level,
-        )
+        cfg = _kafka_config(EscalationsConfig, sasl_password_file, settings)
         rules = load_rules(cfg.rules_file)
     except (ErcError, ValueError) as exc:
         _fail(exc)
@@ -211,6 +149,16 @@ def escalations(
         run_escalations(cfg, rules)
     except ErcError as exc:
         _fail(exc, code=1)
+
+
+# `erc-stream escalations`: one option per EscalationsConfig field, help from the field's metadata,
+# environment names from escalations_env_name (tests/unit check both).
+app.command()(
+    _with_options(
+        escalations,
+        [*config_options(EscalationsConfig, skip={"sasl_password"}, env=escalations_env_name), _SASL_PASSWORD_FILE],
+    )
+)
 
 
 @app.command()
