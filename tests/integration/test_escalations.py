@@ -33,7 +33,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from prometheus_client.parser import text_string_to_metric_families
 
 from erc_stream.devtools.broker import LocalBroker, free_port
-from erc_stream.escalations.messages import parse_emotion_event
+from erc_stream.escalations.messages import escalation_event, parse_emotion_event
 from erc_stream.escalations.rules import RulesConfig
 from erc_stream.escalations.state import ConversationState, Escalator
 from erc_stream.events import BadInput, SourceRef
@@ -562,3 +562,74 @@ def test_local_broker_end_offset_after_a_multi_record_batch(broker: LocalBroker,
     assert batched == [0, 1, 2] and end_batched == 1  # Kafka would answer 3
     single, end_single = asyncio.run(ends(1))
     assert single == [3, 4, 5] and end_single == 6
+
+
+# ---------------------------------------------------------------- tail and demo
+
+
+@pytest.mark.timeout(60)
+def test_tail_follows_the_escalations_topic(broker: LocalBroker, topic_factory) -> None:
+    from rich.console import Console
+
+    from erc_stream.devtools.tail import TailConfig, tail
+
+    topic = topic_factory(1)
+    sent = Sent(topic)
+    escalator = Escalator(RulesConfig())
+    state = escalator.new_state("tail-1", 0)
+    out: list[bytes] = []
+    for i, emotion in enumerate(["anger", "anger", "anger", "neutral", "neutral", "neutral"]):
+        event = parse_emotion_event(emotion_value("tail-1", i, emotion, 0.9), b"tail-1")
+        for esc in escalator.apply(state, event, SourceRef("chat.emotions", 0, i)).escalations:
+            out.append(escalation_event(esc, emitted_at=time.time()))
+    assert len(out) == 2
+    asyncio.run(sent.produce(broker.bootstrap, [(b"tail-1", out[0]), (b"tail-1", b"garbage"), (b"tail-1", out[1])]))
+    console = Console(record=True, width=200, highlight=False)
+    cfg = TailConfig(
+        bootstrap_servers=broker.bootstrap,
+        topic=topic,
+        input_topic=None,
+        from_beginning=True,
+        max_events=2,
+        escalations=True,
+    )
+    shown = asyncio.run(asyncio.wait_for(tail(cfg, console=console), 30))
+    lines = console.export_text().splitlines()
+    assert shown == 2
+    assert lines[0].startswith(
+        "▲ OPENED   tail-1         spike     high    turn 2    anger 0.90 · anger 0.90 · anger 0.90"
+    )
+    assert "not an escalation event" in lines[1]
+    assert lines[2].startswith("▼ resolved tail-1         spike     high    turn 5    cooled_down")
+
+
+@pytest.mark.timeout(400)
+def test_demo_shows_and_counts_escalations(tmp_path: Path) -> None:
+    """`erc-stream demo` (as `make demo` runs it, on the shipped model) starts the escalations app,
+    prints every escalation as it comes and counts them in its summary."""
+    store = ROOT / "models"
+    if not (store / "CURRENT").is_file():
+        pytest.skip("no shipped model store at models/")
+    summary_path = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_") or k == "ERC_DATA_DIR"}
+    env.setdefault("ERC_DATA_DIR", str(ROOT.parent / "shared" / "datasets"))
+    env["COLUMNS"] = "200"
+    proc = subprocess.run(
+        [str(CLI), "demo", "--store", str(store), "--conversations", "12", "--rate", "0", "--quiet"]
+        + ["--summary-json", str(summary_path)],
+        capture_output=True,
+        text=True,
+        timeout=380,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = json.loads(summary_path.read_text())
+    e = s["escalations"]
+    opened_lines = [line for line in proc.stdout.splitlines() if line.startswith("▲ OPENED")]
+    resolved_lines = [line for line in proc.stdout.splitlines() if line.startswith("▼ resolved")]
+    # Every emotion event reached the app; each escalation was shown once and counted once.
+    assert e["events_processed"] == s["events"] == s["turns_sent"]
+    assert sum(e["opened"].values()) == len(opened_lines) >= 1
+    assert sum(e["resolved"].values()) == len(resolved_lines)
+    assert e["still_open"] == len(opened_lines) - len(resolved_lines)
+    assert "escalations opened" in proc.stdout and "escalations app stopped" in proc.stdout
