@@ -296,20 +296,31 @@ def tail(
     from_beginning: bool = typer.Option(False, "--from-beginning", help="start at the oldest event, not the newest"),
     max_events: int | None = typer.Option(None, help="exit after showing N events"),
     text_width: int = typer.Option(40, help="characters of turn text per line"),
+    escalations: bool = typer.Option(
+        False,
+        "--escalations",
+        help="follow the escalations of `erc-stream escalations` instead (topic: ERC_ESCALATIONS_OUTPUT_TOPIC, "
+        "default chat.escalations, unless --topic is given)",
+    ),
 ) -> None:
-    """Show emotion events live: conversation, speaker, text, emotion, confidence, top-3 scores. Ctrl-C stops."""
+    """Show emotion events live: conversation, speaker, text, emotion, confidence, top-3 scores. Ctrl-C stops.
+
+    With --escalations: escalations opened and resolved, with their rule, severity, turn and evidence."""
     configure_process("WARNING")
     from erc_stream.devtools.tail import TailConfig
     from erc_stream.devtools.tail import tail as run_tail
 
+    if escalations and topic == DEFAULT_TOPICS.output:
+        topic = os.environ.get(escalations_env_name("output_topic"), EscalationsConfig().output_topic)
     try:
         cfg = TailConfig(
             bootstrap_servers=bootstrap_servers,
             topic=topic,
-            input_topic=input_topic or None,
+            input_topic=None if escalations else (input_topic or None),
             from_beginning=from_beginning,
             max_events=max_events,
             text_width=text_width,
+            escalations=escalations,
         )
     except (ErcError, ValueError) as exc:
         _fail(exc)
@@ -318,7 +329,7 @@ def tail(
         shown = _run_until_signal(lambda stop: run_tail(cfg, console=out, stop=stop))
     except ErcError as exc:
         _fail(exc, code=1)
-    err.print(f"{shown or 0} events shown")
+    err.print(f"{shown or 0} {'escalation events' if escalations else 'events'} shown")
 
 
 @app.command()

@@ -601,6 +601,23 @@ def test_tail_follows_the_escalations_topic(broker: LocalBroker, topic_factory) 
     )
     assert "not an escalation event" in lines[1]
     assert lines[2].startswith("▼ resolved tail-1         spike     high    turn 5    cooled_down")
+    # The command: --escalations reads ERC_ESCALATIONS_OUTPUT_TOPIC when no --topic is given.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
+    env.update({"ERC_ESCALATIONS_OUTPUT_TOPIC": topic, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [str(CLI), "tail", "--escalations", "--bootstrap-servers", broker.bootstrap, "--from-beginning"]
+        + ["--max-events", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [line[:10] for line in proc.stdout.splitlines() if line.startswith(("▲", "▼"))] == [
+        "▲ OPENED  ",
+        "▼ resolved",
+    ]
+    assert "2 escalation events shown" in proc.stderr
 
 
 @pytest.mark.timeout(400)
