@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, Self, TypeVar
 
@@ -31,16 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erc_stream.context import ContextModel, ContextSettings, Windows, pack_windows
+from erc_stream.context import ContextModel, ContextSettings, Windows, pack_windows, same_speaker_flags
 from erc_stream.errors import ArtifactError, ConfigError
-from erc_stream.prompt import Prompt, PromptBuilder, pad_batch
+from erc_stream.prompt import EncodedTurn, Prompt, PromptBuilder, pad_batch
 
 __all__ = [
     "EmotionModel",
     "Predictions",
     "Predictor",
     "ProjectionHead",
+    "TurnBatch",
     "TurnEmotionModel",
+    "TurnInput",
     "TurnPredictor",
     "cpu_has_native_bf16",
     "default_encoder_path",
@@ -276,6 +278,25 @@ class TurnEmotionModel(nn.Module):
         return F.normalize(reps.float(), dim=-1) @ F.normalize(self.anchors.float(), dim=-1).T
 
 
+@dataclass(frozen=True, slots=True)
+class TurnInput:
+    """One turn of a window given to ``TurnPredictor.predict_turns``."""
+
+    key: int  # the same turn in several windows of one call has one key (the worker: its window entry's id)
+    speaker: str
+    encoded: EncodedTurn  # token ids from this model's tokenizer
+    vector: torch.Tensor | None  # (H,) computed by this model version, or None: encode it now
+
+
+@dataclass(frozen=True)
+class TurnBatch:
+    """What ``TurnPredictor.predict_turns`` returns."""
+
+    predictions: Predictions  # one row per window; seconds: encoding and context pass together
+    vectors: dict[int, torch.Tensor]  # key -> (H,) float32 CPU, the turns encoded in this call
+    tokens: int  # encoder input tokens of those turns
+
+
 class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
     """A loaded turn-once version: encodes turns into vectors, scores windows of vectors.
 
@@ -349,6 +370,33 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
         )
         scores = self.model.cosine_scores(self.model.represent(w))  # (B, C) float32
         return self._predictions(scores, t0)
+
+    def predict_turns(self, windows: Sequence[Sequence[TurnInput]]) -> TurnBatch:
+        """Score the last turn of each window (oldest first), encoding only the turns without a vector.
+
+        The streaming path: a turn new to this model version is encoded here, once, however many
+        windows of the call show it (``TurnInput.key``); a turn with a cached vector costs nothing
+        more. ``TurnBatch.vectors`` returns the new vectors for the caller to cache.
+        """
+        t0 = time.perf_counter()
+        todo: dict[int, Prompt] = {}
+        for window in windows:
+            for i, t in enumerate(window):
+                if t.vector is None and t.key not in todo:
+                    # The current turn was checked when it arrived; an earlier one refused as too
+                    # long still counts as context, cut to fit.
+                    todo[t.key] = self.builder.build_turn(t.encoded, fit=i < len(window) - 1)
+        prompts = list(todo.values())
+        encoded = self.encode(prompts, batch_size=max(1, len(prompts))) if prompts else None  # (n, H)
+        new = {key: encoded[i] for i, key in enumerate(todo)} if encoded is not None else {}
+        stacked = [torch.stack([t.vector if t.vector is not None else new[t.key] for t in w]) for w in windows]
+        flags = [same_speaker_flags([t.speaker for t in w]) for w in windows]
+        preds = self.predict_windows(pack_windows(stacked, flags))
+        return TurnBatch(
+            predictions=replace(preds, seconds=time.perf_counter() - t0),
+            vectors=new,
+            tokens=sum(len(p) for p in prompts),
+        )
 
     def warm_up(self, batch_size: int = 8) -> float:
         """Encode a batch of turns and score full windows once, so the first live batch is not slow."""

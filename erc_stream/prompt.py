@@ -228,12 +228,23 @@ class PromptBuilder:
         ids.append(self.tokenizer.sep_token_id)
         return Prompt(input_ids=tuple(ids), mask_index=prefix + mask_at, context_used=len(kept))
 
-    def build_turn(self, current: EncodedTurn) -> Prompt:
+    def build_turn(self, current: EncodedTurn, *, fit: bool = False) -> Prompt:
         """The input of the turn-once architecture: ``current`` alone, whatever ``context_turns`` is.
 
         ``[CLS] s_t: u_t <template> [SEP]``; its context reaches the model later, as the cached
-        vectors of earlier turns. Too long a turn raises ``PromptTooLongError`` as in ``build``.
+        vectors of earlier turns. Too long a turn raises ``PromptTooLongError`` as in ``build``,
+        unless ``fit``: then the utterance keeps only its first tokens, as many as fit (the worker
+        does this for a context turn that was itself refused as too long but stays in its window,
+        as a window prompt would show its newest tokens).
         """
+        if fit:
+            overflow = self.required_length(current) - self.max_length
+            if overflow > 0:
+                per_token = 1 + sum(1 for kind, p in self._pieces if kind == "field" and p == "utterance")
+                keep = len(current.text_ids) - -(-overflow // per_token)  # ceil division
+                if keep >= 0:
+                    text = current.text_ids[:keep]
+                    current = EncodedTurn(current.speaker_ids, text, current.speaker_ids + self._colon_ids + text)
         return self.build((), current)
 
 

@@ -24,7 +24,7 @@ from erc_stream.artifact import read_current, version_path
 from erc_stream.config import WorkerConfig
 from erc_stream.errors import ArtifactError
 from erc_stream.metrics import WorkerMetrics
-from erc_stream.model import Predictor
+from erc_stream.model import Predictor, TurnPredictor, load_predictor
 
 __all__ = ["Served", "ModelReloader"]
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class Served:
     """The model being served and its generation (1 for the first, +1 per swap)."""
 
-    predictor: Predictor
+    predictor: Predictor | TurnPredictor
     generation: int
 
     @property
@@ -52,7 +52,7 @@ class ModelReloader:
         self._metrics = metrics
         self._on_loaded = on_loaded
         self.served: Served | None = None
-        self._next: Predictor | None = None
+        self._next: Predictor | TurnPredictor | None = None
         self._failed: set[str] = set()
         self._requested = asyncio.Event()
 
@@ -124,12 +124,12 @@ class ModelReloader:
         self._requested.clear()
         return forced
 
-    async def _load(self, version: str) -> Predictor:
+    async def _load(self, version: str) -> Predictor | TurnPredictor:
         cfg = self._cfg
         path = version_path(cfg.model_store, version)
 
-        def load() -> Predictor:
-            p = Predictor.load(path, device=cfg.device, dtype=cfg.dtype)
+        def load() -> Predictor | TurnPredictor:
+            p = load_predictor(path, device=cfg.device, dtype=cfg.dtype)  # the manifest's architecture
             if cfg.context_turns is not None:
                 p = p.with_context_turns(cfg.context_turns)
             p.warm_up(min(8, cfg.max_batch_size))

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
+
     from erc_stream.prompt import EncodedTurn
 
 __all__ = ["TurnCache", "WindowTurn", "WindowStore", "EVICT_LRU", "EVICT_TTL"]
@@ -49,6 +51,7 @@ class TurnCache:
 
     generation: int
     encoded: EncodedTurn  # the turn's token ids, from that model's tokenizer
+    vector: torch.Tensor | None = None  # turn-once models: the turn's vector z (H,), once encoded
 
 
 @dataclass(slots=True)

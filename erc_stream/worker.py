@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
@@ -41,7 +42,7 @@ from erc_stream.errors import PromptTooLongError
 from erc_stream.events import BadInput, ChatTurn, Reason, SourceRef, emotion_event, parse_turn
 from erc_stream.health import HealthServer
 from erc_stream.metrics import WorkerMetrics
-from erc_stream.model import Predictions, Predictor
+from erc_stream.model import Predictions, Predictor, TurnInput, TurnPredictor
 from erc_stream.offsets import OffsetTracker
 from erc_stream.prompt import EncodedTurn, Prompt
 from erc_stream.reload import ModelReloader, Served
@@ -155,6 +156,18 @@ class _Rebalance(ConsumerRebalanceListener):
 def _cached(turn: WindowTurn) -> EncodedTurn:
     assert turn.cache is not None, "turns are encoded before their prompt is built"
     return turn.cache.encoded
+
+
+def _vector(turn: WindowTurn) -> torch.Tensor | None:
+    assert turn.cache is not None, "turns are encoded before their prompt is built"
+    return turn.cache.vector
+
+
+def _turn_window(p: _Pending, context_turns: int) -> list[WindowTurn]:
+    """What a turn model reads for ``p``: its last ``context_turns`` context turns, then its own turn
+    (windows may hold more turns after a reload from a model with a longer context)."""
+    context = p.context[max(0, len(p.context) - context_turns) :] if context_turns else []
+    return [*context, p.current]
 
 
 class Worker:
@@ -434,13 +447,16 @@ class Worker:
 
     @staticmethod
     def _build_prompt(context: list[WindowTurn], current: WindowTurn, served: Served) -> Prompt:
-        """Turns are tokenized once per model generation and cached in the window."""
+        """Turns are tokenized once per model generation and cached in the window. A turn model's
+        prompt is the current turn alone; its context is read from cached vectors in the batch."""
         builder = served.predictor.builder
         stale = [t for t in (*context, current) if t.cache is None or t.cache.generation != served.generation]
         if stale:
             encoded = builder.encode_turns([t.speaker for t in stale], [t.text for t in stale])
             for t, e in zip(stale, encoded, strict=True):
                 t.cache = TurnCache(served.generation, e)
+        if isinstance(served.predictor, TurnPredictor):
+            return builder.build_turn(_cached(current))
         return builder.build([_cached(t) for t in context], _cached(current))
 
     # ------------------------------------------------------------------ inference
@@ -480,28 +496,48 @@ class Worker:
         return []
 
     async def _run_batch(self, items: list[_Pending], served: Served) -> None:
-        prompts = [p.prompt for p in items]
-        loop = asyncio.get_running_loop()
         try:
-            preds = await loop.run_in_executor(self._model_exec, served.predictor.predict, prompts)
+            preds, tokens = await self._score(items, served)
         except Exception as exc:  # a model failure must not lose the turns
             log.exception("inference failed for a batch of %d", len(items))
             for p in items:
                 self._dead_letter(p.tp, p.record, Reason.INTERNAL, f"inference failed: {exc!r}")
             return
-        self._observe_batch(prompts, preds)
+        self._observe_batch([p.prompt for p in items], preds, tokens)
         now = time.time()
         self._emitter.send([self._event(p, i, preds, served.predictor, now) for i, p in enumerate(items)])
 
-    def _observe_batch(self, prompts: list[Prompt], preds: Predictions) -> None:
+    async def _score(self, items: list[_Pending], served: Served) -> tuple[Predictions, int]:
+        """The batch's predictions, in the model thread, and the encoder tokens they cost."""
+        loop = asyncio.get_running_loop()
+        predictor = served.predictor
+        if isinstance(predictor, Predictor):
+            prompts = [p.prompt for p in items]
+            return await loop.run_in_executor(self._model_exec, predictor.predict, prompts), sum(map(len, prompts))
+        # Turn model: only turns without a vector of this generation go through the encoder (new
+        # turns; after a restore or a reload, the window's turns, recomputed from their text), then
+        # one context pass per turn. The new vectors are cached in the windows, stamped.
+        k = predictor.builder.context_turns
+        windows = [_turn_window(p, k) for p in items]
+        inputs = [[TurnInput(id(t), t.speaker, _cached(t), _vector(t)) for t in w] for w in windows]
+        batch = await loop.run_in_executor(self._model_exec, predictor.predict_turns, inputs)
+        for t in {id(t): t for w in windows for t in w}.values():
+            vector, cache = batch.vectors.get(id(t)), t.cache
+            if vector is not None and cache is not None and cache.generation == served.generation:
+                t.cache = TurnCache(cache.generation, cache.encoded, vector)
+        return batch.predictions, batch.tokens
+
+    def _observe_batch(self, prompts: list[Prompt], preds: Predictions, tokens: int) -> None:
         m = self.metrics
         m.batch_size.observe(len(prompts))
         m.batch_tokens.observe(max(len(p) for p in prompts) * len(prompts))
-        m.tokens_processed.inc(sum(len(p) for p in prompts))
+        m.tokens_processed.inc(tokens)
         m.inference_seconds.observe(preds.seconds)
         self.stats["batches"] += 1
 
-    def _event(self, p: _Pending, row: int, preds: Predictions, predictor: Predictor, now: float) -> Outgoing:
+    def _event(
+        self, p: _Pending, row: int, preds: Predictions, predictor: Predictor | TurnPredictor, now: float
+    ) -> Outgoing:
         """The emotion event of ``p`` from row ``row`` of the batch's predictions."""
         labels = predictor.labels
         label_id = int(preds.label_ids[row])
@@ -512,7 +548,9 @@ class Worker:
             confidence=float(preds.confidence[row, label_id]),
             scores={label: round(float(preds.scores[row, j]), 6) for j, label in enumerate(labels)},
             model_version=predictor.version,
-            context_turns=p.prompt.context_used,
+            context_turns=len(_turn_window(p, predictor.builder.context_turns)) - 1
+            if isinstance(predictor, TurnPredictor)
+            else p.prompt.context_used,
             source=SourceRef(p.tp.topic, p.tp.partition, rec.offset),
             record_ts_ms=rec.timestamp,
             produced_at=now,

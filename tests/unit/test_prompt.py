@@ -296,3 +296,18 @@ def test_turn_prompt_too_long_is_refused(tokenizer):
     b = builder(tokenizer, template=TURN_TEMPLATE, max_length=2 + 2 + 40 + 3 - 1)
     with pytest.raises(PromptTooLongError, match="needs 47 tokens"):
         b.build_turn(b.encode_turn("Ross", long_text))
+
+
+@pytest.mark.parametrize("template", [TURN_TEMPLATE, DEFAULT_TEMPLATE])
+def test_turn_prompt_fit_keeps_the_first_tokens_that_fit(tokenizer, template):
+    long_text = " ".join(["word"] * 38 + ["end", "here"])
+    b = builder(tokenizer, template=template, max_length=30)
+    p = b.build_turn(b.encode_turn("Ross", long_text), fit=True)
+    toks = tokens(tokenizer, p)
+    assert len(p) <= 30 and toks[p.mask_index] == "[MASK]"
+    if template == TURN_TEMPLATE:  # [CLS] ross : <text> ross feels [MASK] [SEP]: 23 words fit
+        assert toks == ["[CLS]", "ross", ":"] + ["word"] * 23 + ["ross", "feels", "[MASK]", "[SEP]"]
+    else:  # the utterance appears twice: 9 words fit in each place
+        assert toks[:12] == ["[CLS]", "ross", ":"] + ["word"] * 9
+    short = b.encode_turn("Ross", "I am fine.")
+    assert b.build_turn(short, fit=True) == b.build_turn(short)
