@@ -47,6 +47,7 @@ __all__ = [
     "read_manifest",
     "set_current",
     "sha256_file",
+    "STORAGE_DTYPES",
     "validate_manifest",
     "verify_version",
     "version_path",
@@ -73,6 +74,10 @@ _REQUIRED_KEYS = (
     "anchors",
     "files",
 )
+
+
+# How encoder weights may be stored (publish_version's weights_dtype).
+STORAGE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def sha256_file(path: Path) -> str:
@@ -171,13 +176,18 @@ def publish_version(
     report_dir: Path | None = None,
     make_current: bool = True,
     context_state: dict[str, torch.Tensor] | None = None,
+    weights_dtype: str = "fp32",
 ) -> Path:
     """Write a complete version into ``store`` atomically and (by default) make it CURRENT.
 
     ``manifest`` holds everything but ``format_version``, ``version``, ``created_at``,
     ``files`` and the encoder checksum, which are filled in here. ``context_state``: the
-    context model of a ``turn`` model (stored as ``context.*``).
+    context model of a ``turn`` model (stored as ``context.*``). ``weights_dtype``: ``fp16`` or
+    ``bf16`` store the encoder's floating-point weights in 16 bits (half the size; loaders cast
+    them to the serving dtype); the small head file stays fp32.
     """
+    if weights_dtype not in STORAGE_DTYPES:
+        raise ArtifactError(f"weights_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {weights_dtype!r}")
     store = Path(store)
     final = version_path(store, version)
     if final.exists():
@@ -187,7 +197,11 @@ def publish_version(
     try:
         tmp.mkdir()
         enc_dir = tmp / "encoder"
-        encoder.save_pretrained(enc_dir, safe_serialization=True)
+        state = None
+        if weights_dtype != "fp32":
+            half = STORAGE_DTYPES[weights_dtype]
+            state = {k: (v.to(half) if v.is_floating_point() else v) for k, v in encoder.state_dict().items()}
+        encoder.save_pretrained(enc_dir, safe_serialization=True, state_dict=state)
         tokenizer.save_pretrained(enc_dir)
         tensors = {f"head.{k}": v.detach().float().cpu().contiguous() for k, v in head_state.items()}
         tensors["anchors"] = anchors.detach().float().cpu().contiguous()
@@ -205,7 +219,11 @@ def publish_version(
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             files=files,
         )
-        full["encoder"] = {**manifest.get("encoder", {}), "weights_sha256": {w: files[w] for w in weights}}
+        full["encoder"] = {
+            **manifest.get("encoder", {}),
+            "weights_sha256": {w: files[w] for w in weights},
+            "weights_dtype": weights_dtype,
+        }
         (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True), encoding="utf-8")
         verify_version(tmp)
         os.rename(tmp, final)

@@ -291,6 +291,36 @@ def evaluate(
     console.print(f"report written to {out}")
 
 
+@app.command()
+def repack(
+    store: Path = typer.Option(Path("var/models"), envvar="ERC_MODEL_STORE", help="model store holding the version"),
+    version: str = typer.Option(..., help="version to repack"),
+    out_store: Path | None = typer.Option(None, help="store to publish into (default: the same store)"),
+    out_version: str | None = typer.Option(None, help="name of the repacked version (default: VERSION-fp16)"),
+    weights_dtype: str = typer.Option("fp16", help="fp16 or bf16: how the encoder weights are stored"),
+    max_drop_points: float = typer.Option(0.1, help="keep it only if dev weighted F1 drops at most this many points"),
+    data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR"),
+    make_current: bool = typer.Option(False, "--make-current/--no-make-current", help="point CURRENT at it"),
+) -> None:
+    """Republish a version with 16-bit encoder weights; keep it only if dev predictions hold up."""
+    _setup()
+    from trainer.repack import repack as run_repack
+
+    target = out_store or store
+    name = out_version or f"{version}-{weights_dtype}"
+    try:
+        r = run_repack(store, version, out_store=target, out_version=name, weights_dtype=weights_dtype,
+                       max_drop_points=max_drop_points, data_dir=data_dir, make_current=make_current)  # fmt: skip
+    except (ErcError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(
+        f"{name}: {r.bytes_after / 1e6:.1f} MB (was {r.bytes_before / 1e6:.1f} MB); dev weighted F1 "
+        f"{r.weighted_f1_before:.4f} -> {r.weighted_f1_after:.4f} ({-r.drop_points:+.2f} points); "
+        f"same emotion on {100 * r.agreement:.2f}% of dev utterances; largest score difference {r.max_score_diff:.2e}"
+    )
+    console.print(f"published {r.path}")
+
+
 encoders_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Encoders by name: list and install.")
 app.add_typer(encoders_app, name="encoders")
 

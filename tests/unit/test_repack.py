@@ -1,0 +1,45 @@
+"""16-bit storage of a version's encoder: half the bytes, same predictions, refused when it costs F1."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from erc_stream.artifact import verify_version
+from erc_stream.errors import ArtifactError
+from tests.fixtures_model import publish_test_model
+from trainer.repack import repack
+
+DATA_DIR = Path(os.environ.get("ERC_DATA_DIR") or "/work/shared/datasets")
+if not (DATA_DIR / "meld" / "dev_sent_emo.csv").is_file():
+    pytest.skip(f"MELD CSVs not found under {DATA_DIR}/meld; set ERC_DATA_DIR", allow_module_level=True)
+
+
+def test_fp16_repack_halves_the_encoder_and_keeps_predictions(tmp_path):
+    publish_test_model(tmp_path / "store", "v1")
+    r = repack(tmp_path / "store", "v1", out_store=tmp_path / "out", out_version="v1-fp16", data_dir=DATA_DIR,
+               max_conversations=3)  # fmt: skip
+    manifest = verify_version(r.path)  # every checksum of the new version holds
+    assert manifest["encoder"]["weights_dtype"] == "fp16"
+    with safe_open(str(r.path / "encoder" / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert str(dtypes) == "{torch.float16}", dtypes
+    assert r.bytes_after < 0.6 * r.bytes_before
+    assert r.agreement >= 0.9 and r.max_score_diff < 1e-2
+    assert abs(r.drop_points) <= 0.1
+    src = json.loads((tmp_path / "store" / "v1" / "manifest.json").read_text())
+    assert {k: manifest[k] for k in ("labels", "prompt", "temperature")} == {
+        k: src[k] for k in ("labels", "prompt", "temperature")
+    }
+
+
+def test_a_repack_that_costs_more_than_allowed_is_removed(tmp_path):
+    publish_test_model(tmp_path / "store", "v1")
+    with pytest.raises(ArtifactError, match="the repacked version was removed"):
+        repack(tmp_path / "store", "v1", out_store=tmp_path / "out", out_version="v1-bf16", weights_dtype="bf16",
+               max_drop_points=-1.0, data_dir=DATA_DIR, max_conversations=2)  # fmt: skip
+    assert not (tmp_path / "out" / "v1-bf16").exists()
