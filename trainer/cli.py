@@ -140,6 +140,9 @@ def fit(
     sampler: str = typer.Option(
         _D["sampler"], help="shuffle, or balanced (turn only: conversations drawn by inverse class frequency)"
     ),
+    weights_dtype: str = typer.Option(
+        _D["weights_dtype"], help="store the published encoder in fp32, fp16 or bf16 (see erc-train repack)"
+    ),
     quick: bool = typer.Option(False, "--quick", help="a few-minute run: 1 epoch on 80 train / 40 dev conversations"),
     nproc_per_node: int = typer.Option(
         1,

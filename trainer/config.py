@@ -86,6 +86,7 @@ class TrainConfig:
     # Checkpoints (resume with `erc-train fit --resume RUN_DIR`)
     run_dir: Path | None = None  # None: var/runs/<version>
     checkpoint_every_steps: int = 200  # 0: only at the end of each epoch
+    weights_dtype: str = "fp32"  # how the published encoder weights are stored: fp32, fp16 or bf16
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -117,6 +118,7 @@ class TrainConfig:
             ("max_dev_conversations", self.max_dev_conversations is None or self.max_dev_conversations >= 1),
             ("class_weighting", self.class_weighting in CLASS_WEIGHTINGS),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0),
+            ("weights_dtype", self.weights_dtype in ("fp32", "fp16", "bf16")),
             ("architecture", self.architecture in ARCHITECTURES),
             ("context_layers", self.context_layers >= 0),
             ("context_heads", self.context_heads >= 0),

@@ -702,6 +702,7 @@ def _publish(
             report_dir=report,
             make_current=cfg.make_current,
             context_state=context.state_dict() if context is not None else None,
+            weights_dtype=cfg.weights_dtype,
         )
     return FitResult(version=version, path=path, metrics=dev_metrics, wall_s=wall_s, best_epoch=state.best_epoch)
 
