@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=DEFAULT_STORE, help="model store (default: the shipped models/)")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (checks the script only)")
     ap.add_argument("--dtypes", default="fp32,bf16,fp16")
-    ap.add_argument("--batch-sizes", default="1,8,32,64,128")
+    ap.add_argument("--batch-sizes", default=None, help="default 1,8,32,64,128 (--quick: 1,8)")
     ap.add_argument("--budget-s", type=float, default=5.0, help="max model-time seconds per (dtype, batch size)")
     ap.add_argument("--conversations", type=int, default=None, help="first N MELD dev conversations (default all)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes to check the script works")
@@ -231,7 +231,8 @@ def main() -> None:
             "script"
         )
     if args.quick:
-        args.conversations, args.budget_s, args.batch_sizes = args.conversations or 4, 0.5, "1,8"
+        args.conversations, args.budget_s = args.conversations or 4, 0.5
+    args.batch_sizes = args.batch_sizes or ("1,8" if args.quick else "1,8,32,64,128")
     device = torch.device(args.device)
     dtypes = [d for d in args.dtypes.split(",") if d]
     if device.type == "cpu":
