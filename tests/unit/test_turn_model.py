@@ -218,3 +218,35 @@ def test_later_turns_do_not_change_earlier_predictions_and_context_matters(turn)
 
 def test_turn_warm_up_runs(turn):
     assert turn.warm_up(batch_size=2) > 0
+
+
+def test_predict_turns_encodes_each_uncached_turn_once_and_equals_the_evaluator(turn, monkeypatch):
+    from erc_stream.model import TurnInput
+
+    conv = CONVS[0]
+    b = turn.builder
+    enc = b.encode_turns([u.speaker for u in conv.utterances], [u.text for u in conv.utterances])
+    k = turn.builder.context_turns
+    offline = predict_conversations(turn, [conv]).predictions.scores
+    windows = [
+        [TurnInput(j, conv.utterances[j].speaker, enc[j], None) for j in range(max(0, i - k), i + 1)]
+        for i in range(len(enc))
+    ]
+    calls: list[int] = []
+    encode = turn.model.encode
+
+    def counting(input_ids, attention_mask, mask_index):
+        calls.append(input_ids.shape[0])
+        return encode(input_ids, attention_mask, mask_index)
+
+    monkeypatch.setattr(turn.model, "encode", counting)
+    first = turn.predict_turns(windows)  # every turn shows up in up to k + 1 windows
+    assert calls == [len(enc)] and sorted(first.vectors) == list(range(len(enc)))
+    assert first.tokens == sum(len(b.build_turn(e)) for e in enc)
+    np.testing.assert_allclose(first.predictions.scores, offline, atol=2e-5, rtol=0)
+    # With the vectors cached, only the turn without one is encoded.
+    cached = [[TurnInput(t.key, t.speaker, t.encoded, first.vectors[t.key] if t.key != 4 else None) for t in w]
+              for w in windows]  # fmt: skip
+    again = turn.predict_turns(cached[3:])
+    assert calls[1:] == [1] and list(again.vectors) == [4]
+    np.testing.assert_allclose(again.predictions.scores, offline[3:], atol=2e-5, rtol=0)
