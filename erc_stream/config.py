@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from erc_stream.errors import ConfigError
 
@@ -94,29 +94,8 @@ def require_nonempty(config: object, *names: str) -> None:
             raise ConfigError(f"{type(config).__name__}.{name} must not be empty")
 
 
-class KafkaConnection(Protocol):
-    """The Kafka connection settings a config object carries (same names everywhere)."""
-
-    @property
-    def bootstrap_servers(self) -> str: ...
-    @property
-    def security_protocol(self) -> str: ...
-    @property
-    def sasl_mechanism(self) -> str | None: ...
-    @property
-    def sasl_username(self) -> str | None: ...
-    @property
-    def sasl_password(self) -> str | None: ...
-    @property
-    def ssl_cafile(self) -> Path | None: ...
-    @property
-    def ssl_certfile(self) -> Path | None: ...
-    @property
-    def ssl_keyfile(self) -> Path | None: ...
-
-
 def validate_kafka_connection(config: KafkaConnection) -> None:
-    """Check the Kafka connection settings of any config object (see :class:`KafkaConnection`)."""
+    """Check the Kafka connection settings of any config object (a :class:`KafkaConnection`)."""
     validate_settings(
         config,
         [
@@ -125,7 +104,7 @@ def validate_kafka_connection(config: KafkaConnection) -> None:
             ("sasl_mechanism", config.sasl_mechanism is None or config.sasl_mechanism in SASL_MECHANISMS),
         ],
     )
-    if config.security_protocol.startswith("SASL_"):
+    if config.uses_sasl:
         if config.sasl_mechanism is None:
             raise ConfigError(
                 f"security_protocol={config.security_protocol} needs sasl_mechanism ({', '.join(SASL_MECHANISMS)})"
@@ -145,12 +124,12 @@ def kafka_client_kwargs(config: KafkaConnection, client_id: str | None = None) -
     kw: dict[str, Any] = {"bootstrap_servers": config.bootstrap_servers, "security_protocol": config.security_protocol}
     if client_id is not None:
         kw["client_id"] = client_id
-    if config.security_protocol in ("SSL", "SASL_SSL"):
+    if config.uses_tls:
         ctx = ssl.create_default_context(cafile=str(config.ssl_cafile) if config.ssl_cafile else None)
         if config.ssl_certfile:
             ctx.load_cert_chain(str(config.ssl_certfile), str(config.ssl_keyfile))
         kw["ssl_context"] = ctx
-    if config.security_protocol.startswith("SASL_"):
+    if config.uses_sasl:
         kw["sasl_mechanism"] = config.sasl_mechanism
         kw["sasl_plain_username"] = config.sasl_username
         kw["sasl_plain_password"] = config.sasl_password
@@ -163,8 +142,9 @@ def _setting(default: Any, help: str = "", **kw: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
-    """Settings of one `erc-stream worker`. Model facts (labels, prompt, context) come from the artifact."""
+class KafkaConnection:
+    """The Kafka connection settings of every Kafka process (worker, escalations app): same
+    fields, defaults, help and ``ERC_*`` variables. Its fields come first in a subclass."""
 
     bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated")
     security_protocol: str = _setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
@@ -175,6 +155,20 @@ class WorkerConfig:
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+
+@dataclass(frozen=True)
+class WorkerConfig(KafkaConnection):
+    """Settings of one `erc-stream worker`. Model facts (labels, prompt, context) come from the artifact."""
+
     input_topic: str = _setting(DEFAULT_TOPICS.input, "chat turns (JSON, key = conversation_id)")
     output_topic: str = _setting(DEFAULT_TOPICS.output, "emotion events")
     dlq_topic: str = _setting(DEFAULT_TOPICS.dlq, "dead letters: input that cannot be processed, with the reason")
@@ -238,14 +232,6 @@ class WorkerConfig:
     def topics(self) -> TopicNames:
         """The three topic names together."""
         return TopicNames(self.input_topic, self.output_topic, self.dlq_topic)
-
-    @property
-    def uses_sasl(self) -> bool:
-        return self.security_protocol.startswith("SASL_")
-
-    @property
-    def uses_tls(self) -> bool:
-        return self.security_protocol in ("SSL", "SASL_SSL")
 
     @property
     def max_wait_s(self) -> float:

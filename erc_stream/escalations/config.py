@@ -15,6 +15,7 @@ from typing import Any
 
 from erc_stream.config import (
     LOG_LEVELS,
+    KafkaConnection,
     env_name,
     kafka_client_kwargs,
     require_nonempty,
@@ -26,17 +27,7 @@ from erc_stream.errors import ConfigError
 __all__ = ["ENV_NAMES", "EscalationsConfig", "escalations_env_name"]
 
 # Kafka connection settings shared with the worker (same Secret, same ConfigMap keys).
-_SHARED = (
-    "bootstrap_servers",
-    "security_protocol",
-    "sasl_mechanism",
-    "sasl_username",
-    "sasl_password",
-    "ssl_cafile",
-    "ssl_certfile",
-    "ssl_keyfile",
-    "log_level",
-)
+_SHARED = frozenset({f.name for f in dataclasses.fields(KafkaConnection)} | {"log_level"})
 
 
 def _setting(default: Any, help: str = "") -> Any:
@@ -45,18 +36,10 @@ def _setting(default: Any, help: str = "") -> Any:
 
 
 @dataclass(frozen=True)
-class EscalationsConfig:
-    """Settings of `erc-stream escalations` (faust-streaming app over the emotions topic)."""
+class EscalationsConfig(KafkaConnection):
+    """Settings of `erc-stream escalations` (faust-streaming app over the emotions topic); the Kafka
+    connection fields come first, from :class:`~erc_stream.config.KafkaConnection`."""
 
-    bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated")
-    security_protocol: str = _setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
-    sasl_mechanism: str | None = _setting(None, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
-    sasl_username: str | None = None
-    # Never a flag: ERC_SASL_PASSWORD or --sasl-password-file (see erc_stream.cli).
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
     input_topic: str = _setting("chat.emotions", "the emotion events (key = conversation_id)")
     output_topic: str = _setting("chat.escalations", "escalations opened / resolved")
     dlq_topic: str = _setting("chat.emotions.dlq", "emotion events the app cannot read, with the reason")
