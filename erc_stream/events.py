@@ -45,6 +45,8 @@ __all__ = [
     "ChatTurn",
     "SourceRef",
     "parse_turn",
+    "decode_json_object",
+    "check_key",
     "emotion_event",
     "dead_letter",
     "MAX_CONVERSATION_ID_CHARS",
@@ -193,6 +195,44 @@ def _ts(value: object) -> float | None:
     raise _schema_error(f"ts must be a number or an ISO-8601 string, got {_json_type(value)}")
 
 
+def decode_json_object(value: bytes | None, *, expected: str) -> dict[str, Any]:
+    """The JSON object in a record's value; shared by every topic's parser.
+
+    Raises:
+        BadInput: ``not_json`` for no value or invalid JSON (the message names ``expected``),
+            ``not_utf8`` for bytes that are not UTF-8, ``schema_violation`` for JSON that is
+            not an object.
+    """
+    if not value:
+        raise BadInput(Reason.NOT_JSON, f"record has no value (tombstone or empty); expected {expected}")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        # orjson reports bad UTF-8 as a JSON error; the dead letter says which it was.
+        try:
+            bytes(value).decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise BadInput(
+                Reason.NOT_UTF8,
+                f"value is not valid UTF-8 ({uexc.reason} at byte {uexc.start}); encode JSON as UTF-8",
+            ) from None
+        raise BadInput(Reason.NOT_JSON, f"value is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _schema_error(f"value must be a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+def check_key(key: bytes | None, conversation_id: str) -> None:
+    """Raise ``key_mismatch`` unless ``key`` is absent or the UTF-8 ``conversation_id``."""
+    if key is not None and key != conversation_id.encode("utf-8"):
+        shown = bytes(key[:80]).decode("utf-8", errors="replace")
+        raise BadInput(
+            Reason.KEY_MISMATCH,
+            f"record key {shown!r} differs from conversation_id {conversation_id[:80]!r}; "
+            "produce with key=conversation_id so a conversation stays on one partition",
+        )
+
+
 def parse_turn(value: bytes | None, key: bytes | None, *, max_text_chars: int = 4000) -> ChatTurn:
     """Decode and validate one record of the turns topic.
 
@@ -204,25 +244,7 @@ def parse_turn(value: bytes | None, key: bytes | None, *, max_text_chars: int = 
     Raises:
         BadInput: with the reason and a message saying what to fix.
     """
-    if value is None or len(value) == 0:
-        raise BadInput(
-            Reason.NOT_JSON,
-            "record has no value (tombstone or empty); expected a JSON object",
-        )
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        try:
-            bytes(value).decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            raise BadInput(
-                Reason.NOT_UTF8,
-                f"value is not valid UTF-8 ({uexc.reason} at byte {uexc.start}); encode JSON as UTF-8",
-            ) from None
-        raise BadInput(Reason.NOT_JSON, f"value is not valid JSON: {exc}") from None
-
-    if not isinstance(obj, dict):
-        raise _schema_error(f"value must be a JSON object, got {_json_type(obj)}")
+    obj = decode_json_object(value, expected="a JSON object")
     extra = obj.keys() - _ALLOWED
     if extra:
         raise _schema_error(
@@ -254,13 +276,7 @@ def parse_turn(value: bytes | None, key: bytes | None, *, max_text_chars: int = 
     if not text.strip():
         raise BadInput(Reason.EMPTY_TEXT, "text is empty or only whitespace/control characters")
 
-    if key is not None and key != conversation_id.encode("utf-8"):
-        shown = bytes(key[:80]).decode("utf-8", errors="replace")
-        raise BadInput(
-            Reason.KEY_MISMATCH,
-            f"record key {shown!r} differs from conversation_id {conversation_id[:80]!r}; "
-            "produce with key=conversation_id so a conversation stays on one partition",
-        )
+    check_key(key, conversation_id)
     return ChatTurn(conversation_id, turn_id, speaker, text, ts, metadata)
 
 

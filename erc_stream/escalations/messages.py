@@ -17,6 +17,7 @@ read are not checked, so a producer adding fields does not send everything to th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from erc_stream.events import BadInput, Reason, SourceRef
+from erc_stream.events import BadInput, Reason, SourceRef, check_key, decode_json_object
 
 __all__ = [
     "COOLED_DOWN",
@@ -36,7 +37,6 @@ __all__ = [
     "Evidence",
     "escalation_event",
     "escalation_id",
-    "evidence_dict",
     "evidence_from_dict",
     "parse_emotion_event",
 ]
@@ -113,15 +113,13 @@ class Escalation:
             "trigger_turn_ids": list(self.trigger_turn_ids),
             "resolved_turn_id": self.resolved_turn_id,
             "resolution": self.resolution,
-            "evidence": [evidence_dict(e) for e in self.evidence],
+            "evidence": [dataclasses.asdict(e) for e in self.evidence],
             "intensity": self.intensity,
             "negative_runs": dict(self.negative_runs),
             "model_version": self.model_version,
             "opened_at": self.opened_at,
             "resolved_at": self.resolved_at,
-            "source": None
-            if self.source is None
-            else {"topic": self.source.topic, "partition": self.source.partition, "offset": self.source.offset},
+            "source": None if self.source is None else dataclasses.asdict(self.source),
         }
 
     @classmethod
@@ -146,17 +144,6 @@ class Escalation:
             resolved_at=None if d["resolved_at"] is None else float(d["resolved_at"]),
             source=None if src is None else SourceRef(src["topic"], int(src["partition"]), int(src["offset"])),
         )
-
-
-def evidence_dict(e: Evidence) -> dict[str, Any]:
-    """The JSON form of an :class:`Evidence`."""
-    return {
-        "turn_id": e.turn_id,
-        "speaker": e.speaker,
-        "emotion": e.emotion,
-        "confidence": e.confidence,
-        "scores": dict(e.scores),
-    }
 
 
 def evidence_from_dict(d: dict[str, Any]) -> Evidence:
@@ -232,18 +219,7 @@ def parse_emotion_event(value: bytes | None, key: bytes | None) -> EmotionEvent:
         BadInput: ``not_utf8``, ``not_json``, ``schema_violation`` or ``key_mismatch``, with a
             message saying what is wrong.
     """
-    if not value:
-        raise BadInput(Reason.NOT_JSON, "record has no value (tombstone or empty); expected an emotion event")
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        try:
-            bytes(value).decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            raise BadInput(Reason.NOT_UTF8, f"value is not valid UTF-8 ({uexc.reason} at byte {uexc.start})") from None
-        raise BadInput(Reason.NOT_JSON, f"value is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise _schema_error(f"value must be a JSON object, got {type(obj).__name__}")
+    obj = decode_json_object(value, expected="an emotion event")
 
     event_id = _str_field(obj, "event_id")
     conversation_id = _str_field(obj, "conversation_id")
@@ -266,13 +242,7 @@ def parse_emotion_event(value: bytes | None, key: bytes | None) -> EmotionEvent:
     ts_raw = obj.get("ts")
     ts = None if ts_raw is None else _number(obj, "ts")
 
-    if key is not None and key != conversation_id.encode("utf-8"):
-        shown = bytes(key[:80]).decode("utf-8", errors="replace")
-        raise BadInput(
-            Reason.KEY_MISMATCH,
-            f"record key {shown!r} differs from conversation_id {conversation_id[:80]!r}; "
-            "produce emotion events with key=conversation_id",
-        )
+    check_key(key, conversation_id)
     return EmotionEvent(
         event_id=event_id,
         conversation_id=conversation_id,

@@ -25,8 +25,8 @@ of the same events gives the same escalations with the same ids.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -39,7 +39,6 @@ from erc_stream.escalations.messages import (
     Escalation,
     Evidence,
     escalation_id,
-    evidence_dict,
     evidence_from_dict,
 )
 from erc_stream.escalations.rules import SEVERITIES, Match, RulesConfig, shift, spike, sustained
@@ -98,31 +97,10 @@ class ConversationState:
     turns: int = 0  # distinct turns applied
 
     def to_bytes(self) -> bytes:
-        """JSON for the table's changelog."""
-        return orjson.dumps(
-            {
-                "v": _STATE_VERSION,
-                "conversation_id": self.conversation_id,
-                "partition": self.partition,
-                "history": [evidence_dict(e) for e in self.history],
-                "intensity": self.intensity,
-                "negative_runs": self.negative_runs,
-                "calm_streak": self.calm_streak,
-                "recent_turn_ids": self.recent_turn_ids,
-                "open": None if self.open is None else _open_dict(self.open),
-                "outbox": [
-                    {
-                        "trigger_turn_id": o.trigger_turn_id,
-                        "trigger_partition": o.trigger_partition,
-                        "trigger_offset": o.trigger_offset,
-                        "escalations": [e.to_dict() for e in o.escalations],
-                    }
-                    for o in self.outbox
-                ],
-                "last_event_at": self.last_event_at,
-                "turns": self.turns,
-            }
-        )
+        """JSON for the table's changelog: ``v`` and every field by name (orjson writes the nested
+        dataclasses, tuples included, as JSON objects and arrays)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return orjson.dumps({"v": _STATE_VERSION, **fields})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ConversationState:
@@ -161,18 +139,6 @@ class ConversationState:
             last_event_at=float(d["last_event_at"]),
             turns=int(d["turns"]),
         )
-
-
-def _open_dict(op: OpenEscalation) -> dict[str, Any]:
-    return {
-        "escalation_id": op.escalation_id,
-        "rule": op.rule,
-        "severity": op.severity,
-        "opened_turn_id": op.opened_turn_id,
-        "trigger_turn_ids": list(op.trigger_turn_ids),
-        "opened_at": op.opened_at,
-        "model_version": op.model_version,
-    }
 
 
 @dataclass(frozen=True, slots=True)
