@@ -17,8 +17,10 @@ into var/bench/store unless --window-dir/--turn-dir name trained ones.
     MELD train, window batches of ``--train-batch-size`` prompts against turn batches of whole
     conversations with at most that many turns; the first step of each is a warm-up.
 
-Worker events/s at max rate and p50/p99 latency at 50% load come from
-``benchmarks/bench_stream.py --store`` on each model's store (see docs/benchmarks/bench_turn.md).
+(d) the worker, ``erc-stream worker`` as a subprocess on the local broker (bench_stream.py's
+    replay, sink and points): MELD dev replayed as fast as possible (events/s), then at 50% of
+    that rate (p50/p99 latency, record timestamp -> event read); each model served from its own
+    store, the same settings (max_batch_size 32, max_wait_ms 20, fp32).
 
 Writes docs/benchmarks/bench_turn.{json,md}. Usage:
 ``.venv/bin/python benchmarks/bench_turn.py [--quick]``.
@@ -230,6 +232,96 @@ def training_samples_per_s(architecture: str, batch_size: int, steps: int, budge
     }
 
 
+async def worker_points(version_dir: Path, label: str, convs, a: argparse.Namespace) -> dict:
+    """Max-rate and 50%-load points of ``erc-stream worker`` serving ``version_dir`` (its own store)."""
+    import shutil
+
+    from aiokafka import AIOKafkaProducer
+    from bench_stream import (
+        BIN,
+        LOG_DIR,
+        Proc,
+        Sink,
+        _http_get,
+        child_env,
+        messages,
+        replay_order,
+        run_point,
+        wait_until,
+    )
+
+    from erc_stream.artifact import set_current
+    from erc_stream.devtools.broker import LocalBroker, acreate_topics, free_port
+
+    store = LOG_DIR / "turn-cmp" / label
+    if not (store / version_dir.name).is_dir():
+        store.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(version_dir, store / version_dir.name)
+    set_current(store, version_dir.name)
+    order = replay_order(convs, a.lanes)
+    broker = LocalBroker(log_path=LOG_DIR / f"broker-{label}.log")
+    broker.start()
+    worker = sink = prod = None
+    try:
+        topics = {f"{label}.turns": a.partitions, f"{label}.emotions": a.partitions, f"{label}.dlq": 1}
+        await acreate_topics(broker.bootstrap, topics)
+        sink = Sink(broker.bootstrap, [f"{label}.emotions"], [f"{label}.dlq"])
+        await sink.start()
+        prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=2)
+        await prod.start()
+        port = free_port()
+        env = {
+            "ERC_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "ERC_INPUT_TOPIC": f"{label}.turns",
+            "ERC_OUTPUT_TOPIC": f"{label}.emotions",
+            "ERC_DLQ_TOPIC": f"{label}.dlq",
+            "ERC_GROUP_ID": f"bench-{label}",
+            "ERC_MODEL_STORE": store,
+            "ERC_DTYPE": "fp32",
+            "ERC_METRICS_HOST": "127.0.0.1",
+            "ERC_METRICS_PORT": port,
+            "ERC_MAX_BATCH_SIZE": a.batch_size,
+            "ERC_MAX_WAIT_MS": 20,
+            "ERC_SESSION_TIMEOUT_MS": 2000,
+            "ERC_HEARTBEAT_INTERVAL_MS": 300,
+        }
+        worker = Proc(f"worker-{label}", [str(BIN / "erc-stream"), "worker"], child_env(env))
+        await wait_until(lambda: _http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 180, "worker ready", worker)
+        procs, topic = {"worker": worker}, f"{label}.turns"
+        warm = messages(convs, order[: min(len(order), 64)], "warm")
+        await run_point("warm", prod, sink, topic, warm, None, procs, a.point_timeout_s, port)
+        mx = await run_point("max", prod, sink, topic, messages(convs, order, "max"), None, procs, 600, port)
+        rate = 0.5 * mx["events_per_s"]
+        n = min(len(order), max(20, int(rate * a.rate_duration_s)))
+        half = await run_point(
+            "rate50", prod, sink, topic, messages(convs, order[:n], "rate50"), rate, procs, a.point_timeout_s, port
+        )
+        return {"max": mx, "rate50": half}
+    finally:
+        if worker is not None:
+            worker.stop()
+        if prod is not None:
+            await prod.stop()
+        if sink is not None:
+            await sink.stop()
+        broker.stop()
+
+
+def worker_md(worker: dict) -> str:
+    if not worker:
+        return "Worker points not run (--no-worker)."
+    rows = []
+    for arch in ("window", "turn"):
+        mx, half = worker[arch]["max"], worker[arch]["rate50"]
+        lat = half["latency_ms"]
+        rows.append(
+            [arch, mx["events_per_s"], half["offered_rate"], lat.get(50, float("nan")), lat.get(99, float("nan"))]
+        )
+    ratio = worker["turn"]["max"]["events_per_s"] / worker["window"]["max"]["events_per_s"]
+    table = md_table(["worker", "events/s at max rate", "50% load (events/s)", "p50 ms", "p99 ms"], rows)
+    return f"{table}\n\nTurn / window worker events/s at max rate: {ratio:.2f}x."
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--window-dir", type=Path, default=None, help="a published window version (default: untrained)")
@@ -239,12 +331,17 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=120.0, help="per measurement")
     ap.add_argument("--conversations", type=int, default=None, help="first N MELD dev conversations")
+    ap.add_argument("--no-worker", action="store_true", help="skip the worker points (d)")
+    ap.add_argument("--lanes", type=int, default=32, help="worker points: conversations replayed concurrently")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--rate-duration-s", type=float, default=30.0, help="seconds of offered load at 50%%")
+    ap.add_argument("--point-timeout-s", type=float, default=300.0)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_turn")
     a = ap.parse_args()
     if a.quick:
-        a.conversations, a.train_steps, a.budget_s = a.conversations or 20, 2, 20.0
+        a.conversations, a.train_steps, a.budget_s, a.rate_duration_s = a.conversations or 20, 2, 20.0, 5.0
 
     import tempfile
 
@@ -278,6 +375,13 @@ def main() -> None:
             arch: training_samples_per_s(arch, a.train_batch_size, a.train_steps, a.budget_s, Path(tmp))
             for arch in ("window", "turn")
         }
+    worker = {}
+    if not a.no_worker:
+        import asyncio
+
+        for arch, vdir in (("window", window_dir), ("turn", turn_dir)):
+            print(f"worker points, {arch}", flush=True)
+            worker[arch] = asyncio.run(worker_points(vdir, arch, convs, a))
     payload: dict[str, Any] = {
         "command": command_line(),
         "machine": info,
@@ -285,6 +389,7 @@ def main() -> None:
         "tokens_per_turn": tokens,
         "model_path_fp32": model_path,
         "training_fp32": training,
+        "worker_fp32": worker,
         "machine_end": machine_info(),
     }
     speedup = model_path["turn"]["utt_per_s"] / model_path["window"]["utt_per_s"]
@@ -318,6 +423,8 @@ def main() -> None:
                 ],
             ],
         ),
+        "",
+        worker_md(worker),
         "",
         f"Turn model path split: encoder {model_path['turn']['encode_s']:.2f} s, context pass "
         f"{model_path['turn']['context_s']:.2f} s over {model_path['turn']['utterances']} turns. "
