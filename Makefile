@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-unit test-faults test-gpu sysdeps bench-model bench-stream bench-train bench-gpu lint clean
+.PHONY: venv demo test test-unit test-faults test-gpu sysdeps bench-model bench-stream bench-train bench-gpu bench-turn lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -68,6 +68,9 @@ bench-train: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/bench_gpu.py
+
+bench-turn: $(STAMP)
+	$(BIN)/python benchmarks/bench_turn.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache var
