@@ -503,8 +503,11 @@ def test_sigkill_and_restart_keep_state_and_escalation_ids(broker: LocalBroker, 
     changelog = facts["changelog"]
     assert changelog == {"partitions": PARTITIONS, "cleanup.policy": "compact"}
     assert facts["conversations_restored"] == facts["conversations_before"] == 42
-    # Kill 2 came before a commit: every phase-1 event was delivered again and dropped as a repeat.
-    assert facts["duplicates_seen_by_run3"] >= sum(len(t) for t in phases[1].values())
+    # Kill 2 came before the (rare) commit, so phase-1 events were delivered again and dropped as
+    # repeats. How many depends on whether faust committed some offsets before the kill (seen once
+    # under a loaded machine: 153 of 165), so only "some, and no more than were sent" is fixed here;
+    # that no repeat counted twice is what the comparison with the reference below checks.
+    assert 0 < facts["duplicates_seen_by_run3"] <= sum(len(t) for t in phases[1].values())
     unique = reader.unique()  # also asserts that copies of one (id, status) are identical
     assert unique == facts["reference"], "escalations lost or invented across the kills"
     assert not reader.dead
