@@ -123,11 +123,11 @@ def ensure_model(cfg: DemoConfig, console: Console) -> str:
         f"({cfg.dataset}, a few minutes on a CPU; `erc-train fit` trains a full one)"
     )
     # Lazy import of the trainer: see the module docstring.
-    from trainer.config import QUICK_OVERRIDES, TrainConfig
+    from trainer.config import TrainConfig
     from trainer.train import fit
 
     result = fit(
-        TrainConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, store=cfg.store).replace(**QUICK_OVERRIDES),
+        TrainConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, store=cfg.store).quick(),
         progress=True,
     )
     console.print(
