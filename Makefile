@@ -30,8 +30,10 @@ sysdeps:
 	  else echo "WARNING: not root: install prometheus and stunnel4 with apt for the deploy and TLS tests"; fi; \
 	fi
 
+# The shipped store serves MELD from CURRENT and EmoryNLP from CURRENT.emorynlp: `make demo DATASET=emorynlp`.
+DATASET ?= meld
 demo: $(STAMP)
-	$(BIN)/erc-stream demo --store models
+	$(BIN)/erc-stream demo --store models --dataset $(DATASET)
 
 test: $(STAMP) sysdeps lint
 	$(BIN)/python -m pytest -q tests --ignore=tests/faults

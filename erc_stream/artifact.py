@@ -32,11 +32,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from erc_stream.config import valid_channel
 from erc_stream.errors import ArtifactError
 
 __all__ = [
     "ARCHITECTURES",
     "CURRENT_FILE",
+    "current_file",
     "FORMAT_VERSION",
     "list_versions",
     "load_version_files",
@@ -105,10 +107,23 @@ def version_path(store: Path, version: str) -> Path:
     return path
 
 
-def read_current(store: Path) -> str | None:
-    """The version named by ``<store>/CURRENT``, or None when there is none yet."""
+def current_file(channel: str = "") -> str:
+    """The pointer file of a channel: ``CURRENT`` for the default one, ``CURRENT.<channel>`` otherwise.
+
+    A store can serve several lines of models side by side (one per dataset, say): a worker
+    follows one channel, and publishing to a channel moves only its pointer.
+    """
+    if not channel:
+        return CURRENT_FILE
+    if not valid_channel(channel):
+        raise ArtifactError(f"invalid model channel {channel!r}: use letters, digits, '.', '_' and '-' only")
+    return f"{CURRENT_FILE}.{channel}"
+
+
+def read_current(store: Path, channel: str = "") -> str | None:
+    """The version named by the channel's pointer (``<store>/CURRENT`` by default), or None when unset."""
     try:
-        text = (Path(store) / CURRENT_FILE).read_text(encoding="utf-8").strip()
+        text = (Path(store) / current_file(channel)).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
     if not text:
@@ -117,20 +132,21 @@ def read_current(store: Path) -> str | None:
     return text
 
 
-def set_current(store: Path, version: str) -> None:
-    """Point CURRENT at ``version`` atomically (write, fsync, rename)."""
+def set_current(store: Path, version: str, channel: str = "") -> None:
+    """Point the channel's pointer (CURRENT by default) at ``version`` atomically (write, fsync, rename)."""
     version_path(store, version)
+    name = current_file(channel)
     store = Path(store)
-    tmp = store / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
+    tmp = store / f".{name}.{uuid.uuid4().hex}"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(version + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, store / CURRENT_FILE)
+        os.replace(tmp, store / name)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise ArtifactError(f"cannot point CURRENT at {version} in {store}: {exc.strerror or exc}") from exc
+        raise ArtifactError(f"cannot point {name} at {version} in {store}: {exc.strerror or exc}") from exc
     _fsync_dir(store)
 
 
@@ -177,8 +193,10 @@ def publish_version(
     make_current: bool = True,
     context_state: dict[str, torch.Tensor] | None = None,
     weights_dtype: str = "fp32",
+    channel: str = "",
 ) -> Path:
-    """Write a complete version into ``store`` atomically and (by default) make it CURRENT.
+    """Write a complete version into ``store`` atomically and (by default) make it CURRENT
+    (``CURRENT.<channel>`` when a channel is given).
 
     ``manifest`` holds everything but ``format_version``, ``version``, ``created_at``,
     ``files`` and the encoder checksum, which are filled in here. ``context_state``: the
@@ -238,7 +256,7 @@ def publish_version(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if make_current:
-        set_current(store, version)
+        set_current(store, version, channel)
     return final
 
 

@@ -10,6 +10,7 @@ come from the environment or a file and never appear in ``repr``, logs, metrics 
 from __future__ import annotations
 
 import dataclasses
+import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from erc_stream.errors import ConfigError
 
 __all__ = [
     "WorkerConfig",
+    "valid_channel",
     "TopicNames",
     "DEFAULT_TOPICS",
     "KafkaConnection",
@@ -71,6 +73,14 @@ def _shown(config: object, name: str) -> str:
     if f is not None and not f.repr:
         return "***"
     return repr(getattr(config, name))
+
+
+_CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def valid_channel(name: str) -> bool:
+    """A model channel name (the store's ``CURRENT.<name>``); the empty name is the default CURRENT."""
+    return not name or _CHANNEL_RE.match(name) is not None
 
 
 def validate_settings(config: object, checks: Iterable[tuple[str, bool]], *, hint: str = "") -> None:
@@ -175,6 +185,7 @@ class WorkerConfig(KafkaConnection):
     group_id: str = "erc-stream"
     client_id: str = "erc-stream-worker"
     model_store: Path = _setting(Path("var/models"), "model store; CURRENT names the version served")
+    model_channel: str = _setting("", "serve the store's CURRENT.<channel> instead of CURRENT (e.g. emorynlp)")
     device: str = _setting("auto", "auto, cpu or cuda")
     dtype: str = _setting("auto", "auto, fp32, bf16 or fp16")
     max_batch_size: int = 32
@@ -201,6 +212,7 @@ class WorkerConfig(KafkaConnection):
         validate_settings(
             self,
             [
+                ("model_channel", valid_channel(self.model_channel)),
                 ("device", self.device in ("auto", "cpu", "cuda")),
                 ("dtype", self.dtype in ("auto", "fp32", "bf16", "fp16")),
                 ("max_batch_size", self.max_batch_size >= 1),

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from erc_stream.artifact import read_current, version_path
+from erc_stream.artifact import current_file, read_current, version_path
 from erc_stream.config import WorkerConfig
 from erc_stream.errors import ArtifactError
 from erc_stream.metrics import WorkerMetrics
@@ -62,12 +62,13 @@ class ModelReloader:
         Raises:
             ArtifactError: the store has no CURRENT, or the version cannot be loaded.
         """
-        store = self._cfg.model_store
-        version = read_current(store)
+        store, channel = self._cfg.model_store, self._cfg.model_channel
+        version = read_current(store, channel)
         if version is None:
+            to_channel = f" --channel {channel}" if channel else ""
             raise ArtifactError(
-                f"model store {store} has no CURRENT version; train and publish one with "
-                f"`erc-train fit --store {store}` (or `erc-train fit --quick` for a small one)"
+                f"model store {store} has no {current_file(channel)} version; train and publish one with "
+                f"`erc-train fit --store {store}{to_channel}` (or `erc-train fit --quick` for a small one)"
             )
         self._next = await self._load(version)
         served = self.swap()
@@ -96,9 +97,9 @@ class ModelReloader:
         while True:
             forced = await self._wait_for_poll()
             try:
-                version = read_current(self._cfg.model_store)
+                version = read_current(self._cfg.model_store, self._cfg.model_channel)
             except (ArtifactError, OSError) as exc:
-                log.warning("cannot read the model store's CURRENT: %s", exc)
+                log.warning("cannot read the model store's %s: %s", current_file(self._cfg.model_channel), exc)
                 continue
             latest = self._next.version if self._next is not None else self._served_version()
             if version is None or version == latest:

@@ -70,6 +70,7 @@ def publish_test_model(
     template: str = DEFAULT_TEMPLATE,
     temperature: float = TEST_TEMPERATURE,
     make_current: bool = True,
+    channel: str = "",
 ) -> Path:
     """Publish an untrained version (real encoder, seeded random head and anchors); returns its folder."""
     tokenizer, encoder = load_default_encoder()
@@ -105,6 +106,7 @@ def publish_test_model(
         anchors=anchors,
         manifest=manifest,
         make_current=make_current,
+        channel=channel,
     )
 
 

@@ -116,6 +116,9 @@ def fit(
     make_current: bool = typer.Option(
         _D["make_current"], "--make-current/--no-make-current", help="point CURRENT at the new version"
     ),
+    channel: str = typer.Option(
+        _D["channel"], help="with --make-current: point CURRENT.<channel> at it instead of CURRENT (e.g. emorynlp)"
+    ),
     run_dir: Path | None = typer.Option(None, help="folder for the run's config and checkpoints (var/runs/<version>)"),
     checkpoint_every_steps: int = typer.Option(
         _D["checkpoint_every_steps"], help="checkpoint every N optimizer steps (0: only at epoch ends)"
@@ -225,7 +228,8 @@ def _stop_on_signals(stop: Any) -> Iterator[None]:
 @app.command()
 def evaluate(
     store: Path = typer.Option(Path("var/models"), envvar="ERC_MODEL_STORE", help="model store"),
-    version: str | None = typer.Option(None, help="version to evaluate (default: CURRENT)"),
+    version: str | None = typer.Option(None, help="version to evaluate (default: the channel's CURRENT)"),
+    channel: str = typer.Option("", help="without --version: evaluate CURRENT.<channel> (e.g. emorynlp)"),
     split: str = typer.Option("dev", help="train, dev or test"),
     dataset: str | None = typer.Option(None, help="dataset (default: the one the model was trained on)"),
     data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR"),
@@ -238,17 +242,18 @@ def evaluate(
 ) -> None:
     """Score a published version on a split: metrics table, metrics.json and plots."""
     _setup()
-    from erc_stream.artifact import read_current, version_path
+    from erc_stream.artifact import current_file, read_current, version_path
     from erc_stream.model import load_predictor
     from trainer.calibration import expected_calibration_error
     from trainer.datasets import DATASETS, load_split
     from trainer.evaluate import compute_metrics, predict_conversations, write_report
 
     try:
-        version = version or read_current(store)
+        version = version or read_current(store, channel)
         if version is None:
             raise ErcError(
-                f"model store {store} has no CURRENT version; train one with `erc-train fit` or pass --version"
+                f"model store {store} has no {current_file(channel)} version; train one with `erc-train fit` "
+                "or pass --version"
             )
         predictor = load_predictor(version_path(store, version), device=device, dtype=dtype)
         ds = dataset or predictor.manifest["dataset"]

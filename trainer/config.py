@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from erc_stream.config import valid_channel
 from erc_stream.errors import ConfigError
 from erc_stream.prompt import DEFAULT_TEMPLATE, TURN_TEMPLATE
 from trainer.datasets import DATASETS
@@ -71,6 +72,7 @@ class TrainConfig:
     max_dev_conversations: int | None = None
     version: str | None = None
     make_current: bool = True
+    channel: str = ""  # --make-current moves CURRENT.<channel> instead of CURRENT (one line of models per channel)
     # Architecture; the context_* settings are the turn model's context transformer
     architecture: str = "window"
     context_layers: int = 2
@@ -129,6 +131,7 @@ class TrainConfig:
             ("triplet_margin", self.triplet_margin > 0),
             ("triplet_mining", self.triplet_mining in TRIPLET_MINING),
             ("sampler", self.sampler in SAMPLERS),
+            ("channel", valid_channel(self.channel)),
         ]
         for name, ok in checks:
             if not ok:

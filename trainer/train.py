@@ -701,6 +701,7 @@ def _publish(
             manifest=manifest,
             report_dir=report,
             make_current=cfg.make_current,
+            channel=cfg.channel,
             context_state=context.state_dict() if context is not None else None,
             weights_dtype=cfg.weights_dtype,
         )

