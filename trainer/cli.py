@@ -309,6 +309,7 @@ def repack(
     max_drop_points: float = typer.Option(0.1, help="keep it only if dev weighted F1 drops at most this many points"),
     data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR"),
     make_current: bool = typer.Option(False, "--make-current/--no-make-current", help="point CURRENT at it"),
+    channel: str = typer.Option("", help="with --make-current: point CURRENT.<channel> at it instead"),
 ) -> None:
     """Republish a version with 16-bit encoder weights; keep it only if dev predictions hold up."""
     _setup()
@@ -318,7 +319,8 @@ def repack(
     name = out_version or f"{version}-{weights_dtype}"
     try:
         r = run_repack(store, version, out_store=target, out_version=name, weights_dtype=weights_dtype,
-                       max_drop_points=max_drop_points, data_dir=data_dir, make_current=make_current)  # fmt: skip
+                       max_drop_points=max_drop_points, data_dir=data_dir, make_current=make_current,
+                       channel=channel)  # fmt: skip
     except (ErcError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     console.print(

@@ -53,6 +53,7 @@ def repack(
     data_dir: Path | None = None,
     make_current: bool = False,
     max_conversations: int | None = None,
+    channel: str = "",
 ) -> RepackResult:
     src = version_path(store, version)
     manifest, encoder, tokenizer, head = load_version_files(src)
@@ -99,5 +100,5 @@ def repack(
     if make_current:
         from erc_stream.artifact import set_current
 
-        set_current(out_store, out_version)
+        set_current(out_store, out_version, channel)
     return result

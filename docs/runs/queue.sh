@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quality runs of issue 11 as a resumable queue: each line is one `erc-train fit`.
 # A run already published is skipped, a run with a checkpoint is resumed, the rest start fresh,
-# in order, one at a time. Stop it any time (SIGTERM checkpoints at the next step); start it
+# in order, one at a time (two queues with different patterns may run side by side, e.g. with
+# OMP_NUM_THREADS=1 each on a 2-core machine). Stop it any time (SIGTERM checkpoints at the next step); start it
 # again in a later session and it goes on where it was.
 #
 #   nohup bash docs/runs/queue.sh > "$ERC_RUNS/queue.log" 2>&1 &
@@ -38,6 +39,9 @@ run() {  # name, dataset, args...
 
 # 1. Architecture at equal budget (issue 10): MiniLM, k=5, 3 epochs, window vs turn.
 run meld-turn-minilm-e3 meld --architecture turn --epochs 3
+# The turn model reads past turns from cached vectors, so a longer window costs it almost nothing
+# (the pilot used k=8): the same run with k=8.
+run meld-turn-minilm-e3-k8 meld --architecture turn --epochs 3 --context-turns 8
 run meld-window-minilm-e3 meld --architecture window --epochs 3
 # 2. Rare classes: the same window run with class-weighted cross-entropy.
 run meld-window-minilm-e3-sqrtw meld --architecture window --epochs 3 --class-weighting sqrt_inverse
