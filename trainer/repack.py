@@ -4,10 +4,16 @@ The version is republished through the same atomic, checksummed publish path wit
 ``weights_dtype`` fp16 or bf16 (about half the bytes), then both versions are scored on the
 dev split with fp32 serving. The repacked version is kept only when its dev weighted F1 is
 within ``max_drop_points`` of the original's; otherwise it is removed and the caller is told.
+A kept version's manifest then describes what it serves: ``metrics.dev`` is re-measured on the
+16-bit weights (``erc-train evaluate`` reproduces it), the original's figures stay as
+``metrics.dev_before_repack`` and ``repacked_from`` names the source. The manifest is rewritten
+atomically before any pointer names the version.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +86,9 @@ def repack(
         predictor = load_predictor(vdir, device="cpu", dtype="fp32")
         res = predict_conversations(predictor, convs, batch_size=64, progress=True)
         m = compute_metrics(res.gold, res.predictions.label_ids.tolist(), predictor.labels, spec.neutral_label)
-        runs.append((m["weighted_f1"], res.predictions))
-    (f1_a, pa), (f1_b, pb) = runs
+        runs.append((m, res.predictions))
+    (m_a, pa), (m_b, pb) = runs
+    f1_a, f1_b = m_a["weighted_f1"], m_b["weighted_f1"]
     result = RepackResult(
         path=path,
         bytes_before=_size(src),
@@ -97,8 +104,26 @@ def repack(
             f"{weights_dtype} weights cost {result.drop_points:.2f} points of dev weighted F1 "
             f"({f1_a:.4f} -> {f1_b:.4f}), more than {max_drop_points}; the repacked version was removed"
         )
+    if max_conversations is None:  # figures of the whole dev split: the ones the manifest reports
+        _record_repack(path, m_b, source=version, weights_dtype=weights_dtype, agreement=result.agreement)
     if make_current:
         from erc_stream.artifact import set_current
 
         set_current(out_store, out_version, channel)
     return result
+
+
+def _record_repack(path: Path, dev_metrics: dict, *, source: str, weights_dtype: str, agreement: float) -> None:
+    """Rewrite the repacked version's manifest with the dev metrics of its own weights (atomically)."""
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    metrics = manifest.setdefault("metrics", {})
+    if "dev" in metrics:
+        metrics["dev_before_repack"] = metrics["dev"]
+    metrics["dev"] = dev_metrics
+    manifest["repacked_from"] = {"version": source, "weights_dtype": weights_dtype, "dev_same_emotion": agreement}
+    tmp = manifest_path.with_name(".manifest.json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, manifest_path)

@@ -43,3 +43,28 @@ def test_a_repack_that_costs_more_than_allowed_is_removed(tmp_path):
         repack(tmp_path / "store", "v1", out_store=tmp_path / "out", out_version="v1-bf16", weights_dtype="bf16",
                max_drop_points=-1.0, data_dir=DATA_DIR, max_conversations=2)  # fmt: skip
     assert not (tmp_path / "out" / "v1-bf16").exists()
+
+
+def test_a_kept_repack_reports_the_metrics_of_its_own_weights(tmp_path):
+    """On a whole dev split (the small IEMOCAP fixture), the repacked manifest's metrics.dev is what
+    its 16-bit weights score, so `erc-train evaluate` of the repacked version reproduces it."""
+    from erc_stream.model import load_predictor
+    from trainer.datasets import DATASETS, load_split
+    from trainer.evaluate import compute_metrics, predict_conversations
+
+    data_dir = Path(__file__).resolve().parents[1] / "data" / "datasets"
+    labels = DATASETS["iemocap"].labels
+    src = publish_test_model(tmp_path / "store", "v1", labels=labels, dataset="iemocap")
+    meta = json.loads((src / "manifest.json").read_text())
+    meta["metrics"] = {"dev": {"weighted_f1": 0.123}}  # what training reported, in fp32
+    (src / "manifest.json").write_text(json.dumps(meta))
+    r = repack(tmp_path / "store", "v1", out_store=tmp_path / "out", out_version="v1-fp16", data_dir=data_dir,
+               max_drop_points=100.0)  # fmt: skip
+    manifest = verify_version(r.path)
+    assert manifest["metrics"]["dev_before_repack"] == {"weighted_f1": 0.123}
+    assert manifest["repacked_from"] == {"version": "v1", "weights_dtype": "fp16", "dev_same_emotion": r.agreement}
+    predictor = load_predictor(r.path, device="cpu", dtype="fp32")
+    res = predict_conversations(predictor, load_split("iemocap", "dev", data_dir))
+    again = compute_metrics(res.gold, res.predictions.label_ids.tolist(), predictor.labels, "neutral")
+    assert manifest["metrics"]["dev"] == json.loads(json.dumps(again))
+    assert manifest["metrics"]["dev"]["weighted_f1"] == r.weighted_f1_after
