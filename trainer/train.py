@@ -312,8 +312,6 @@ def fit(cfg: TrainConfig, *, progress: bool = True, stop: StopFlag | None = None
 
 def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     """Seed, load data and encoder, build anchors and model; write the run's config (rank 0)."""
-    from transformers import AutoModel, AutoTokenizer
-
     seed_rank(cfg.seed, ctx)
     run_dir = run_dir_of(cfg)
     if not resume and (run_dir / CHECKPOINT_FILE).exists():
@@ -322,56 +320,22 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         write_run_config(run_dir, cfg.to_json())
     spec = DATASETS[cfg.dataset]
     labels = list(spec.labels)
-    label_id = {label: i for i, label in enumerate(labels)}
     device = ctx.device if ctx.enabled else resolve_device(cfg.device)  # under torchrun: this rank's GPU
     dtype = resolve_dtype(cfg.dtype, device)
     log.info("training on %s with %s; run folder %s", device, dtype, run_dir)
 
     train_convs = _limit(load_split(cfg.dataset, "train", cfg.data_dir), cfg.max_train_conversations)
     dev_convs = _limit(load_split(cfg.dataset, "dev", cfg.data_dir), cfg.max_dev_conversations)
-    enc_path = cfg.encoder_path
-    tokenizer = AutoTokenizer.from_pretrained(enc_path, local_files_only=True)
-    # A set `dropout` replaces the encoder's own hidden and attention dropout (BERT-family config names).
-    no_default = (
-        {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout}
-    )
-    encoder = AutoModel.from_pretrained(enc_path, local_files_only=True, **no_default)
+    tokenizer, encoder = _load_encoder(cfg)
     builder = PromptBuilder(
         tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length, template=cfg.prompt_template
     )
-
-    # Anchor texts (label words, LLM or file descriptions) and, optionally, external embeddings.
-    wants_llm = cfg.anchors == "llm" or cfg.embeddings_model
-    llm = LLMSettings.from_env(model=cfg.llm_model, base_url=cfg.llm_base_url) if wants_llm else None
-    source = describe_emotions(cfg.anchors, labels, cfg.dataset, llm=llm, descriptions_file=cfg.descriptions)
-    external = None
-    if cfg.embeddings_model:
-        external = embed_descriptions(source, embeddings_model=cfg.embeddings_model, llm=llm).float()
-
+    source, external = _anchor_texts(cfg, labels)
     head = ProjectionHead(
         encoder.config.hidden_size, cfg.proj_dim, **({} if cfg.dropout is None else {"dropout": cfg.dropout})
     )
     anchor_enc = _AnchorEncoder(encoder, head, tokenizer, source.texts, external)
-    model: EmotionModel | TurnEmotionModel
-    turn = None
-    if cfg.architecture == "turn":
-        if ctx.enabled:
-            raise ConfigError("architecture='turn' trains in one process for now; run it without --nproc-per-node")
-        settings = ContextSettings(
-            hidden_size=encoder.config.hidden_size,
-            context_turns=cfg.context_turns,
-            layers=cfg.context_layers,
-            heads=cfg.context_heads,
-            ffn_dim=cfg.context_ffn_dim,
-            dropout=cfg.context_dropout,
-        )
-        model = TurnEmotionModel(encoder, ContextModel(settings), head, torch.zeros(len(labels), cfg.proj_dim))
-        turn = TurnSplits(TurnData.build(builder, train_convs, label_id), TurnData.build(builder, dev_convs, label_id))
-        train_ex, dev_ex = turn.train.examples, turn.dev.examples
-    else:
-        model = EmotionModel(encoder, head, torch.zeros(len(labels), cfg.proj_dim))
-        train_ex = build_examples(builder, train_convs, label_id)
-        dev_ex = build_examples(builder, dev_convs, label_id)
+    model, train_ex, dev_ex, turn = _build_model(cfg, ctx, encoder, head, builder, labels, train_convs, dev_convs)
     model.to(device)
     anchor_enc.to(device)
     log.info("train %d utterances (%d conversations), dev %d", len(train_ex), len(train_convs), len(dev_ex))
@@ -384,7 +348,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         spec.neutral_label,
         device,
         dtype,
-        enc_path,
+        cfg.encoder_path,
         tokenizer,
         encoder,
         builder,
@@ -399,6 +363,51 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         turn,
         dev_groups=[conv.id for conv in dev_convs for _ in conv.utterances],
     )
+
+
+def _load_encoder(cfg: TrainConfig):
+    """Tokenizer and encoder from the local folder; a set ``dropout`` replaces the encoder's own
+    hidden and attention dropout (BERT-family config names)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.encoder_path, local_files_only=True)
+    no_default = (
+        {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout}
+    )
+    return tokenizer, AutoModel.from_pretrained(cfg.encoder_path, local_files_only=True, **no_default)
+
+
+def _anchor_texts(cfg: TrainConfig, labels: list[str]):
+    """Anchor texts (label words, LLM or file descriptions) and, optionally, their external embeddings."""
+    wants_llm = cfg.anchors == "llm" or cfg.embeddings_model
+    llm = LLMSettings.from_env(model=cfg.llm_model, base_url=cfg.llm_base_url) if wants_llm else None
+    source = describe_emotions(cfg.anchors, labels, cfg.dataset, llm=llm, descriptions_file=cfg.descriptions)
+    external = None
+    if cfg.embeddings_model:
+        external = embed_descriptions(source, embeddings_model=cfg.embeddings_model, llm=llm).float()
+    return source, external
+
+
+def _build_model(cfg: TrainConfig, ctx: DistContext, encoder, head, builder, labels, train_convs, dev_convs):
+    """The architecture's model (anchors zero until stage 1 sets them) and its train/dev examples."""
+    label_id = {label: i for i, label in enumerate(labels)}
+    anchors = torch.zeros(len(labels), cfg.proj_dim)
+    if cfg.architecture != "turn":
+        model = EmotionModel(encoder, head, anchors)
+        return model, build_examples(builder, train_convs, label_id), build_examples(builder, dev_convs, label_id), None
+    if ctx.enabled:
+        raise ConfigError("architecture='turn' trains in one process for now; run it without --nproc-per-node")
+    settings = ContextSettings(
+        hidden_size=encoder.config.hidden_size,
+        context_turns=cfg.context_turns,
+        layers=cfg.context_layers,
+        heads=cfg.context_heads,
+        ffn_dim=cfg.context_ffn_dim,
+        dropout=cfg.context_dropout,
+    )
+    turn_model = TurnEmotionModel(encoder, ContextModel(settings), head, anchors)
+    turn = TurnSplits(TurnData.build(builder, train_convs, label_id), TurnData.build(builder, dev_convs, label_id))
+    return turn_model, turn.train.examples, turn.dev.examples, turn
 
 
 def _class_weights(cfg: TrainConfig, train_ex: list[tuple[Prompt, int]], n_classes: int) -> torch.Tensor | None:
