@@ -1,6 +1,9 @@
 """Print the markdown tables of docs/results.md from the manifests the recorded runs published.
 
 Usage: .venv/bin/python docs/runs/summarize.py [var/runs/store]
+       .venv/bin/python docs/runs/summarize.py --compare STORE VERSION [VERSION ...]
+           one row per version: settings that differ, dev weighted/macro F1, per-class F1,
+           the dev F1 of every epoch, stage 2 and calibration
 """
 
 from __future__ import annotations
@@ -69,5 +72,38 @@ def main(store: Path) -> None:
         print(f"| {name} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {t['wall_s']:.0f} |")
 
 
+_SHOWN_SETTINGS = ("architecture", "encoder", "epochs", "context_turns", "lr", "class_weighting", "sampler", "seed")
+
+
+def compare(store: Path, versions: list[str]) -> None:
+    rows = [(v, _load(store, v)) for v in versions]
+    missing = [v for v, m in rows if m is None]
+    if missing:
+        sys.exit(f"not published in {store}: {', '.join(missing)}")
+    labels = rows[0][1]["labels"]
+    print("| version | " + " | ".join(_SHOWN_SETTINGS) + " | dev wF1 | dev macro F1 | " + " | ".join(labels) + " |")
+    print("|---" * (3 + len(_SHOWN_SETTINGS) + len(labels)) + "|")
+    for v, m in rows:
+        cfg, d = m["training"]["config"], m["metrics"]["dev"]
+        settings = " | ".join(str(cfg.get(k, "window" if k == "architecture" else "")) for k in _SHOWN_SETTINGS)
+        per_class = " | ".join(f"{d['per_class_f1'][label]:.3f}" for label in labels)
+        print(f"| {v} | {settings} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {per_class} |")
+    print("\n| version | dev wF1 per epoch (stage 1) | best epoch | stage 2 before -> after | calibration T, ECE before -> after (cross-fitted) |")
+    print("|---|---|---|---|---|")
+    for v, m in rows:
+        t = m["training"]
+        epochs = ", ".join(f"{h['dev_weighted_f1']:.4f}" for h in t["history"])
+        s2 = t.get("stage2", {})
+        c = m.get("calibration") or {}
+        cal = f"{c['temperature']:.4f}, {c['ece_before']:.4f} -> {c['ece_after']:.4f}" if c else "n/a"
+        print(
+            f"| {v} | {epochs} | {t['best_epoch']} | {s2.get('dev_weighted_f1_before', float('nan')):.4f} -> "
+            f"{s2.get('dev_weighted_f1_after', float('nan')):.4f} | {cal} |"
+        )
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "var/runs/store"))
+    if len(sys.argv) > 2 and sys.argv[1] == "--compare":
+        compare(Path(sys.argv[2]), sys.argv[3:])
+    else:
+        main(Path(sys.argv[1] if len(sys.argv) > 1 else "var/runs/store"))
