@@ -17,8 +17,10 @@ from tests.fixtures_model import publish_test_model
 from tests.integration.worker_harness import OutputReader, TurnRecord
 
 __all__ = [
+    "CONTEXT_TURNS",
     "FAULT_MODEL_VERSION",
     "FAULT_SETTINGS",
+    "MAX_LENGTH",
     "Tally",
     "group_id",
     "publish_fault_model",

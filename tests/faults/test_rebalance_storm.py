@@ -1,7 +1,10 @@
 """Rebalance storm: workers join and leave (SIGTERM, one SIGKILL) while a replay streams in.
 
 Graceful leaves commit what they acknowledged before giving partitions up, so only the
-SIGKILLed member may cause repeats (at most ``max_in_flight``); nothing may be missing.
+SIGKILLed member may cause repeats (at most ``max_in_flight``); nothing may be missing. Every
+event, repeats included, equals the offline prediction of its turn: the windows a new owner
+restores from the input log are the windows the turn had. Run with a window model and with a
+turn-once model, whose new owners re-encode the restored turns into their cached vectors.
 """
 
 from __future__ import annotations
@@ -12,17 +15,34 @@ from pathlib import Path
 
 import pytest
 
+from erc_stream.artifact import read_current, version_path
+from erc_stream.model import load_predictor
 from tests.faults.helpers import FAULT_SETTINGS, group_id, report, tally
-from tests.integration.worker_harness import OutputReader, WorkerProcess, make_topics, meld_dev, produce, turn_records
+from tests.integration.worker_harness import (
+    OutputReader,
+    WorkerProcess,
+    check_scores,
+    make_topics,
+    meld_dev,
+    offline_expected,
+    produce,
+    turn_records,
+)
 
 PRODUCE_SECONDS = 16.0
 SLICES = 16
+SCORE_TOL = 1e-4
 
 
-@pytest.mark.timeout(400)
-def test_workers_joining_and_leaving_during_a_replay(broker, topic_factory, fault_store: Path, tmp_path: Path) -> None:
+@pytest.mark.timeout(500)
+@pytest.mark.parametrize("architecture", ["window", "turn"])
+def test_workers_joining_and_leaving_during_a_replay(
+    broker, topic_factory, architecture: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    fault_store: Path = request.getfixturevalue("fault_store" if architecture == "window" else "turn_fault_store")
     topics = make_topics(topic_factory, partitions=4)
-    records = turn_records(meld_dev(20, start=40))
+    convs = meld_dev(20, start=40)
+    records = turn_records(convs)
     group = group_id()
     max_in_flight = int(FAULT_SETTINGS["max_in_flight"])
     workers: dict[str, WorkerProcess] = {}
@@ -76,7 +96,7 @@ def test_workers_joining_and_leaving_during_a_replay(broker, topic_factory, faul
 
     reader = asyncio.run(scenario())
     t = tally(
-        "rebalance_storm",
+        f"rebalance_storm[{architecture}]",
         records,
         reader,
         workers=len(workers),
@@ -90,3 +110,8 @@ def test_workers_joining_and_leaving_during_a_replay(broker, topic_factory, faul
     assert {n: c for n, c in exits.items() if n != "w1"} == {"w2": 0, "w3": 0, "w4": 0, "w5": 0}
     assert exits["w1"] == -signal.SIGKILL
     assert t.duplicates <= max_in_flight  # one crash; graceful leaves repeat nothing
+    version = read_current(fault_store)
+    assert version is not None
+    predictor = load_predictor(version_path(fault_store, version), device="cpu", dtype="fp32")
+    assert {e.value["model_version"] for e in reader.events} == {version}
+    check_scores(reader.events, offline_expected(predictor, convs), predictor.labels, SCORE_TOL)

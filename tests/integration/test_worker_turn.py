@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import pytest
 
 from erc_stream.artifact import set_current, version_path
@@ -27,9 +26,9 @@ from erc_stream.model import Predictor, TurnPredictor, load_predictor
 from erc_stream.worker import Worker
 from tests.fixtures_model import publish_test_model, publish_test_turn_model
 from tests.integration.worker_harness import (
-    Expected,
     OutputReader,
     WorkerProcess,
+    check_scores,
     committed_offsets,
     http_get,
     make_topics,
@@ -40,8 +39,6 @@ from tests.integration.worker_harness import (
     turn_records,
     worker_config,
 )
-from trainer.datasets import Conversation
-from trainer.evaluate import predict_conversations
 
 pytestmark = pytest.mark.broker
 
@@ -68,37 +65,12 @@ def turn(store: Path) -> TurnPredictor:
     return p
 
 
-def turn_expected(predictor: TurnPredictor, convs: list[Conversation]) -> dict[str, Expected]:
-    """Event id -> what `erc-train evaluate` predicts for that turn."""
-    res = predict_conversations(predictor, convs)
-    out = {}
-    for row, ((cid, i), gold) in enumerate(zip(res.keys, res.gold, strict=True)):
-        s = res.predictions.scores[row]
-        top = np.sort(s)[::-1]
-        context = min(i, predictor.builder.context_turns)
-        out[f"{cid}:{i}"] = Expected(
-            s.copy(), int(res.predictions.label_ids[row]), gold, context, float(top[0] - top[1])
-        )
-    return out
-
-
-def check(events, expected: dict[str, Expected], labels) -> None:
-    for e in events:
-        v = e.value
-        exp = expected[v["event_id"]]
-        got = np.array([v["scores"][label] for label in labels])
-        np.testing.assert_allclose(got, exp.scores, atol=SCORE_TOL, rtol=0, err_msg=v["event_id"])
-        assert v["context_turns"] == exp.context_used, v["event_id"]
-        if exp.top2_gap > SCORE_TOL:
-            assert v["emotion"] == labels[exp.label_id], v["event_id"]
-
-
 @pytest.mark.timeout(300)
 def test_clean_run_equals_the_offline_turn_evaluation(broker, topic_factory, store, turn) -> None:
     topics = make_topics(topic_factory, partitions=2)
     convs = meld_dev(15, start=12)
     recs = turn_records(convs)
-    expected = turn_expected(turn, convs)
+    expected = offline_expected(turn, convs)
     validator = jsonschema.Draft202012Validator(
         json.loads((ROOT / "schemas" / "emotion_event.schema.json").read_text())
     )
@@ -120,7 +92,7 @@ def test_clean_run_equals_the_offline_turn_evaluation(broker, topic_factory, sto
     for e in reader.events:
         validator.validate(e.value)
         assert e.value["model_version"] == "turn-v1"
-    check(reader.events, expected, turn.labels)
+    check_scores(reader.events, expected, turn.labels, SCORE_TOL)
     # Each turn went through the encoder once, as its short single-turn prompt.
     b = turn.builder
     turn_tokens = sum(len(b.build_turn(b.encode_turn(u.speaker, u.text))) for c in convs for u in c.utterances)
@@ -134,7 +106,7 @@ def test_sigkill_mid_stream_then_restart_equals_offline(broker, topic_factory, s
     phase_a = turn_records(convs, slice(0, 3))
     in_flight = turn_records(convs, slice(3, 4))
     phase_b = turn_records(convs, slice(4, None))
-    expected = turn_expected(turn, convs)
+    expected = offline_expected(turn, convs)
     group = _group()
     settings = {"max_batch_size": 4, "max_in_flight": 16}
 
@@ -176,7 +148,7 @@ def test_sigkill_mid_stream_then_restart_equals_offline(broker, topic_factory, s
     assert {eid for eid, c in counts.items() if c > 1} <= {r.event_id for r in in_flight}
     # Every event, before and after the kill, equals the offline evaluation: after the restart
     # the restored windows' turns were re-encoded before the next event of their conversation.
-    check(reader.events, expected, turn.labels)
+    check_scores(reader.events, expected, turn.labels, SCORE_TOL)
     after = [e for e in reader.events[seen_before_kill:] if e.value["event_id"] in {r.event_id for r in phase_b}]
     assert after and all(e.value["context_turns"] == K for e in after if int(e.value["turn_id"]) >= K)
 
@@ -194,7 +166,7 @@ def test_hot_reload_recomputes_cached_vectors_never_mixing_versions(broker, topi
     topics = make_topics(topic_factory, partitions=2)
     convs = [c for c in meld_dev(20, start=90) if len(c.utterances) >= 7][:6]
     phases = [turn_records(convs, slice(0, 3)), turn_records(convs, slice(3, 5)), turn_records(convs, slice(5, None))]
-    expected = {"t1": turn_expected(t1, convs), "t2": turn_expected(t2, convs), "w3": offline_expected(w3, convs)}
+    expected = {"t1": offline_expected(t1, convs), "t2": offline_expected(t2, convs), "w3": offline_expected(w3, convs)}
     port = free_port()
 
     async def reloads(result: str) -> float:
@@ -226,4 +198,4 @@ def test_hot_reload_recomputes_cached_vectors_never_mixing_versions(broker, topi
         events = [e for e in reader.events if e.value["event_id"] in ids]
         assert {e.value["model_version"] for e in events} == {version}
         # t2's windows hold turns first seen under t1; w3's prompts hold turns first seen under t2.
-        check(events, expected[version], t1.labels)
+        check_scores(events, expected[version], t1.labels, SCORE_TOL)

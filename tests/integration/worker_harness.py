@@ -27,9 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from erc_stream.config import WorkerConfig
 from erc_stream.devtools.broker import free_port
-from erc_stream.model import Predictor
+from erc_stream.model import Predictor, TurnPredictor
 from trainer.datasets import Conversation, load_split
-from trainer.evaluate import build_examples
+from trainer.evaluate import build_examples, predict_conversations
 
 __all__ = [
     "CLI",
@@ -48,6 +48,7 @@ __all__ = [
     "http_get",
     "metric_value",
     "offline_expected",
+    "check_scores",
     "committed_offsets",
 ]
 
@@ -377,15 +378,43 @@ class Expected:
     top2_gap: float  # best minus second-best score; argmax is only meaningful above rounding noise
 
 
-def offline_expected(predictor: Predictor, convs: Sequence[Conversation]) -> dict[str, Expected]:
-    """Event id -> offline prediction, with prompts from ``trainer.evaluate.build_examples``."""
-    label_id = {label: i for i, label in enumerate(predictor.labels)}
-    examples = build_examples(predictor.builder, convs, label_id)
-    preds = predictor.predict([p for p, _ in examples])
-    ids = [f"{c.id}:{i}" for c in convs for i in range(len(c.utterances))]
+def offline_expected(predictor: Predictor | TurnPredictor, convs: Sequence[Conversation]) -> dict[str, Expected]:
+    """Event id -> what `erc-train evaluate` predicts for that turn, for either architecture.
+
+    Window models: prompts from ``trainer.evaluate.build_examples``. Turn models:
+    ``trainer.evaluate.predict_conversations`` (every turn encoded once, one context pass per turn).
+    """
+    if isinstance(predictor, TurnPredictor):
+        res = predict_conversations(predictor, convs)
+        rows = [
+            (f"{cid}:{i}", res.predictions.scores[row], int(res.predictions.label_ids[row]), gold,
+             min(i, predictor.builder.context_turns))
+            for row, ((cid, i), gold) in enumerate(zip(res.keys, res.gold, strict=True))
+        ]  # fmt: skip
+    else:
+        label_id = {label: i for i, label in enumerate(predictor.labels)}
+        examples = build_examples(predictor.builder, convs, label_id)
+        preds = predictor.predict([p for p, _ in examples])
+        ids = [f"{c.id}:{i}" for c in convs for i in range(len(c.utterances))]
+        rows = [
+            (eid, preds.scores[row], int(preds.label_ids[row]), gold, prompt.context_used)
+            for row, (eid, (prompt, gold)) in enumerate(zip(ids, examples, strict=True))
+        ]
     out = {}
-    for row, (eid, (prompt, gold)) in enumerate(zip(ids, examples, strict=True)):
-        s = preds.scores[row]
+    for eid, s, label, gold, context in rows:
         top = np.sort(s)[::-1]
-        out[eid] = Expected(s.copy(), int(preds.label_ids[row]), gold, prompt.context_used, float(top[0] - top[1]))
+        out[eid] = Expected(s.copy(), label, gold, context, float(top[0] - top[1]))
     return out
+
+
+def check_scores(events: Iterable[OutRecord], expected: dict[str, Expected], labels: Sequence[str], tol: float) -> None:
+    """Every event equals the offline prediction of its turn: scores within ``tol``, the context
+    length, and the emotion wherever the top two scores are further apart than ``tol``."""
+    for e in events:
+        v = e.value
+        exp = expected[v["event_id"]]
+        got = np.array([v["scores"][label] for label in labels])
+        np.testing.assert_allclose(got, exp.scores, atol=tol, rtol=0, err_msg=v["event_id"])
+        assert v["context_turns"] == exp.context_used, v["event_id"]
+        if exp.top2_gap > tol:
+            assert v["emotion"] == labels[exp.label_id], v["event_id"]
