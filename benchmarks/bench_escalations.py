@@ -47,6 +47,7 @@ from erc_stream.escalations.messages import EmotionEvent
 from erc_stream.escalations.rules import RULE_NAMES, RulesConfig, rules_from_mapping
 from erc_stream.escalations.state import Escalator
 from erc_stream.events import SourceRef
+from erc_stream.model import confidence_temperature
 from trainer.datasets import load_split
 
 TOLERANCE_TURNS = 2
@@ -70,7 +71,7 @@ def load_turns(predictions: Path, store: Path) -> tuple[list[list[Turn]], dict[s
         raise SystemExit(f"no CURRENT version in {store}")
     manifest = orjson.loads((version_path(store, version) / "manifest.json").read_bytes())
     labels: list[str] = manifest["labels"]
-    temperature = float(manifest["temperature"])
+    temperature = confidence_temperature(manifest)  # the fitted one when calibrated, as the worker uses
     speakers = {c.id: [u.speaker for u in c.utterances] for c in load_split("meld", "dev")}
     convs: dict[str, list[Turn]] = defaultdict(list)
     for line in predictions.read_text().splitlines():
