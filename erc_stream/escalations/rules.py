@@ -113,8 +113,29 @@ class Cooldown:
 class RulesConfig:
     """Every setting of the escalation rules; the defaults equal ``rules.yaml``."""
 
-    negative_emotions: tuple[str, ...] = ("anger", "disgust", "fear", "sadness")
-    calm_emotions: tuple[str, ...] = ("neutral", "joy")
+    # The labels of every shipped dataset: a model emits only its own (MELD and DailyDialog share
+    # anger/disgust/fear/sadness; EmoryNLP says mad/scared/sad; IEMOCAP angry/frustrated/sad).
+    negative_emotions: tuple[str, ...] = (
+        "anger",
+        "disgust",
+        "fear",
+        "sadness",
+        "mad",
+        "scared",
+        "sad",
+        "angry",
+        "frustrated",
+    )
+    calm_emotions: tuple[str, ...] = (
+        "neutral",
+        "joy",
+        "joyful",
+        "peaceful",
+        "powerful",
+        "happiness",
+        "happy",
+        "excited",
+    )
     history_turns: int = 8
     dedupe_turns: int = 64
     intensity_alpha: float = 0.5
