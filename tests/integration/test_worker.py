@@ -36,6 +36,7 @@ from tests.integration.worker_harness import (
     Expected,
     OutputReader,
     WorkerProcess,
+    check_scores,
     committed_offsets,
     http_get,
     make_topics,
@@ -79,20 +80,8 @@ def _group() -> str:
 
 
 def _check_against_offline(events, expected: dict[str, Expected], labels) -> int:
-    """Every event equals its offline prediction: scores within SCORE_TOL, same context, same
-    emotion unless the offline top two are within SCORE_TOL (a tie). Returns the number of ties."""
-    ties = 0
-    for e in events:
-        v = e.value
-        exp = expected[v["event_id"]]
-        got = np.array([v["scores"][label] for label in labels])
-        np.testing.assert_allclose(got, exp.scores, atol=SCORE_TOL, rtol=0, err_msg=v["event_id"])
-        assert v["context_turns"] == exp.context_used, v["event_id"]
-        if exp.top2_gap > SCORE_TOL:
-            assert v["emotion"] == labels[exp.label_id], v["event_id"]
-        else:
-            ties += 1
-    return ties
+    """Every event equals its offline prediction (``check_scores`` at SCORE_TOL); returns the ties."""
+    return check_scores(events, expected, labels, SCORE_TOL)
 
 
 def _short_window(conv, i: int) -> bool:
