@@ -52,6 +52,8 @@ def gpu_info(device: torch.device) -> dict:
         "bf16_supported": torch.cuda.is_bf16_supported(),
         "cuda_runtime": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
+        # erc_stream.model.configure_cuda_attention turns it off at load unless ERC_CUDNN_SDP=1
+        "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),
         "visible_devices": torch.cuda.device_count(),
     }
     try:
@@ -144,7 +146,9 @@ def render(payload: dict) -> str:
     g = payload["gpu"]
     card = (
         f"{g['name']} (compute capability {g['compute_capability']}, {g['memory_gib']} GiB, "
-        f"{g['multiprocessors']} SMs; CUDA {g['cuda_runtime']}, cuDNN {g['cudnn']}; nvidia-smi: {g.get('nvidia_smi')})"
+        f"{g['multiprocessors']} SMs; CUDA {g['cuda_runtime']}, cuDNN {g['cudnn']}; "
+        f"nvidia-smi: {g.get('nvidia_smi')}); cuDNN attention backend (SDPA) "
+        f"{'on (ERC_CUDNN_SDP=1)' if g.get('cudnn_sdp') else 'off'}"
         if "name" in g
         else f"{g['device']}: {g['note']}"
     )

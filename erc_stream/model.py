@@ -20,6 +20,7 @@ and reads its context from the cached vectors of earlier turns::
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -44,6 +45,7 @@ __all__ = [
     "TurnEmotionModel",
     "TurnInput",
     "TurnPredictor",
+    "configure_cuda_attention",
     "cpu_has_native_bf16",
     "default_encoder_path",
     "load_predictor",
@@ -92,6 +94,20 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
     return torch.device(device)
+
+
+def configure_cuda_attention(device: torch.device) -> None:
+    """On CUDA, keep PyTorch's cuDNN backend of scaled_dot_product_attention off (process-wide),
+    unless ERC_CUDNN_SDP=1.
+
+    The encoder's attention runs through SDPA; in bf16/fp16 on Hopper, PyTorch prefers cuDNN's
+    kernel, which builds a cuDNN graph for every new (batch, length) shape. Live micro-batches and
+    length-sorted training batches rarely repeat a shape, so nearly every batch paid for a build
+    (H200: every half-precision batch took about 40 ms whatever its size, fp32 2-8 ms; figures in
+    docs/benchmarks/gpu.md). The flash and memory-efficient kernels need no per-shape build.
+    """
+    if device.type == "cuda" and os.environ.get("ERC_CUDNN_SDP") != "1":
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -233,6 +249,7 @@ class Predictor(_LoadedVersion[EmotionModel]):
         model = EmotionModel(encoder, head, anchors).eval()
         # Weights are cast once: casting per call (autocast) costs time on every batch.
         model.to(device=dev, dtype=dt)
+        configure_cuda_attention(dev)
         return cls(model, _prompt_builder(tokenizer, manifest), manifest, dev, dt)
 
     @torch.inference_mode()
@@ -341,6 +358,7 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
         model = TurnEmotionModel(encoder, context, head, anchors).eval()
         # Weights are cast once, as in Predictor.load.
         model.to(device=dev, dtype=dt)
+        configure_cuda_attention(dev)
         return cls(model, _prompt_builder(tokenizer, manifest), manifest, dev, dt)
 
     @torch.inference_mode()

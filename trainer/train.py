@@ -48,6 +48,7 @@ from erc_stream.model import (
     ProjectionHead,
     TurnEmotionModel,
     TurnPredictor,
+    configure_cuda_attention,
     resolve_device,
     resolve_dtype,
 )
@@ -321,6 +322,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     spec = DATASETS[cfg.dataset]
     labels = list(spec.labels)
     device = ctx.device if ctx.enabled else resolve_device(cfg.device)  # under torchrun: this rank's GPU
+    configure_cuda_attention(device)
     dtype = resolve_dtype(cfg.dtype, device)
     log.info("training on %s with %s; run folder %s", device, dtype, run_dir)
 

@@ -6,6 +6,11 @@ results, and fp16 cases skip, fp16 being a CUDA dtype here):
 
     ERC_GPU_TESTS_DEVICE=cpu          run them on the CPU instead of cuda
     ERC_GPU_TESTS_CONVERSATIONS=N     use the first N MELD dev conversations instead of all
+
+and one for a GPU machine that cannot hold the default encoder's package (a device whose copy of
+the tree is size-limited can carry the shipped model, whose encoder is a MiniLM too):
+
+    ERC_GPU_TESTS_ENCODER=NAME|PATH   the encoder the AMP tests train (default: the trainer's default)
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def device() -> torch.device:
     """The device under test: cuda, or the CPU when ERC_GPU_TESTS_DEVICE=cpu."""
     return _device()
+
+
+@pytest.fixture(scope="session")
+def train_encoder() -> str:
+    """The encoder the AMP training tests start from: ERC_GPU_TESTS_ENCODER, else the trainer's default."""
+    from trainer.encoders import DEFAULT_ENCODER
+
+    return os.environ.get("ERC_GPU_TESTS_ENCODER") or DEFAULT_ENCODER
 
 
 @pytest.fixture(scope="session")

@@ -39,10 +39,10 @@ FIRST_LOSS_RTOL = {"bf16": 5e-2, "fp16": 1e-2}
 STEPS = 6
 
 
-def _steps(device: torch.device, dtype: str, tmp: Path) -> tuple[list[dict[str, float]], dict, object]:
+def _steps(device: torch.device, dtype: str, tmp: Path, encoder: str) -> tuple[list[dict[str, float]], dict, object]:
     """The trainer's stages (_prepare, _optimizer, _train_step) for STEPS steps; loss parts, weights, optimizer."""
-    cfg = TrainConfig(dataset="meld", device=device.type, dtype=dtype, dropout=0.0, epochs=1, stage2=False,
-                      max_train_conversations=8, max_dev_conversations=2, context_turns=2, batch_size=16,
+    cfg = TrainConfig(dataset="meld", encoder=encoder, device=device.type, dtype=dtype, dropout=0.0, epochs=1,
+                      stage2=False, max_train_conversations=8, max_dev_conversations=2, context_turns=2, batch_size=16,
                       store=tmp / "store", run_dir=tmp / f"run-{dtype}", version=f"amp-{dtype}")  # fmt: skip
     run = _prepare(cfg, DistContext.single(device), resume=False)
     optim = _optimizer(run)
@@ -56,10 +56,10 @@ def _steps(device: torch.device, dtype: str, tmp: Path) -> tuple[list[dict[str, 
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_amp_training_steps_follow_fp32(device: torch.device, dtype: str, tmp_path: Path) -> None:
+def test_amp_training_steps_follow_fp32(device: torch.device, dtype: str, tmp_path: Path, train_encoder: str) -> None:
     _skip_unsupported(device, dtype)
-    ref, ref_w, _ = _steps(device, "fp32", tmp_path)
-    amp, amp_w, optim = _steps(device, dtype, tmp_path)
+    ref, ref_w, _ = _steps(device, "fp32", tmp_path, train_encoder)
+    amp, amp_w, optim = _steps(device, dtype, tmp_path, train_encoder)
     # fp16 needs loss scaling against gradient underflow; bf16 has fp32's exponent range and does not.
     assert (optim.scaler is not None) == (dtype == "fp16")
     assert all(math.isfinite(v) for step in amp for v in step.values()), amp
@@ -78,10 +78,13 @@ def test_amp_training_steps_follow_fp32(device: torch.device, dtype: str, tmp_pa
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_fit_with_amp_trains_and_publishes(device: torch.device, dtype: str, tmp_path: Path) -> None:
+def test_fit_with_amp_trains_and_publishes(
+    device: torch.device, dtype: str, tmp_path: Path, train_encoder: str
+) -> None:
     _skip_unsupported(device, dtype)
     store = tmp_path / "store"
-    cmd = [str(ERC_TRAIN), "fit", "--dataset", "meld", "--device", device.type, "--dtype", dtype, "--epochs", "2",
+    cmd = [str(ERC_TRAIN), "fit", "--dataset", "meld", "--encoder", train_encoder, "--device", device.type,
+           "--dtype", dtype, "--epochs", "2",
            "--stage2-epochs", "2", "--max-train-conversations", "16", "--max-dev-conversations", "4",
            "--context-turns", "2", "--batch-size", "16", "--store", str(store),
            "--run-dir", str(tmp_path / "run")]  # fmt: skip

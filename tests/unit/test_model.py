@@ -159,3 +159,24 @@ def test_load_with_bad_settings_fails_before_anything_is_moved(version_dir):
         Predictor.load(version_dir, device="tpu")
     with pytest.raises(ConfigError, match="fp16"):
         Predictor.load(version_dir, device="cpu", dtype="fp16")
+
+
+@pytest.mark.parametrize(
+    ("device", "env", "expect_on"),
+    [("cpu", None, True), ("cuda", None, False), ("cuda", "1", True)],
+)
+def test_cudnn_attention_is_turned_off_for_cuda_unless_asked_for(monkeypatch, device, env, expect_on):
+    """The flag is process-wide and settable without a GPU; docs/benchmarks/gpu_h200.md has why."""
+    from erc_stream.model import configure_cuda_attention
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    if env is None:
+        monkeypatch.delenv("ERC_CUDNN_SDP", raising=False)
+    else:
+        monkeypatch.setenv("ERC_CUDNN_SDP", env)
+    try:
+        configure_cuda_attention(torch.device(device))
+        assert torch.backends.cuda.cudnn_sdp_enabled() is expect_on
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

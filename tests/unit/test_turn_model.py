@@ -92,10 +92,12 @@ def test_schemas_folder_holds_the_packaged_manifest_schema():
     assert (ROOT / "schemas" / "manifest.schema.json").read_bytes() == packaged.read_bytes()
 
 
-def test_the_shipped_window_model_still_validates_and_loads():
+def test_the_shipped_window_model_validates_and_loads_and_a_manifest_without_the_field_is_a_window():
     manifest = read_manifest(MAIN_MODEL)
-    assert "architecture" not in manifest
     assert manifest_architecture(manifest) == "window"
+    older = {k: v for k, v in manifest.items() if k != "architecture"}  # written before the field existed
+    validate_manifest(older)
+    assert manifest_architecture(older) == "window"
     predictor = load_predictor(MAIN_MODEL, device="cpu", dtype="fp32", verify=False)
     assert type(predictor) is Predictor
     turn = predictor.builder.encode_turn("Ross", "We were on a break!")
@@ -157,7 +159,7 @@ def test_missing_context_weights_are_refused(turn_copy):
 
 
 def test_validate_manifest_accepts_a_window_manifest_with_architecture_window():
-    manifest = read_manifest(MAIN_MODEL)
+    manifest = {k: v for k, v in read_manifest(MAIN_MODEL).items() if k != "architecture"}
     validate_manifest({**manifest, "architecture": "window"})
     with pytest.raises(ArtifactError, match="'architecture' is a required property"):
         validate_manifest({**manifest, "context_model": {}})
