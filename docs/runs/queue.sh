@@ -8,7 +8,9 @@
 #   nohup bash docs/runs/queue.sh > "$ERC_RUNS/queue.log" 2>&1 &
 #
 # Runs live outside the work tree (ERC_RUNS, default /root/erc-runs) so that a new checkout
-# does not take them away. Logs: $ERC_RUNS/<name>.log; commands and exit codes: commands.txt.
+# does not take them away. They survive only while the machine does: on 2026-11-26 a session
+# started on a fresh machine without them, so a run longer than one session cannot finish here.
+# Logs: $ERC_RUNS/<name>.log; commands and exit codes: commands.txt.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export ERC_DATA_DIR=${ERC_DATA_DIR:-$(realpath ../shared/datasets)} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -42,6 +44,9 @@ run meld-turn-minilm-e3 meld --architecture turn --epochs 3
 # The turn model reads past turns from cached vectors, so a longer window costs it almost nothing
 # (the pilot used k=8): the same run with k=8.
 run meld-turn-minilm-e3-k8 meld --architecture turn --epochs 3 --context-turns 8
+# Two more seeds of it (a turn run costs about a third of a window run here), for mean +- sd.
+run meld-turn-minilm-e3-k8-s43 meld --architecture turn --epochs 3 --context-turns 8 --seed 43
+run meld-turn-minilm-e3-k8-s44 meld --architecture turn --epochs 3 --context-turns 8 --seed 44
 run meld-window-minilm-e3 meld --architecture window --epochs 3
 # 2. Rare classes: the same window run with class-weighted cross-entropy.
 run meld-window-minilm-e3-sqrtw meld --architecture window --epochs 3 --class-weighting sqrt_inverse
