@@ -47,6 +47,8 @@ run meld-turn-minilm-e3-k8 meld --architecture turn --epochs 3 --context-turns 8
 # Two more seeds of it (a turn run costs about a third of a window run here), for mean +- sd.
 run meld-turn-minilm-e3-k8-s43 meld --architecture turn --epochs 3 --context-turns 8 --seed 43
 run meld-turn-minilm-e3-k8-s44 meld --architecture turn --epochs 3 --context-turns 8 --seed 44
+# The turn model peaked at epoch 2 in two seeds of three: a lower encoder learning rate.
+run meld-turn-minilm-e3-k8-lr3e-5 meld --architecture turn --epochs 3 --context-turns 8 --lr 3e-5
 run meld-window-minilm-e3 meld --architecture window --epochs 3
 # 2. Rare classes: the same window run with class-weighted cross-entropy.
 run meld-window-minilm-e3-sqrtw meld --architecture window --epochs 3 --class-weighting sqrt_inverse
