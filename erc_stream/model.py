@@ -103,8 +103,8 @@ def configure_cuda_attention(device: torch.device) -> None:
     The encoder's attention runs through SDPA; in bf16/fp16 on Hopper, PyTorch prefers cuDNN's
     kernel, which builds a cuDNN graph for every new (batch, length) shape. Live micro-batches and
     length-sorted training batches rarely repeat a shape, so nearly every batch paid for a build
-    (H200: every half-precision batch took about 40 ms whatever its size, fp32 2-8 ms; figures in
-    docs/benchmarks/gpu.md). The flash and memory-efficient kernels need no per-shape build.
+    (H200: half-precision batches of 8 or more took 37-76 ms whatever their size, fp32 3-9 ms;
+    docs/benchmarks/gpu_h200.md). The flash and memory-efficient kernels need no per-shape build.
     """
     if device.type == "cuda" and os.environ.get("ERC_CUDNN_SDP") != "1":
         torch.backends.cuda.enable_cudnn_sdp(False)
