@@ -53,7 +53,7 @@ run meld-turn-minilm-e3-k8-lr3e-5 meld --architecture turn --epochs 3 --context-
 # loss beside the EACL losses, and conversations drawn by inverse class frequency.
 run meld-turn-minilm-e3-k8-triplet meld --architecture turn --epochs 3 --context-turns 8 --triplet-weight 1.0
 run meld-turn-minilm-e3-k8-balanced meld --architecture turn --epochs 3 --context-turns 8 --sampler balanced
-# (Both ran in session 5: docs/results.md.) The two below have not run yet.
+# (Both ran in session 5, and the lr 1e-4 run below: docs/results.md. The batch-32 run has not.)
 # The context transformer starts from random weights at the head's rate (1e-3): a tenth of it.
 run meld-turn-minilm-e3-k8-ctxlr1e-4 meld --architecture turn --epochs 3 --context-turns 8 --context-lr 1e-4
 # Twice the turns per step: more positives and negatives for the contrastive loss.
