@@ -143,6 +143,12 @@ def fit(
     sampler: str = typer.Option(
         _D["sampler"], help="shuffle, or balanced (turn only: conversations drawn by inverse class frequency)"
     ),
+    distill_from: Path | None = typer.Option(
+        None,
+        help="a published version folder (e.g. models/meld-main) to distill from: its calibrated predictions "
+        "on the training set become a second target (KL, weight --distill-weight)",
+    ),
+    distill_weight: float = typer.Option(_D["distill_weight"], help="weight of the distillation loss"),
     weights_dtype: str = typer.Option(
         _D["weights_dtype"], help="store the published encoder in fp32, fp16 or bf16 (see erc-train repack)"
     ),

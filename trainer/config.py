@@ -22,7 +22,7 @@ QUICK_OVERRIDES = dict(epochs=1, stage2_epochs=2, max_train_conversations=80, ma
 # Cross-entropy class weights from train label counts n_c (N utterances, C classes):
 # none = 1, inverse = N / (C n_c), sqrt_inverse = sqrt(N / (C n_c)).
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
-_PATH_FIELDS = ("data_dir", "store", "descriptions", "run_dir")
+_PATH_FIELDS = ("data_dir", "store", "descriptions", "run_dir", "distill_from")
 # window: each prompt holds the last k turns as text (EACL); turn: each turn is encoded once and a
 # context transformer reads the window's cached turn vectors (trainer/turn.py).
 ARCHITECTURES = ("window", "turn")
@@ -85,6 +85,9 @@ class TrainConfig:
     triplet_margin: float = 0.3  # in cosine distance (1 - cos)
     triplet_mining: str = "batch_hard"  # batch_hard or semi_hard
     sampler: str = "shuffle"  # shuffle or balanced (turn only: conversations by inverse class frequency)
+    # Knowledge distillation: a published version folder whose predictions the student also learns
+    distill_from: Path | None = None  # None: no teacher
+    distill_weight: float = 1.0  # weight of KL(teacher || student) added to the stage-1 loss
     # Checkpoints (resume with `erc-train fit --resume RUN_DIR`)
     run_dir: Path | None = None  # None: var/runs/<version>
     checkpoint_every_steps: int = 200  # 0: only at the end of each epoch
@@ -131,6 +134,7 @@ class TrainConfig:
             ("triplet_margin", self.triplet_margin > 0),
             ("triplet_mining", self.triplet_mining in TRIPLET_MINING),
             ("sampler", self.sampler in SAMPLERS),
+            ("distill_weight", self.distill_weight >= 0),
             ("channel", valid_channel(self.channel)),
         ]
         for name, ok in checks:
@@ -141,6 +145,11 @@ class TrainConfig:
                 "TrainConfig.sampler='balanced' samples whole conversations: use it with architecture='turn'"
             )
         resolve_encoder(self.encoder)  # a clear error (with the install command) before any work starts
+        if self.distill_from is not None and not (Path(self.distill_from) / "manifest.json").is_file():
+            raise ConfigError(
+                f"distill_from={str(self.distill_from)!r} is not a model version folder (no manifest.json); "
+                "pass a version folder of a store, e.g. models/meld-main"
+            )
         if self.descriptions is not None and not Path(self.descriptions).is_file():
             raise ConfigError(f"descriptions={str(self.descriptions)!r} does not exist; pass a JSON descriptions file")
 

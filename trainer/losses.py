@@ -37,6 +37,7 @@ __all__ = [
     "stage1_loss",
     "anchor_adaptation_loss",
     "triplet_loss",
+    "distillation_loss",
     "TRIPLET_MINING",
 ]
 
@@ -287,6 +288,34 @@ def triplet_loss(reps: Tensor, labels: Tensor, margin: float, mining: str = "bat
         per_pair = F.relu(dist - chosen + margin)
         per_pair = torch.where(valid_pairs, per_pair, torch.zeros_like(per_pair))
         return per_pair.sum() / valid_pairs.sum().clamp_min(1)
+
+
+def distillation_loss(logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    """Knowledge distillation (Hinton et al. 2015): ``KL(p_teacher || softmax(logits))``, mean over the batch.
+
+    The student's logits are the same ``cos(r, a_c) / tau`` its cross-entropy uses; the teacher's
+    distribution is what a published model predicted for the same utterances (its calibrated
+    confidence). Rows of ``teacher_probs`` must be probability vectors; zeros are allowed.
+
+    Args:
+        logits: (B, C) student logits.
+        teacher_probs: (B, C) teacher probabilities, each row summing to 1.
+
+    Returns:
+        Scalar float32 loss, >= 0, and 0 exactly when the two distributions agree.
+    """
+    _check_matrix("logits", logits)
+    _check_matrix("teacher_probs", teacher_probs)
+    if logits.shape != teacher_probs.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and teacher_probs {tuple(teacher_probs.shape)} must have the same shape"
+        )
+    with _fp32_math(logits):
+        p = teacher_probs.float().to(logits.device)  # (B, C)
+        log_q = F.log_softmax(logits.float(), dim=-1)  # (B, C)
+        # 0 * log 0 is 0: classes the teacher rules out add nothing.
+        log_p = torch.where(p > 0, p.clamp_min(1e-30).log(), torch.zeros_like(p))
+        return (p * (log_p - log_q)).sum(dim=-1).mean()
 
 
 @contextlib.contextmanager

@@ -11,7 +11,9 @@ anchors alone are fitted with cross-entropy over cos(r, a)/tau and chosen on dev
 ``architecture="turn"`` trains the turn-once model instead (trainer/turn.py): batches are whole
 conversations, each turn encoded once per step as its single-turn prompt, a context transformer
 reads every turn's window of those vectors; the same head, anchors, losses and stage 2 follow.
-An optional triplet loss (``triplet_weight``) is added to the stage-1 loss of either architecture.
+An optional triplet loss (``triplet_weight``) and an optional distillation loss towards a published
+teacher's predictions (``distill_from``, trainer/distill.py) are added to the stage-1 loss of either
+architecture.
 
 Under torchrun (trainer/distributed.py) stage 1 is DistributedDataParallel: every rank takes
 its share of the same global batches (``batch_size`` stays the global batch), SupCon and CE
@@ -67,6 +69,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import TrainConfig
 from trainer.datasets import DATASETS, Conversation, load_split
+from trainer.distill import teacher_probabilities
 from trainer.distributed import (
     BatchShard,
     DistContext,
@@ -80,7 +83,7 @@ from trainer.distributed import (
     shard_batch,
 )
 from trainer.evaluate import build_examples, compute_metrics, predict_examples, write_report
-from trainer.losses import anchor_adaptation_loss, stage1_loss, triplet_loss
+from trainer.losses import anchor_adaptation_loss, cosine_logits, distillation_loss, stage1_loss, triplet_loss
 from trainer.turn import TurnData, TurnSplits, TurnStage1Net, predict_turn_data, turn_representations
 
 __all__ = ["fit", "FitResult", "StopFlag", "TrainingInterrupted", "run_dir_of"]
@@ -222,6 +225,7 @@ class _Run:
     dist: DistContext  # this process's place in a torchrun run (one process: world_size 1)
     turn: TurnSplits | None = None  # the conversations of a turn run; None for window
     dev_groups: list[str] = field(default_factory=list)  # conversation id of each dev utterance, dev_ex order
+    teacher: torch.Tensor | None = None  # (N_train, C) teacher probabilities in train_ex order (--distill-from)
 
     def predictor(self, anchors: torch.Tensor) -> Predictor | TurnPredictor:
         """The shared inference path on the live weights, for dev evaluation."""
@@ -343,6 +347,17 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     log.info("train %d utterances (%d conversations), dev %d", len(train_ex), len(train_convs), len(dev_ex))
     with torch.no_grad():
         anchors_before = anchor_enc().float().cpu()  # (C, D)
+    teacher = None
+    if cfg.distill_from is not None:
+        teacher = teacher_probabilities(
+            cfg.distill_from,
+            train_convs,
+            labels,
+            device=device,
+            batch_size=cfg.eval_batch_size,
+            cache_dir=run_dir,
+            write_cache=ctx.is_main,
+        ).to(device)  # (N_train, C)
     return _Run(
         cfg,
         run_dir,
@@ -364,6 +379,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         ctx,
         turn,
         dev_groups=[conv.id for conv in dev_convs for _ in conv.utterances],
+        teacher=teacher,
     )
 
 
@@ -590,6 +606,12 @@ def _train_step(run: _Run, optim: _Optim, shard: BatchShard) -> dict[str, float]
         lambda2=cfg.lambda2,
         class_weights=optim.class_weights,
     )
+    if run.teacher is not None and cfg.distill_weight > 0:
+        rows = run.turn.train.turns_of(shard.batch) if run.turn is not None else list(shard.batch)
+        student = cosine_logits(reps.float(), anchors.float(), cfg.temperature)  # (B, C)
+        kd = distillation_loss(student, run.teacher[rows])
+        loss = loss + cfg.distill_weight * kd
+        parts = {**parts, "loss": float(loss.detach()), "kd": float(kd.detach())}
     if cfg.triplet_weight > 0:
         triplet = triplet_loss(reps, y, cfg.triplet_margin, cfg.triplet_mining)
         loss = loss + cfg.triplet_weight * triplet

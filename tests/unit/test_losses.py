@@ -17,6 +17,7 @@ from trainer.losses import (
     anchor_adaptation_loss,
     angle_loss,
     cosine_logits,
+    distillation_loss,
     stage1_loss,
     supcon_loss,
 )
@@ -374,3 +375,35 @@ def test_bad_tensors_raise_clear_errors() -> None:
         angle_loss(anchors[:1])
     with pytest.raises(ValueError, match="reps must be non-empty"):
         supcon_loss(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), anchors, 0.1)
+
+
+def test_distillation_loss_hand_value() -> None:
+    # student softmax([0, ln 3]) = [1/4, 3/4], teacher [1/2, 1/2]:
+    # KL = 1/2 ln(2) + 1/2 ln(2/3) = 1/2 ln(4/3)
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    teacher = torch.tensor([[0.5, 0.5]])
+    assert distillation_loss(logits, teacher).item() == pytest.approx(0.5 * math.log(4 / 3), abs=1e-6)
+
+
+def test_distillation_loss_is_zero_when_student_agrees_and_allows_zero_teacher_mass() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0]])
+    agree = torch.softmax(logits, dim=-1)
+    assert distillation_loss(logits, agree).item() == pytest.approx(0.0, abs=1e-6)
+    one_hot = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    # With a one-hot teacher it is the cross-entropy towards that class.
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).item()
+    assert distillation_loss(logits, one_hot).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_distillation_gradient_moves_the_student_towards_the_teacher() -> None:
+    logits = torch.tensor([[1.0, 0.0, -1.0], [0.3, 0.2, 0.1]], requires_grad=True)
+    teacher = torch.tensor([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    distillation_loss(logits, teacher).backward()
+    # d/dlogits of mean_b KL = (softmax(logits) - p) / B
+    expected = (torch.softmax(logits.detach(), dim=-1) - teacher) / 2
+    assert torch.allclose(logits.grad, expected, atol=1e-6)
+
+
+def test_distillation_loss_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        distillation_loss(torch.zeros(2, 3), torch.full((2, 4), 0.25))

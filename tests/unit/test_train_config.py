@@ -54,3 +54,13 @@ def test_json_round_trip_restores_paths_and_refuses_unknown_settings(tmp_path):
 def test_a_bad_value_names_the_field_and_the_value(field, value):
     with pytest.raises(ConfigError, match=f"TrainConfig.{field} has an invalid value: {value!r}"):
         TrainConfig(**{field: value})
+
+
+def test_distill_from_must_be_a_version_folder(tmp_path):
+    with pytest.raises(ConfigError, match="not a model version folder .*e.g. models/meld-main"):
+        TrainConfig(distill_from=tmp_path)
+    (tmp_path / "manifest.json").write_text("{}", encoding="utf-8")
+    cfg = TrainConfig(distill_from=tmp_path, distill_weight=0.5)
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="TrainConfig.distill_weight has an invalid value: -1.0"):
+        TrainConfig(distill_from=tmp_path, distill_weight=-1.0)
