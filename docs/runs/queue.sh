@@ -53,11 +53,17 @@ run meld-turn-minilm-e3-k8-lr3e-5 meld --architecture turn --epochs 3 --context-
 # loss beside the EACL losses, and conversations drawn by inverse class frequency.
 run meld-turn-minilm-e3-k8-triplet meld --architecture turn --epochs 3 --context-turns 8 --triplet-weight 1.0
 run meld-turn-minilm-e3-k8-balanced meld --architecture turn --epochs 3 --context-turns 8 --sampler balanced
-# (Both ran in session 5, and the lr 1e-4 run below: docs/results.md. The batch-32 run has not.)
+# (Both ran in session 5, and the lr 1e-4 run below; the batch-32 run in session 6: docs/results.md.)
 # The context transformer starts from random weights at the head's rate (1e-3): a tenth of it.
 run meld-turn-minilm-e3-k8-ctxlr1e-4 meld --architecture turn --epochs 3 --context-turns 8 --context-lr 1e-4
 # Twice the turns per step: more positives and negatives for the contrastive loss.
 run meld-turn-minilm-e3-k8-b32 meld --architecture turn --epochs 3 --context-turns 8 --batch-size 32
+# Distillation from the shipped window model (models/meld-main): the turn model also learns the
+# window model's calibrated predictions on the training set (KL, weight 1), what reading the past
+# turns' text adds. Three seeds.
+run meld-turn-minilm-e3-k8-kd meld --architecture turn --epochs 3 --context-turns 8 --distill-from models/meld-main
+run meld-turn-minilm-e3-k8-kd-s43 meld --architecture turn --epochs 3 --context-turns 8 --distill-from models/meld-main --seed 43
+run meld-turn-minilm-e3-k8-kd-s44 meld --architecture turn --epochs 3 --context-turns 8 --distill-from models/meld-main --seed 44
 run meld-window-minilm-e3 meld --architecture window --epochs 3
 # 2. Rare classes: the same window run with class-weighted cross-entropy.
 run meld-window-minilm-e3-sqrtw meld --architecture window --epochs 3 --class-weighting sqrt_inverse

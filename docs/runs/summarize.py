@@ -72,7 +72,18 @@ def main(store: Path) -> None:
         print(f"| {name} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {t['wall_s']:.0f} |")
 
 
-_SHOWN_SETTINGS = ("architecture", "encoder", "epochs", "context_turns", "lr", "class_weighting", "sampler", "seed")
+_SHOWN_SETTINGS = (
+    "architecture",
+    "encoder",
+    "epochs",
+    "context_turns",
+    "lr",
+    "batch_size",
+    "class_weighting",
+    "sampler",
+    "distill_from",
+    "seed",
+)
 
 
 def compare(store: Path, versions: list[str]) -> None:
@@ -88,7 +99,9 @@ def compare(store: Path, versions: list[str]) -> None:
         settings = " | ".join(str(cfg.get(k, "window" if k == "architecture" else "")) for k in _SHOWN_SETTINGS)
         per_class = " | ".join(f"{d['per_class_f1'][label]:.3f}" for label in labels)
         print(f"| {v} | {settings} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {per_class} |")
-    print("\n| version | dev wF1 per epoch (stage 1) | best epoch | stage 2 before -> after | calibration T, ECE before -> after (cross-fitted) |")
+    print(
+        "\n| version | dev wF1 per epoch (stage 1) | best epoch | stage 2 before -> after | calibration T, ECE before -> after (cross-fitted) |"
+    )
     print("|---|---|---|---|---|")
     for v, m in rows:
         t = m["training"]
