@@ -6,9 +6,7 @@ predicted again) while the teacher is unchanged; a teacher of another label set 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +15,15 @@ import torch
 
 from erc_stream.model import load_predictor
 from tests.fixtures_model import publish_test_model
+from tests.train_cli import DATA_DIR, erc_train, skip_without_meld
 from trainer.datasets import DATASETS, load_split
 from trainer.distill import TEACHER_CACHE, teacher_probabilities
 from trainer.evaluate import predict_conversations
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-DATA_DIR = Path(os.environ.get("ERC_DATA_DIR") or "/work/shared/datasets")
-if not (DATA_DIR / "meld" / "train_sent_emo.csv").is_file():
-    pytest.skip(f"MELD CSVs not found under {DATA_DIR}/meld; set ERC_DATA_DIR", allow_module_level=True)
-
-ERC_TRAIN = Path(sys.executable).parent / "erc-train"
-ENV = {**os.environ, "ERC_DATA_DIR": str(DATA_DIR), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "200"}  # fmt: skip
+skip_without_meld()
 TRAIN_CONVERSATIONS = 6
-
-
-def erc_train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(ERC_TRAIN), *args], env=ENV, capture_output=True, text=True, timeout=800)
 
 
 def quick_turn_fit(teacher: Path, store: Path, run_dir: Path) -> subprocess.CompletedProcess:

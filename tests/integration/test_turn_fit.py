@@ -7,10 +7,6 @@ publishes the weights of the same run left alone."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -19,24 +15,15 @@ from erc_stream.artifact import verify_version
 from erc_stream.context import ContextModel, ContextSettings
 from erc_stream.model import TurnPredictor, load_predictor
 from erc_stream.prompt import TURN_TEMPLATE
+from tests.train_cli import DATA_DIR, erc_train, skip_without_meld
 from trainer.config import TrainConfig
 from trainer.datasets import load_split
 from trainer.train import StopFlag, TrainingInterrupted, fit
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
-DATA_DIR = Path(os.environ.get("ERC_DATA_DIR") or "/work/shared/datasets")
-if not (DATA_DIR / "meld" / "train_sent_emo.csv").is_file():
-    pytest.skip(f"MELD CSVs not found under {DATA_DIR}/meld; set ERC_DATA_DIR", allow_module_level=True)
-
-ERC_TRAIN = Path(sys.executable).parent / "erc-train"
-ENV = {**os.environ, "ERC_DATA_DIR": str(DATA_DIR), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "200"}  # fmt: skip
+skip_without_meld()
 PIN = ["--device", "cpu", "--dtype", "fp32"]
-
-
-def erc_train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(ERC_TRAIN), *args], env=ENV, capture_output=True, text=True, timeout=1100)
 
 
 @pytest.fixture(scope="module")
