@@ -35,7 +35,7 @@ def teacher_probabilities(
     *,
     device: torch.device,
     batch_size: int,
-    cache_dir: Path | None,
+    cache_dir: Path,
     write_cache: bool = True,
 ) -> torch.Tensor:
     """(N, C) float32 teacher probabilities of every utterance of ``conversations``, in order.
@@ -49,8 +49,8 @@ def teacher_probabilities(
     manifest_bytes = (Path(teacher_dir) / "manifest.json").read_bytes()
     n = sum(len(c.utterances) for c in conversations)
     key = {"manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(), "utterances": n, "labels": list(labels)}
-    cache = None if cache_dir is None else Path(cache_dir) / TEACHER_CACHE
-    if cache is not None and cache.is_file():
+    cache = Path(cache_dir) / TEACHER_CACHE
+    if cache.is_file():
         saved = torch.load(cache, map_location="cpu", weights_only=True)
         if saved.get("key") == key:
             log.info("teacher distributions read back from %s", cache)
@@ -65,7 +65,7 @@ def teacher_probabilities(
     res = predict_conversations(predictor, conversations, batch_size=batch_size, progress=True)
     probs = torch.from_numpy(res.predictions.confidence).float()  # (N, C)
     probs = probs / probs.sum(dim=1, keepdim=True)  # rows sum to 1 in float32 too
-    if cache is not None and write_cache:
+    if write_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         torch.save({"key": key, "probs": probs}, tmp)

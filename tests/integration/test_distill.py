@@ -51,6 +51,12 @@ def test_a_turn_run_learns_from_a_window_teacher_and_caches_its_exact_prediction
     assert manifest["architecture"] == "turn"
     assert manifest["training"]["config"]["distill_from"] == str(teacher)
     assert manifest["training"]["config"]["distill_weight"] == 0.5
+    # The distillation term is in the loss that was trained, with its weight (running means of each
+    # part follow the same linear sum as the parts; each is rounded to 4 decimals in the history).
+    for row in manifest["training"]["history"]:
+        assert row["loss_kd"] > 0
+        combined = 0.9 * (row["loss_sup"] + 0.1 * row["loss_angle"]) + 0.1 * row["loss_ce"] + 0.5 * row["loss_kd"]
+        assert row["loss_loss"] == pytest.approx(combined, abs=1e-3)
 
     cached = torch.load(tmp_path / "run" / TEACHER_CACHE, weights_only=True)
     expected = predict_conversations(load_predictor(teacher, device="cpu", dtype="fp32"), train_conversations())
@@ -59,18 +65,21 @@ def test_a_turn_run_learns_from_a_window_teacher_and_caches_its_exact_prediction
     np.testing.assert_allclose(cached["probs"].numpy(), conf / conf.sum(axis=1, keepdims=True), rtol=0, atol=1e-6)
 
 
-def test_the_cache_is_read_back_while_the_teacher_is_unchanged_and_redone_when_it_changes(teacher, tmp_path):
-    convs, labels = train_conversations(), list(DATASETS["meld"].labels)
-    first = teacher_probabilities(teacher, convs, labels, device=torch.device("cpu"), batch_size=16, cache_dir=tmp_path)
+def test_the_cache_is_read_back_for_the_same_teacher_and_utterances_and_redone_otherwise(teacher, tmp_path):
+    convs, labels, cpu = train_conversations(), list(DATASETS["meld"].labels), torch.device("cpu")
+    first = teacher_probabilities(teacher, convs, labels, device=cpu, batch_size=16, cache_dir=tmp_path)
     saved = torch.load(tmp_path / TEACHER_CACHE, weights_only=True)
     marked = torch.full_like(first, 1 / 7)  # not what the teacher predicts: proves the file is what comes back
     torch.save({"key": saved["key"], "probs": marked}, tmp_path / TEACHER_CACHE)
-    again = teacher_probabilities(teacher, convs, labels, device=torch.device("cpu"), batch_size=16, cache_dir=tmp_path)
+    again = teacher_probabilities(teacher, convs, labels, device=cpu, batch_size=16, cache_dir=tmp_path)
     assert torch.equal(again, marked)
-    fewer = teacher_probabilities(
-        teacher, convs[:2], labels, device=torch.device("cpu"), batch_size=16, cache_dir=tmp_path
-    )
+    fewer = teacher_probabilities(teacher, convs[:2], labels, device=cpu, batch_size=16, cache_dir=tmp_path)
     assert torch.allclose(fewer, first[: len(fewer)], atol=1e-6)  # other utterances: predicted again
+    torch.save({"key": saved["key"], "probs": marked}, tmp_path / TEACHER_CACHE)
+    another = publish_test_model(tmp_path / "teachers", version="window-teacher-2", seed=4)
+    other = teacher_probabilities(another, convs, labels, device=cpu, batch_size=16, cache_dir=tmp_path)
+    own = predict_conversations(load_predictor(another, device="cpu", dtype="fp32"), convs).predictions.confidence
+    assert torch.allclose(other, torch.from_numpy(own / own.sum(axis=1, keepdims=True)), atol=1e-6)
 
 
 def test_a_teacher_of_another_label_set_is_refused_with_what_to_do(tmp_path):
