@@ -19,7 +19,7 @@ ENV = {**os.environ, "ERC_DATA_DIR": str(DATA_DIR), "HF_HUB_OFFLINE": "1", "TRAN
 
 def skip_without_meld() -> None:
     """Skip the calling test module when the MELD CSVs are not where ERC_DATA_DIR points."""
-    if not (DATA_DIR / "meld" / "train_sent_emo.csv").is_file():
+    if not all((DATA_DIR / "meld" / f"{split}_sent_emo.csv").is_file() for split in ("train", "dev")):
         pytest.skip(f"MELD CSVs not found under {DATA_DIR}/meld; set ERC_DATA_DIR", allow_module_level=True)
 
 

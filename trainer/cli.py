@@ -81,6 +81,11 @@ def fit(
     dropout: float | None = typer.Option(
         None, help="dropout of encoder and head (default: the encoder's own, 0.1 in the head); 0 turns it off"
     ),
+    freeze_layers: int = typer.Option(
+        _D["freeze_layers"],
+        help="window: keep the embeddings and the first N encoder layers fixed and compute their output once "
+        "per prompt; only the top layers train (0: every layer trains)",
+    ),
     epochs: int = typer.Option(_D["epochs"], help="stage-1 epochs"),
     batch_size: int = typer.Option(_D["batch_size"], help="utterances per optimizer step"),
     lr: float = typer.Option(_D["lr"], help="encoder learning rate"),

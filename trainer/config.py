@@ -41,6 +41,7 @@ class TrainConfig:
     template: str = DEFAULT_TEMPLATE
     proj_dim: int = 256
     dropout: float | None = None  # every dropout of encoder and head; None: the encoder's own and 0.1 in the head
+    freeze_layers: int = 0  # window: embeddings and the first N encoder layers fixed, their outputs cached
     # Stage 1
     epochs: int = 3
     batch_size: int = 16
@@ -103,6 +104,7 @@ class TrainConfig:
             ("max_length", 16 <= self.max_length <= 4096),
             ("proj_dim", self.proj_dim >= 2),
             ("dropout", self.dropout is None or 0 <= self.dropout < 1),
+            ("freeze_layers", self.freeze_layers >= 0),
             ("epochs", self.epochs >= 0),
             ("batch_size", self.batch_size >= 2),
             ("lr", self.lr > 0),
@@ -143,6 +145,11 @@ class TrainConfig:
         if self.sampler == "balanced" and self.architecture != "turn":
             raise ConfigError(
                 "TrainConfig.sampler='balanced' samples whole conversations: use it with architecture='turn'"
+            )
+        if self.freeze_layers and self.architecture != "window":
+            raise ConfigError(
+                "TrainConfig.freeze_layers caches each window prompt's frozen-layer output: use it with "
+                "architecture='window' (a turn model encodes short turns and trains every layer)"
             )
         resolve_encoder(self.encoder)  # a clear error (with the install command) before any work starts
         if self.distill_from is not None and not (Path(self.distill_from) / "manifest.json").is_file():

@@ -83,6 +83,7 @@ from trainer.distributed import (
     shard_batch,
 )
 from trainer.evaluate import build_examples, compute_metrics, predict_examples, write_report
+from trainer.frozen import FrozenPrefix, pad_hidden
 from trainer.losses import anchor_adaptation_loss, cosine_logits, distillation_loss, stage1_loss, triplet_loss
 from trainer.turn import TurnData, TurnSplits, TurnStage1Net, predict_turn_data, turn_representations
 
@@ -141,13 +142,36 @@ class _Stage1Net(nn.Module):
         return reps, self.anchor_enc()  # (B, D), (C, D)
 
 
+class _FrozenStage1Net(nn.Module):
+    """The stage-1 forward of a run with frozen lower layers: the top layers read the cached
+    frozen-layer output of each prompt (trainer/frozen.py) instead of its tokens."""
+
+    def __init__(self, model: EmotionModel, anchor_enc: _AnchorEncoder, prefix: FrozenPrefix) -> None:
+        super().__init__()
+        self.model = model
+        self.anchor_enc = anchor_enc
+        self.upper = prefix.upper  # the encoder's own top layers (shared parameters)
+
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        top = self.upper(inputs_embeds=hidden, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        rows = torch.arange(top.size(0), device=top.device)
+        reps = self.model.head(top[rows, mask_index])  # (B, D)
+        return reps, self.anchor_enc()  # (B, D), (C, D)
+
+
 def _train_net(run: _Run) -> nn.Module:
     """The stage-1 forward; under torchrun wrapped in DistributedDataParallel (gradients all-reduced)."""
     if run.turn is not None:  # one process (refused under torchrun in _prepare)
         assert isinstance(run.model, TurnEmotionModel)
         return TurnStage1Net(run.model, run.anchor_enc, run.turn.train)
     assert isinstance(run.model, EmotionModel)
-    net = _Stage1Net(run.model, run.anchor_enc)
+    net: nn.Module = (
+        _Stage1Net(run.model, run.anchor_enc)
+        if run.frozen is None
+        else _FrozenStage1Net(run.model, run.anchor_enc, run.frozen.prefix)
+    )
     if not run.dist.enabled:
         return net
     # Some parameters never get a gradient in stage 1: the encoder's pooler (the mask token's hidden
@@ -201,6 +225,18 @@ class StopFlag:
         return self._set or (self.after_steps is not None and global_step >= self.after_steps)
 
 
+@dataclass(frozen=True)
+class _Frozen:
+    """A run's frozen lower encoder and its output for every training prompt, train_ex order."""
+
+    prefix: FrozenPrefix
+    hidden: list[torch.Tensor]  # (T_i, H) fp32 on the CPU
+
+    def batch(self, indices: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, mask = pad_hidden([self.hidden[i] for i in indices])  # (B, T, H), (B, T)
+        return hidden.to(device), mask.to(device)
+
+
 @dataclass
 class _Run:
     """Everything a run builds before training: data, tokenizer, encoder, anchors, model."""
@@ -226,6 +262,7 @@ class _Run:
     turn: TurnSplits | None = None  # the conversations of a turn run; None for window
     dev_groups: list[str] = field(default_factory=list)  # conversation id of each dev utterance, dev_ex order
     teacher: torch.Tensor | None = None  # (N_train, C) teacher probabilities in train_ex order (--distill-from)
+    frozen: _Frozen | None = None  # --freeze-layers: the split encoder and each train prompt's cached output
 
     def predictor(self, anchors: torch.Tensor) -> Predictor | TurnPredictor:
         """The shared inference path on the live weights, for dev evaluation."""
@@ -307,6 +344,7 @@ def fit(cfg: TrainConfig, *, progress: bool = True, stop: StopFlag | None = None
                     run.neutral,
                     progress,
                     turn=(run.predictor(stage1_anchors), run.turn) if run.turn is not None else None,
+                    train_reps=_frozen_train_reps(run, progress) if run.frozen is not None else None,
                 )
             result = _publish(run, progress_state, final_anchors, stage2_info, t_start, progress)
         barrier(ctx, "rank 0's stage 2 and publish")
@@ -347,6 +385,15 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     log.info("train %d utterances (%d conversations), dev %d", len(train_ex), len(train_convs), len(dev_ex))
     with torch.no_grad():
         anchors_before = anchor_enc().float().cpu()  # (C, D)
+    frozen = None
+    if cfg.freeze_layers:
+        prompts = [p for p, _ in train_ex]
+        prefix = FrozenPrefix.split(encoder, cfg.freeze_layers, prompts[:8], tokenizer.pad_token_id or 0)
+        hidden = prefix.cache(
+            prompts, batch_size=cfg.eval_batch_size, cache_dir=run_dir if ctx.is_main else None, progress=ctx.is_main
+        )
+        frozen = _Frozen(prefix, hidden)
+        log.info("layers 1-%d frozen: their output for %d prompts is cached", cfg.freeze_layers, len(prompts))
     teacher = None
     if cfg.distill_from is not None:
         teacher = teacher_probabilities(
@@ -380,6 +427,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         turn,
         dev_groups=[conv.id for conv in dev_convs for _ in conv.utterances],
         teacher=teacher,
+        frozen=frozen,
     )
 
 
@@ -443,7 +491,7 @@ def _optimizer(run: _Run) -> _Optim:
     cfg = run.cfg
     adapter = run.anchor_enc.adapter
     head_params = list(run.head.parameters()) + (list(adapter.parameters()) if adapter is not None else [])
-    named = list(run.encoder.named_parameters())
+    named = [(n, p) for n, p in run.encoder.named_parameters() if p.requires_grad]  # not --freeze-layers' ones
     groups = [
         {"params": [p for n, p in named if not _no_decay(n)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in named if _no_decay(n)], "lr": cfg.lr, "weight_decay": 0.0},
@@ -540,6 +588,8 @@ def _train_epoch(
     assert state.batches is not None
     run.model.train()
     run.anchor_enc.train()
+    if run.frozen is not None:  # no dropout in the frozen layers: the anchor texts see them as the cache did
+        run.frozen.prefix.lower.eval()
     todo = state.batches[state.batch_pos :]
     bar = tqdm(
         total=len(state.batches),
@@ -594,6 +644,9 @@ def _train_step(run: _Run, optim: _Optim, shard: BatchShard) -> dict[str, float]
         prompts = [run.train_ex[i][0] for i in shard.indices]
         y = torch.tensor([run.train_ex[i][1] for i in shard.batch], device=device)  # (B,) the global batch
         batch = {k: v.to(device) for k, v in pad_batch(prompts, run.tokenizer.pad_token_id or 0).items()}
+        if run.frozen is not None:  # the top layers read the cached frozen-layer output, not the tokens
+            hidden, mask = run.frozen.batch(list(shard.indices), device)  # (b, T, H), (b, T)
+            batch = {"hidden": hidden, "attention_mask": mask, "mask_index": batch["mask_index"]}
         with _autocast(device, run.dtype):
             local_reps, anchors = optim.net(**batch)  # (b, D) this rank's rows, (C, D)
         reps = gather_rows(local_reps, shard, run.dist)  # (B, D) every rank's rows, in batch order
@@ -741,11 +794,35 @@ def _publish(
     return FitResult(version=version, path=path, metrics=dev_metrics, wall_s=wall_s, best_epoch=state.best_epoch)
 
 
-def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neutral, progress, turn=None):
+def _frozen_train_reps(run: _Run, progress: bool) -> torch.Tensor:
+    """Stage-2 training representations of a --freeze-layers run: the top layers on the cache, (N, D)."""
+    assert run.frozen is not None and isinstance(run.model, EmotionModel)
+    size = run.cfg.eval_batch_size
+    order = sorted(range(len(run.train_ex)), key=lambda i: len(run.train_ex[i][0]))
+    reps = torch.empty(len(order), run.cfg.proj_dim, device=run.device)
+    run.model.eval()
+    with torch.inference_mode():
+        for start in tqdm(
+            range(0, len(order), size), desc="stage 2: train representations (cached layers)", unit="batch",
+            disable=not progress, dynamic_ncols=True,
+        ):  # fmt: skip
+            chunk = order[start : start + size]
+            hidden, mask = run.frozen.batch(chunk, run.device)  # (B, T, H), (B, T)
+            top = run.frozen.prefix.top(hidden, mask)  # (B, T, H)
+            at = torch.tensor([run.train_ex[i][0].mask_index for i in chunk], device=run.device)  # (B,)
+            rows = torch.arange(len(chunk), device=run.device)
+            reps[torch.tensor(chunk, device=run.device)] = run.model.head(top[rows, at]).float()  # (B, D)
+    return reps
+
+
+def _adapt_anchors(
+    cfg, model, builder, train_ex, dev_ex, anchors0, labels, neutral, progress, turn=None, train_reps=None
+):
     """Stage 2: frozen encoder; fit anchors on cached representations, pick the best on dev.
 
     ``turn``: (TurnPredictor, TurnSplits) of a turn run, whose representations come from cached
-    turn vectors and the context model rather than from window prompts.
+    turn vectors and the context model rather than from window prompts. ``train_reps``: the
+    training representations when already computed (a --freeze-layers run reads its cache).
     """
     device = anchors0.device
 
@@ -770,7 +847,7 @@ def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neut
         train_r = turn_representations(predictor, splits.train, cfg.eval_batch_size).to(device)  # (N, D)
         dev_r = turn_representations(predictor, splits.dev, cfg.eval_batch_size).to(device)
     else:
-        train_r = reps_of(train_ex, "stage 2: train representations")
+        train_r = train_reps if train_reps is not None else reps_of(train_ex, "stage 2: train representations")
         dev_r = reps_of(dev_ex, "stage 2: dev representations")
     train_y = torch.tensor([y for _, y in train_ex], device=device)
     dev_y = [y for _, y in dev_ex]

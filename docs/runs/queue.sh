@@ -72,3 +72,7 @@ run emorynlp-window-minilm-e3 emorynlp --architecture window --epochs 3
 # 4. The base-size encoder on MELD (about 5x the default's cost per step).
 run meld-mpnet-w3 meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100
 run emorynlp-mpnet-w3 emorynlp --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100
+# 5. mpnet-base with its lower 9 of 12 layers frozen and their output cached once per prompt
+# (--freeze-layers, session 7): a step trains 3 layers, so an epoch fits a CPU session.
+run meld-mpnet-w2-f9 meld --architecture window --encoder mpnet-base --epochs 2 --freeze-layers 9 --checkpoint-every-steps 100 --weights-dtype fp16
+run emorynlp-mpnet-w2-f9 emorynlp --architecture window --encoder mpnet-base --epochs 2 --freeze-layers 9 --checkpoint-every-steps 100 --weights-dtype fp16

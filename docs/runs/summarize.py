@@ -76,6 +76,7 @@ _SHOWN_SETTINGS = (
     "architecture",
     "encoder",
     "epochs",
+    "freeze_layers",
     "context_turns",
     "lr",
     "batch_size",

@@ -27,17 +27,15 @@ from safetensors.torch import load_file
 
 from erc_stream.artifact import read_current, verify_version
 from erc_stream.devtools.broker import free_port
+from tests.train_cli import DATA_DIR, ERC_TRAIN, skip_without_meld
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
-ERC_TRAIN = Path(sys.executable).parent / "erc-train"
-DATA_DIR = Path(os.environ.get("ERC_DATA_DIR") or "/work/shared/datasets")
 TOL = 1e-5
 STEPS = 6
 
-if not (DATA_DIR / "meld" / "train_sent_emo.csv").is_file():
-    pytest.skip(f"MELD CSVs not found under {DATA_DIR}/meld; set ERC_DATA_DIR", allow_module_level=True)
+skip_without_meld()
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -12,28 +12,25 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from erc_stream.artifact import read_current, verify_version
 from tests.openai_loopback import OpenAILoopback, default_chat_reply
+from tests.train_cli import DATA_DIR, ERC_TRAIN, skip_without_meld
 
 # A fit takes ~30-60 s of CPU on a quiet 2-core machine, several minutes on a busy one.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[2]
-ERC_TRAIN = Path(sys.executable).parent / "erc-train"
 MELD_LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 SHIPPED_MELD = REPO / "trainer" / "descriptions" / "meld.json"
-DATA_DIR = Path(os.environ.get("ERC_DATA_DIR") or "/work/shared/datasets")
 HEADLINE = ("weighted_f1", "macro_f1", "accuracy", "mcc", "per_class_f1", "micro_f1_no_neutral",
             "macro_f1_no_neutral", "support")  # fmt: skip
 PIN = ["--device", "cpu", "--dtype", "fp32"]
 
-if not (DATA_DIR / "meld" / "train_sent_emo.csv").is_file() or not (DATA_DIR / "meld" / "dev_sent_emo.csv").is_file():
-    pytest.skip(f"MELD CSVs not found under {DATA_DIR}/meld; set ERC_DATA_DIR", allow_module_level=True)
+skip_without_meld()
 
 
 def cli_env(**extra: str) -> dict[str, str]:
