@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-unit test-faults test-gpu sysdeps bench-model bench-stream bench-train bench-gpu bench-turn lint clean
+.PHONY: venv demo test test-unit test-faults test-gpu sysdeps bench-model bench-stream bench-train bench-gpu bench-turn bench-freeze lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-gpu: $(STAMP)
 
 bench-turn: $(STAMP)
 	$(BIN)/python benchmarks/bench_turn.py
+
+# --freeze-layers against all layers trained; FREEZE_ARGS="--encoder mpnet-base --freeze 0,6,9" for the 110M one.
+bench-freeze: $(STAMP)
+	$(BIN)/python benchmarks/bench_freeze.py $(FREEZE_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache var

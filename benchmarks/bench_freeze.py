@@ -1,0 +1,187 @@
+"""Training benchmark for --freeze-layers: stage-1 samples/s with the lower N layers frozen and
+their output cached, against every layer trained, side by side in one run on one machine.
+
+For each N the same seeded, length-sorted batches of real MELD train window prompts go through
+the trainer's own pieces: for N = 0 the whole encoder (``EmotionModel.represent``), for N > 0 the
+frozen part's output computed once (``FrozenPrefix.cache``, timed on its own: the one-off cost
+per prompt) and the top layers over it each step (the trainer's ``_FrozenStage1Net``). Anchors
+from the descriptions every step, the stage-1 loss, backward, clipping, AdamW. The first step of
+each N is a warm-up and not counted.
+
+Writes docs/benchmarks/bench_freeze.{json,md}. Usage:
+``.venv/bin/python benchmarks/bench_freeze.py --encoder mpnet-base --freeze 0,6,9 [--steps 6]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+from _common import DOCS_DIR, command_line, machine_info, machine_md, md_table, write_results
+
+
+def run_one(n_frozen: int, enc_path: Path, train_ex, batches, cfg, steps: int) -> dict:
+    from transformers import AutoModel, AutoTokenizer
+
+    from erc_stream.model import EmotionModel, ProjectionHead
+    from erc_stream.prompt import pad_batch
+    from trainer.anchors import describe_emotions
+    from trainer.datasets import DATASETS
+    from trainer.frozen import FrozenPrefix, pad_hidden
+    from trainer.losses import stage1_loss
+    from trainer.train import _AnchorEncoder, _FrozenStage1Net, _Stage1Net
+
+    torch.manual_seed(cfg.seed)
+    labels = list(DATASETS["meld"].labels)
+    tokenizer = AutoTokenizer.from_pretrained(enc_path, local_files_only=True)
+    encoder = AutoModel.from_pretrained(enc_path, local_files_only=True)
+    head = ProjectionHead(encoder.config.hidden_size, cfg.proj_dim)
+    anchor_enc = _AnchorEncoder(encoder, head, tokenizer, describe_emotions("file", labels, "meld").texts, None)
+    model = EmotionModel(encoder, head, torch.zeros(len(labels), cfg.proj_dim))
+    pad_id = tokenizer.pad_token_id or 0
+    used = batches[: steps + 1]
+    cache_s, cached = 0.0, {}
+    if n_frozen:
+        prompts_idx = sorted({i for b in used for i in b})
+        prefix = FrozenPrefix.split(encoder, n_frozen, [train_ex[i][0] for i in prompts_idx[:8]], pad_id)
+        t0 = time.perf_counter()
+        hidden = prefix.cache(
+            [train_ex[i][0] for i in prompts_idx], batch_size=cfg.eval_batch_size, cache_dir=None, progress=False
+        )
+        cache_s = time.perf_counter() - t0
+        cached = dict(zip(prompts_idx, hidden, strict=True))
+        net: torch.nn.Module = _FrozenStage1Net(model, anchor_enc, prefix)
+    else:
+        net = _Stage1Net(model, anchor_enc)
+    model.train()
+    anchor_enc.train()
+    if n_frozen:
+        prefix.lower.eval()
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    params = trainable + list(head.parameters())
+    opt = torch.optim.AdamW(
+        [{"params": trainable, "lr": cfg.lr}, {"params": list(head.parameters()), "lr": cfg.head_lr}],
+        weight_decay=cfg.weight_decay,
+    )
+    times, samples = [], 0
+    for k, batch_idx in enumerate(used):
+        y = torch.tensor([train_ex[i][1] for i in batch_idx])
+        t0 = time.perf_counter()
+        batch = pad_batch([train_ex[i][0] for i in batch_idx], pad_id)
+        if n_frozen:
+            h, m = pad_hidden([cached[i] for i in batch_idx])  # (B, T, H), (B, T)
+            reps, anchors = net(h, m, batch["mask_index"])
+        else:
+            reps, anchors = net(**batch)
+        loss, _ = stage1_loss(reps, y, anchors, temperature=cfg.temperature, lambda1=cfg.lambda1, lambda2=cfg.lambda2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        dt = time.perf_counter() - t0
+        if k > 0:
+            times.append(dt)
+            samples += len(batch_idx)
+        print(f"  freeze {n_frozen} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s", flush=True)
+    n_cached = len(cached)
+    return {
+        "freeze_layers": n_frozen,
+        "layers": encoder.config.num_hidden_layers,
+        "steps": len(times),
+        "samples": samples,
+        "step_s": times,
+        "samples_per_s": samples / sum(times),
+        "cache_prompts": n_cached,
+        "cache_s": cache_s,
+        "cache_s_per_prompt": cache_s / n_cached if n_cached else 0.0,
+        "trainable_encoder_params": sum(p.numel() for p in trainable),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encoder", default="minilm-l6", help="a name from `erc-train encoders list` or a folder")
+    ap.add_argument("--freeze", default="0,3,5", help="comma-separated frozen layer counts; 0 is the baseline")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per setting (after one warm-up step)")
+    ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
+    ap.add_argument("--name", default="bench_freeze")
+    args = ap.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from erc_stream.prompt import PromptBuilder
+    from trainer.config import TrainConfig
+    from trainer.datasets import DATASETS, load_split
+    from trainer.encoders import resolve_encoder
+    from trainer.evaluate import build_examples
+    from trainer.train import _length_sorted_batches
+
+    torch.set_grad_enabled(True)
+    info = machine_info()
+    cfg = TrainConfig(encoder=args.encoder)
+    enc_path = resolve_encoder(args.encoder)
+    tokenizer = AutoTokenizer.from_pretrained(enc_path, local_files_only=True)
+    builder = PromptBuilder(tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length)
+    labels = list(DATASETS["meld"].labels)
+    train_ex = build_examples(builder, load_split("meld", "train"), {label: i for i, label in enumerate(labels)})
+    batches = _length_sorted_batches([len(p) for p, _ in train_ex], cfg.batch_size, random.Random(cfg.seed))
+    print(f"{args.encoder}: MELD train {len(train_ex)} prompts, {len(batches)} batches of {cfg.batch_size}", flush=True)
+    results = [run_one(int(n), enc_path, train_ex, batches, cfg, args.steps) for n in args.freeze.split(",")]
+    base = next((r for r in results if r["freeze_layers"] == 0), None)
+    rows = []
+    for r in results:
+        epoch_s = len(train_ex) / r["samples_per_s"]
+        cache_total = r["cache_s_per_prompt"] * len(train_ex)
+        rows.append(
+            [
+                f"{r['freeze_layers']} of {r['layers']}",
+                f"{r['trainable_encoder_params'] / 1e6:.1f}M",
+                r["steps"],
+                r["samples_per_s"],
+                f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "",
+                f"{r['cache_s_per_prompt'] * 1000:.0f} ms" if r["freeze_layers"] else "",
+                f"{epoch_s / 60:.0f} min",
+                f"{(cache_total + 2 * epoch_s) / 60:.0f} min",
+            ]
+        )
+    payload = {"command": command_line(), "machine": info, "encoder": args.encoder, "results": results,
+               "train_prompts": len(train_ex), "machine_end": machine_info()}  # fmt: skip
+    lines = [
+        "# Training benchmark: --freeze-layers",
+        "",
+        f"Command: `{payload['command']}`",
+        "",
+        machine_md(info, payload["machine_end"]),
+        "",
+        f"Encoder {args.encoder}; MELD train window prompts ({cfg.context_turns} context turns), the trainer's "
+        f"length-sorted batches of {cfg.batch_size} (seed {cfg.seed}), the same batches for every setting, fp32. "
+        "A step: pad, forward (the top layers over the cached output, or the whole encoder), anchors, stage-1 "
+        "loss, backward, clip, AdamW; the first step is a warm-up. *cache per prompt*: the one-off pass through "
+        "the frozen layers, measured on the prompts of the timed batches (64 a batch).",
+        "",
+        md_table(
+            [
+                "frozen layers",
+                "trained encoder params",
+                "timed steps",
+                "samples/s",
+                "vs all layers",
+                "cache per prompt",
+                "epoch (projected)",
+                "cache + 2 epochs",
+            ],
+            rows,
+        ),
+        "",
+        "Projections are the measured rates over all train prompts (no length correction: every setting runs "
+        "the same batches, so the ratios hold; the absolute times are rough).",
+        "",
+    ]
+    write_results(args.name, payload, "\n".join(lines), args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
