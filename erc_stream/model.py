@@ -151,6 +151,10 @@ class EmotionModel(nn.Module):
     ) -> torch.Tensor:
         """Projected representation of the mask token, (B, D)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        return self.represent_hidden(hidden, mask_index)
+
+    def represent_hidden(self, hidden: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
+        """Projected representation of the mask token from the encoder's last hidden states (B, T, H), (B, D)."""
         rows = torch.arange(hidden.size(0), device=hidden.device)
         h_mask = hidden[rows, mask_index]  # (B, H)
         return self.head(h_mask)  # (B, D)

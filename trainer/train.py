@@ -150,15 +150,13 @@ class _FrozenStage1Net(nn.Module):
         super().__init__()
         self.model = model
         self.anchor_enc = anchor_enc
-        self.upper = prefix.upper  # the encoder's own top layers (shared parameters)
+        self.prefix = prefix  # its upper part holds the encoder's own top layers (shared parameters)
 
     def forward(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        top = self.upper(inputs_embeds=hidden, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        rows = torch.arange(top.size(0), device=top.device)
-        reps = self.model.head(top[rows, mask_index])  # (B, D)
-        return reps, self.anchor_enc()  # (B, D), (C, D)
+        top = self.prefix.top(hidden, attention_mask)  # (B, T, H)
+        return self.model.represent_hidden(top, mask_index), self.anchor_enc()  # (B, D), (C, D)
 
 
 def _train_net(run: _Run) -> nn.Module:
@@ -235,6 +233,17 @@ class _Frozen:
     def batch(self, indices: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, mask = pad_hidden([self.hidden[i] for i in indices])  # (B, T, H), (B, T)
         return hidden.to(device), mask.to(device)
+
+
+def _window_batch(run: _Run, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+    """The stage-1 net's input for these training prompts: padded token ids, or with --freeze-layers
+    the cached frozen-layer output (the top layers read it instead of the tokens)."""
+    prompts = [run.train_ex[i][0] for i in indices]
+    if run.frozen is None:
+        return {k: v.to(device) for k, v in pad_batch(prompts, run.tokenizer.pad_token_id or 0).items()}
+    hidden, mask = run.frozen.batch(indices, device)  # (b, T, H), (b, T)
+    mask_index = torch.tensor([p.mask_index for p in prompts], device=device)  # (b,)
+    return {"hidden": hidden, "attention_mask": mask, "mask_index": mask_index}
 
 
 @dataclass
@@ -344,7 +353,7 @@ def fit(cfg: TrainConfig, *, progress: bool = True, stop: StopFlag | None = None
                     run.neutral,
                     progress,
                     turn=(run.predictor(stage1_anchors), run.turn) if run.turn is not None else None,
-                    train_reps=_frozen_train_reps(run, progress) if run.frozen is not None else None,
+                    frozen=run.frozen,
                 )
             result = _publish(run, progress_state, final_anchors, stage2_info, t_start, progress)
         barrier(ctx, "rank 0's stage 2 and publish")
@@ -641,12 +650,8 @@ def _train_step(run: _Run, optim: _Optim, shard: BatchShard) -> dict[str, float]
         with _autocast(device, run.dtype):
             reps, y, anchors = optim.net(list(shard.batch))  # (B, D) every turn, (B,), (C, D)
     else:
-        prompts = [run.train_ex[i][0] for i in shard.indices]
         y = torch.tensor([run.train_ex[i][1] for i in shard.batch], device=device)  # (B,) the global batch
-        batch = {k: v.to(device) for k, v in pad_batch(prompts, run.tokenizer.pad_token_id or 0).items()}
-        if run.frozen is not None:  # the top layers read the cached frozen-layer output, not the tokens
-            hidden, mask = run.frozen.batch(list(shard.indices), device)  # (b, T, H), (b, T)
-            batch = {"hidden": hidden, "attention_mask": mask, "mask_index": batch["mask_index"]}
+        batch = _window_batch(run, list(shard.indices), device)
         with _autocast(device, run.dtype):
             local_reps, anchors = optim.net(**batch)  # (b, D) this rank's rows, (C, D)
         reps = gather_rows(local_reps, shard, run.dist)  # (B, D) every rank's rows, in batch order
@@ -794,39 +799,17 @@ def _publish(
     return FitResult(version=version, path=path, metrics=dev_metrics, wall_s=wall_s, best_epoch=state.best_epoch)
 
 
-def _frozen_train_reps(run: _Run, progress: bool) -> torch.Tensor:
-    """Stage-2 training representations of a --freeze-layers run: the top layers on the cache, (N, D)."""
-    assert run.frozen is not None and isinstance(run.model, EmotionModel)
-    size = run.cfg.eval_batch_size
-    order = sorted(range(len(run.train_ex)), key=lambda i: len(run.train_ex[i][0]))
-    reps = torch.empty(len(order), run.cfg.proj_dim, device=run.device)
-    run.model.eval()
-    with torch.inference_mode():
-        for start in tqdm(
-            range(0, len(order), size), desc="stage 2: train representations (cached layers)", unit="batch",
-            disable=not progress, dynamic_ncols=True,
-        ):  # fmt: skip
-            chunk = order[start : start + size]
-            hidden, mask = run.frozen.batch(chunk, run.device)  # (B, T, H), (B, T)
-            top = run.frozen.prefix.top(hidden, mask)  # (B, T, H)
-            at = torch.tensor([run.train_ex[i][0].mask_index for i in chunk], device=run.device)  # (B,)
-            rows = torch.arange(len(chunk), device=run.device)
-            reps[torch.tensor(chunk, device=run.device)] = run.model.head(top[rows, at]).float()  # (B, D)
-    return reps
-
-
-def _adapt_anchors(
-    cfg, model, builder, train_ex, dev_ex, anchors0, labels, neutral, progress, turn=None, train_reps=None
-):
+def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neutral, progress, turn=None, frozen=None):
     """Stage 2: frozen encoder; fit anchors on cached representations, pick the best on dev.
 
     ``turn``: (TurnPredictor, TurnSplits) of a turn run, whose representations come from cached
-    turn vectors and the context model rather than from window prompts. ``train_reps``: the
-    training representations when already computed (a --freeze-layers run reads its cache).
+    turn vectors and the context model rather than from window prompts. ``frozen``: a
+    --freeze-layers run's cache, from which the training representations are computed (the top
+    layers only).
     """
     device = anchors0.device
 
-    def reps_of(examples, desc):
+    def reps_of(examples, desc, cache=None):  # cache: the frozen-layer output of these examples
         out = []
         order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
         chunks = [order[i : i + cfg.eval_batch_size] for i in range(0, len(order), cfg.eval_batch_size)]
@@ -836,7 +819,12 @@ def _adapt_anchors(
                     k: v.to(device)
                     for k, v in pad_batch([examples[i][0] for i in ch], builder.tokenizer.pad_token_id or 0).items()
                 }
-                out.append((ch, model.represent(**batch).float()))
+                if cache is None:
+                    reps = model.represent(**batch)  # (b, D)
+                else:
+                    hidden, mask = cache.batch(ch, device)  # (b, T, H), (b, T)
+                    reps = model.represent_hidden(cache.prefix.top(hidden, mask), batch["mask_index"])  # (b, D)
+                out.append((ch, reps.float()))
         reps = torch.empty(len(examples), out[0][1].shape[1], device=device)
         for ch, r in out:
             reps[torch.tensor(ch, device=device)] = r
@@ -847,7 +835,7 @@ def _adapt_anchors(
         train_r = turn_representations(predictor, splits.train, cfg.eval_batch_size).to(device)  # (N, D)
         dev_r = turn_representations(predictor, splits.dev, cfg.eval_batch_size).to(device)
     else:
-        train_r = train_reps if train_reps is not None else reps_of(train_ex, "stage 2: train representations")
+        train_r = reps_of(train_ex, "stage 2: train representations", frozen)
         dev_r = reps_of(dev_ex, "stage 2: dev representations")
     train_y = torch.tensor([y for _, y in train_ex], device=device)
     dev_y = [y for _, y in dev_ex]
