@@ -146,7 +146,7 @@ def fit(
     triplet_margin: float = typer.Option(_D["triplet_margin"], help="triplet margin in cosine distance"),
     triplet_mining: str = typer.Option(_D["triplet_mining"], help="triplet mining: batch_hard or semi_hard"),
     sampler: str = typer.Option(
-        _D["sampler"], help="shuffle, or balanced (turn only: conversations drawn by inverse class frequency)"
+        _D["sampler"], help="shuffle, or balanced: prompts drawn by inverse class frequency (turn: whole conversations)"
     ),
     distill_from: Path | None = typer.Option(
         None,

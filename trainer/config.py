@@ -85,7 +85,7 @@ class TrainConfig:
     triplet_weight: float = 0.0  # 0: no triplet loss
     triplet_margin: float = 0.3  # in cosine distance (1 - cos)
     triplet_mining: str = "batch_hard"  # batch_hard or semi_hard
-    sampler: str = "shuffle"  # shuffle or balanced (turn only: conversations by inverse class frequency)
+    sampler: str = "shuffle"  # shuffle or balanced (by inverse class frequency; turn: whole conversations)
     # Knowledge distillation: a published version folder whose predictions the student also learns
     distill_from: Path | None = None  # None: no teacher
     distill_weight: float = 1.0  # weight of KL(teacher || student) added to the stage-1 loss
@@ -142,10 +142,6 @@ class TrainConfig:
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"TrainConfig.{name} has an invalid value: {getattr(self, name)!r}")
-        if self.sampler == "balanced" and self.architecture != "turn":
-            raise ConfigError(
-                "TrainConfig.sampler='balanced' samples whole conversations: use it with architecture='turn'"
-            )
         if self.freeze_layers and self.architecture != "window":
             raise ConfigError(
                 "TrainConfig.freeze_layers caches each window prompt's frozen-layer output: use it with "

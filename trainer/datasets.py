@@ -87,6 +87,7 @@ __all__ = [
     "Utterance",
     "available_splits",
     "data_dir_from_env",
+    "inverse_frequency",
     "label_counts",
     "load_split",
 ]
@@ -242,6 +243,13 @@ def label_counts(conversations: Iterable[Conversation], labels: Sequence[str] | 
     if unknown:
         raise ValueError(f"labels {unknown!r} occur in the conversations but not in labels {tuple(labels)!r}")
     return {label: counts[label] for label in labels}
+
+
+def inverse_frequency(labels: Sequence[int], n_classes: int) -> list[float]:
+    """Each class's weight ``N / (C n_c)`` over class ids ``labels``: 1 for every class of a
+    balanced split, above 1 for rare ones (an absent class counts as seen once)."""
+    counts = Counter(labels)
+    return [len(labels) / (n_classes * max(counts[c], 1)) for c in range(n_classes)]
 
 
 # --- names and paths ---------------------------------------------------------------------

@@ -68,7 +68,7 @@ from trainer.checkpoint import (
     write_run_config,
 )
 from trainer.config import TrainConfig
-from trainer.datasets import DATASETS, Conversation, load_split
+from trainer.datasets import DATASETS, Conversation, inverse_frequency, load_split
 from trainer.distill import teacher_probabilities
 from trainer.distributed import (
     BatchShard,
@@ -179,13 +179,35 @@ def _train_net(run: _Run) -> nn.Module:
     )
 
 
-def _length_sorted_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffle, then sort by length inside chunks of 50 batches, then shuffle the batches.
+def _window_batches(
+    lengths: list[int], labels: list[int], n_classes: int, batch_size: int, rng: random.Random, sampler: str
+) -> list[list[int]]:
+    """This epoch's batches of training prompt indices.
+
+    ``shuffle``: every prompt once. ``balanced`` (SentEmoContext's class-balanced sampler): as
+    many draws with replacement as there are prompts, each weighted by its class's inverse
+    frequency, so every class comes about equally often and a rare prompt several times an epoch.
+    """
+    if sampler != "balanced":
+        return _length_sorted_batches(lengths, batch_size, rng)
+    per_class = inverse_frequency(labels, n_classes)
+    draws = rng.choices(range(len(lengths)), weights=[per_class[y] for y in labels], k=len(lengths))
+    return _length_sorted_batches(lengths, batch_size, rng, draws)
+
+
+def _length_sorted_batches(
+    lengths: list[int], batch_size: int, rng: random.Random, draws: list[int] | None = None
+) -> list[list[int]]:
+    """Shuffle (``draws``: these indices, already random), then sort by length inside chunks of
+    50 batches, then shuffle the batches.
 
     Batches hold prompts of similar length (little padding) while the order stays random.
     """
-    idx = list(range(len(lengths)))
-    rng.shuffle(idx)
+    if draws is None:
+        idx = list(range(len(lengths)))
+        rng.shuffle(idx)
+    else:
+        idx = list(draws)
     chunk = batch_size * 50
     batches: list[list[int]] = []
     for start in range(0, len(idx), chunk):
@@ -488,8 +510,7 @@ def _build_model(cfg: TrainConfig, ctx: DistContext, encoder, head, builder, lab
 def _class_weights(cfg: TrainConfig, train_ex: list[tuple[Prompt, int]], n_classes: int) -> torch.Tensor | None:
     if cfg.class_weighting == "none":
         return None
-    counts = torch.bincount(torch.tensor([y for _, y in train_ex]), minlength=n_classes).float().clamp_min(1.0)
-    w = counts.sum() / (n_classes * counts)  # (C,) inverse frequency, 1 for a balanced split
+    w = torch.tensor(inverse_frequency([y for _, y in train_ex], n_classes))  # (C,), 1 for a balanced split
     return w.sqrt() if cfg.class_weighting == "sqrt_inverse" else w
 
 
@@ -578,11 +599,12 @@ def _stage1(run: _Run, ckpt: dict | None, *, progress: bool, stop: StopFlag) -> 
     if ckpt is not None and run.dist.rank > 0:  # the checkpoint holds rank 0's streams: draw other dropout masks
         seed_rank(cfg.seed + 1_000_003 * state.global_step, run.dist)
     lengths = [len(p) for p, _ in run.train_ex]
+    labels = [y for _, y in run.train_ex]
     while state.epoch <= cfg.epochs:
         if state.batches is None and run.turn is not None:  # whole conversations, up to batch_size turns
             state.batches = run.turn.train.batches(cfg.batch_size, batch_rng, cfg.sampler)
         if state.batches is None:
-            state.batches = _length_sorted_batches(lengths, cfg.batch_size, batch_rng)
+            state.batches = _window_batches(lengths, labels, len(run.labels), cfg.batch_size, batch_rng, cfg.sampler)
         check_same(state.batches, run.dist, f"the global batches of epoch {state.epoch}")
         _train_epoch(run, optim, state, batch_rng, progress=progress, stop=stop)
         _end_epoch(run, state, progress=progress)

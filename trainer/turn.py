@@ -36,7 +36,7 @@ from torch import nn
 from erc_stream.context import Windows, conversation_windows
 from erc_stream.model import Predictions, TurnEmotionModel, TurnPredictor
 from erc_stream.prompt import Prompt, PromptBuilder, pad_batch
-from trainer.datasets import Conversation
+from trainer.datasets import Conversation, inverse_frequency
 
 __all__ = [
     "SAMPLERS",
@@ -173,9 +173,7 @@ class TurnStage1Net(nn.Module):
 def conversation_weights(labels: Sequence[int], lengths: Sequence[int], n_classes: int) -> np.ndarray:
     """Sampling weight of each conversation: the mean inverse class frequency ``N / (C n_c)`` of its turns."""
     y = np.asarray(labels, dtype=np.int64)
-    counts = np.maximum(np.bincount(y, minlength=n_classes), 1).astype(np.float64)  # (C,)
-    per_class = len(y) / (n_classes * counts)  # (C,)
-    per_turn = per_class[y]  # (N,)
+    per_turn = np.asarray(inverse_frequency(labels, n_classes), dtype=np.float64)[y]  # (N,)
     firsts = np.cumsum([0, *lengths])[:-1]
     sums = np.add.reduceat(per_turn, firsts) if len(y) else np.zeros(0)
     return sums / np.maximum(np.asarray(lengths, dtype=np.float64), 1)  # (n_conversations,)

@@ -76,3 +76,8 @@ run emorynlp-mpnet-w3 emorynlp --architecture window --encoder mpnet-base --epoc
 # (--freeze-layers, session 7): a step trains 3 layers, so an epoch fits a CPU session.
 run meld-mpnet-w2-f9 meld --architecture window --encoder mpnet-base --epochs 2 --freeze-layers 9 --checkpoint-every-steps 100 --weights-dtype fp16
 run emorynlp-mpnet-w2-f9 emorynlp --architecture window --encoder mpnet-base --epochs 2 --freeze-layers 9 --checkpoint-every-steps 100 --weights-dtype fp16
+# 6. Session 8. The window model's own seed spread (issue 10 compares the turn model's 3-seed mean
+# with one window seed), and the balanced sampler on the window model (rare classes, issue 11).
+run meld-window-minilm-e3-s43 meld --architecture window --epochs 3 --seed 43 --checkpoint-every-steps 100
+run meld-window-minilm-e3-s44 meld --architecture window --epochs 3 --seed 44 --checkpoint-every-steps 100
+run meld-window-minilm-e3-balanced meld --architecture window --epochs 3 --sampler balanced --checkpoint-every-steps 100

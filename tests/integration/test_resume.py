@@ -8,6 +8,7 @@ either the trainer's own stop flag (what SIGTERM sets) or a real SIGTERM to `erc
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -116,3 +117,17 @@ def test_resume_of_a_folder_without_a_run_says_what_to_pass(tmp_path):
     proc = subprocess.run([erc_train, "fit", "--resume", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "is not a training run folder" in " ".join(proc.stderr.split())
+
+
+def test_a_balanced_window_run_resumes_mid_epoch_to_the_same_weights(tmp_path):
+    """--sampler balanced draws an epoch's prompts with replacement: the checkpoint keeps the draws."""
+    straight = TrainConfig(**TINY, store=tmp_path / "store", run_dir=tmp_path / "a", version="a", sampler="balanced")
+    first = fit(straight, progress=False)
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    assert manifest["losses"]["sampler"] == "balanced"
+    cfg = TrainConfig(**TINY, store=tmp_path / "store", run_dir=tmp_path / "b", version="b", sampler="balanced")
+    with pytest.raises(TrainingInterrupted):
+        fit(cfg, progress=False, stop=StopFlag(after_steps=6))
+    resumed = fit(cfg, progress=False, resume=True)
+    assert digest(weights(resumed.path)) == digest(weights(first.path))
+    assert manifest["metrics"] == json.loads((resumed.path / "manifest.json").read_text())["metrics"]
