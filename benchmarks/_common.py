@@ -247,18 +247,22 @@ def write_results(name: str, payload: dict, markdown: str, out_dir: Path = DOCS_
 
 
 def machine_md(before: dict, after: dict) -> str:
-    """One paragraph on the machine and its load during the run."""
+    """One paragraph on the machine and its load during the run.
+
+    Only the load before the run says whether other processes shared the cores: the load after
+    it counts the benchmark's own threads, so on a 2-core machine it is high after every run.
+    """
     load_note = ""
-    if max(before["loadavg_1_5_15"][0], after["loadavg_1_5_15"][0]) > 0.5 * (before["logical_cpus"] or 1):
+    if before["loadavg_1_5_15"][0] > 0.5 * (before["logical_cpus"] or 1):
         load_note = (
-            f" **Measured under load**: 1-minute load average {before['loadavg_1_5_15'][0]} before, "
-            f"{after['loadavg_1_5_15'][0]} after on {before['logical_cpus']} logical CPUs; other processes "
-            "shared the cores, so absolute figures are low and noisy."
+            f" **Measured under load**: 1-minute load average {before['loadavg_1_5_15'][0]} before the run on "
+            f"{before['logical_cpus']} logical CPUs; other processes shared the cores, so absolute figures "
+            "are low and noisy."
         )
     return (
         f"Machine: {before['cpu_model']}, {before['logical_cpus']} logical CPUs, flags "
         f"{', '.join(before['cpu_flags']) or 'none of interest'} (native bf16: {before['cpu_native_bf16']}); "
         f"torch {before['torch']} ({before['torch_cpu_capability']}), {before['torch_threads']} threads; "
         f"git {before['git']}; {before['time_utc']}. Load average (1/5/15 min) before "
-        f"{before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']}.{load_note}"
+        f"{before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']} (the benchmark's own work included).{load_note}"
     )
