@@ -1,76 +1,36 @@
 """Print the markdown tables of docs/results.md from the manifests the recorded runs published.
 
-Usage: .venv/bin/python docs/runs/summarize.py [var/runs/store]
+Usage: .venv/bin/python docs/runs/summarize.py [STORE]
+           the main model and the ablation tables (STORE defaults to var/runs/store)
        .venv/bin/python docs/runs/summarize.py --compare STORE VERSION [VERSION ...]
            one row per version: settings that differ, dev weighted/macro F1, per-class F1,
            the dev F1 of every epoch, stage 2 and calibration
+       .venv/bin/python docs/runs/summarize.py --seeds STORE VERSION [VERSION ...]
+           the same setting over several seeds: each seed's dev figures, then mean +- sd
+       .venv/bin/python docs/runs/summarize.py --ablation STORE [PREFIX]
+           the EACL ablation of docs/runs/queue.sh (PREFIX abl1: section 7, abl: session 1's)
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
+# (version suffix, row name, which dev figure: "after" = published, "before" = stage-1 anchors)
 ABLATION = [
-    ("abl-full", "EACL, full method (descriptions-file anchors, SupCon + angle + CE, stage 2)", "after"),
-    ("abl-no-angle", "without the angle loss (λ2 = 0)", "after"),
-    ("abl-full", "without stage 2 (stage-1 anchors of the full run)", "before"),
-    ("abl-no-ce", "without cross-entropy (λ1 = 1)", "after"),
-    ("abl-plain-anchors", "plain label-word anchors instead of descriptions", "after"),
-    ("abl-ce-only", "CE-only baseline (λ1 = 0, no stage 2)", "after"),
+    ("full", "EACL, full method (descriptions-file anchors, SupCon + angle + CE, stage 2)", "after"),
+    ("full-s43", "the full method again, seed 43 (seed noise)", "after"),
+    ("no-angle", "without the angle loss (λ2 = 0)", "after"),
+    ("full", "without stage 2 (stage-1 anchors of the full run)", "before"),
+    ("no-ce", "without cross-entropy (λ1 = 1)", "after"),
+    ("plain-anchors", "plain label-word anchors instead of descriptions", "after"),
+    ("triplet", "with the triplet loss (weight 1.0, batch-hard)", "after"),
+    ("balanced", "with the class-balanced sampler", "after"),
+    ("ce-only", "CE-only baseline (λ1 = 0, no stage 2)", "after"),
 ]
-
-
-def _load(store: Path, version: str) -> dict | None:
-    p = store / version / "manifest.json"
-    return json.loads(p.read_text()) if p.is_file() else None
-
-
-def main(store: Path) -> None:
-    main_m = _load(store, "meld-main")
-    if main_m:
-        d = main_m["metrics"]["dev"]
-        t = main_m["training"]
-        print("### Main model (meld-main)\n")
-        print(
-            f"- dev weighted F1 **{d['weighted_f1']:.4f}**, macro F1 {d['macro_f1']:.4f}, accuracy {d['accuracy']:.4f}, MCC {d['mcc']:.4f}"
-        )
-        s2 = t["stage2"]
-        print(
-            f"- best stage-1 epoch {t['best_epoch']} of {len(t['history'])}; stage 2 ({s2.get('epochs', 0)} epochs): dev weighted F1 "
-            f"{s2.get('dev_weighted_f1_before')} -> {s2.get('dev_weighted_f1_after')} (best stage-2 epoch {s2.get('best_epoch')}; 0 = stage-1 anchors kept)"
-        )
-        print(
-            f"- wall time {t['wall_s']:.0f} s on {t['device']} ({t['dtype']}), {t['train_utterances']} train / {t['dev_utterances']} dev utterances\n"
-        )
-        print("| class | dev F1 | support |\n|---|---|---|")
-        for label, f1 in d["per_class_f1"].items():
-            print(f"| {label} | {f1:.4f} | {d['support'][label]} |")
-        print("\n| epoch | train utt/s | dev weighted F1 | dev macro F1 |\n|---|---|---|---|")
-        for h in t["history"]:
-            print(f"| {h['epoch']} | {h['utt_per_s']} | {h['dev_weighted_f1']:.4f} | {h['dev_macro_f1']:.4f} |")
-        print()
-    print("### Ablation (MELD dev, equal budget per row)\n")
-    print("| row | dev weighted F1 | dev macro F1 | wall s |\n|---|---|---|---|")
-    for version, name, which in ABLATION:
-        m = _load(store, version)
-        if m is None:
-            print(f"| {name} | not run | | |")
-            continue
-        t = m["training"]
-        if which == "before":
-            s2 = t["stage2"]
-            wf1 = s2.get("dev_weighted_f1_before")
-            print(
-                f"| {name} | {wf1:.4f} | (not recorded) | {t['wall_s']:.0f} |"
-                if wf1 is not None
-                else f"| {name} | n/a | | |"
-            )
-            continue
-        d = m["metrics"]["dev"]
-        print(f"| {name} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {t['wall_s']:.0f} |")
-
+RARE = ("fear", "disgust")  # MELD's rarest classes: shown beside every ablation row
 
 _SHOWN_SETTINGS = (
     "architecture",
@@ -87,11 +47,67 @@ _SHOWN_SETTINGS = (
 )
 
 
-def compare(store: Path, versions: list[str]) -> None:
+def _load(store: Path, version: str) -> dict | None:
+    p = store / version / "manifest.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _load_all(store: Path, versions: list[str]) -> list[tuple[str, dict]]:
     rows = [(v, _load(store, v)) for v in versions]
     missing = [v for v, m in rows if m is None]
     if missing:
         sys.exit(f"not published in {store}: {', '.join(missing)}")
+    return [(v, m) for v, m in rows if m is not None]
+
+
+def _main_model(m: dict) -> None:
+    d, t = m["metrics"]["dev"], m["training"]
+    s2 = t["stage2"]
+    print("### Main model (meld-main)\n")
+    print(
+        f"- dev weighted F1 **{d['weighted_f1']:.4f}**, macro F1 {d['macro_f1']:.4f}, "
+        f"accuracy {d['accuracy']:.4f}, MCC {d['mcc']:.4f}"
+    )
+    print(
+        f"- best stage-1 epoch {t['best_epoch']} of {len(t['history'])}; stage 2 ({s2.get('epochs', 0)} epochs): "
+        f"dev weighted F1 {s2.get('dev_weighted_f1_before')} -> {s2.get('dev_weighted_f1_after')} "
+        f"(best stage-2 epoch {s2.get('best_epoch')}; 0 = stage-1 anchors kept)"
+    )
+    print(
+        f"- wall time {t['wall_s']:.0f} s on {t['device']} ({t['dtype']}), "
+        f"{t['train_utterances']} train / {t['dev_utterances']} dev utterances\n"
+    )
+    print("| class | dev F1 | support |\n|---|---|---|")
+    for label, f1 in d["per_class_f1"].items():
+        print(f"| {label} | {f1:.4f} | {d['support'][label]} |")
+    print("\n| epoch | train utt/s | dev weighted F1 | dev macro F1 |\n|---|---|---|---|")
+    for h in t["history"]:
+        print(f"| {h['epoch']} | {h['utt_per_s']} | {h['dev_weighted_f1']:.4f} | {h['dev_macro_f1']:.4f} |")
+    print()
+
+
+def ablation(store: Path, prefix: str) -> None:
+    """One row per ablation run published as PREFIX-SUFFIX; rows not yet run say so."""
+    print("### Ablation (MELD dev, equal budget per row)\n")
+    rare = " | ".join(RARE)
+    print(f"| row | dev weighted F1 | dev macro F1 | {rare} | wall s |\n|---|---|---|---|---|---|")
+    for suffix, name, which in ABLATION:
+        m = _load(store, f"{prefix}-{suffix}")
+        if m is None:
+            print(f"| {name} | not run | | | | |")
+            continue
+        t, d = m["training"], m["metrics"]["dev"]
+        if which == "before":  # the stage-1 anchors: the manifest keeps only their weighted F1
+            wf1 = t["stage2"].get("dev_weighted_f1_before")
+            shown = f"{wf1:.4f}" if wf1 is not None else "n/a"
+            print(f"| {name} | {shown} | (not recorded) | | | {t['wall_s']:.0f} |")
+            continue
+        per_class = " | ".join(f"{d['per_class_f1'].get(label, float('nan')):.3f}" for label in RARE)
+        print(f"| {name} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {per_class} | {t['wall_s']:.0f} |")
+
+
+def compare(store: Path, versions: list[str]) -> None:
+    rows = _load_all(store, versions)
     labels = rows[0][1]["labels"]
     print("| version | " + " | ".join(_SHOWN_SETTINGS) + " | dev wF1 | dev macro F1 | " + " | ".join(labels) + " |")
     print("|---" * (3 + len(_SHOWN_SETTINGS) + len(labels)) + "|")
@@ -101,7 +117,8 @@ def compare(store: Path, versions: list[str]) -> None:
         per_class = " | ".join(f"{d['per_class_f1'][label]:.3f}" for label in labels)
         print(f"| {v} | {settings} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {per_class} |")
     print(
-        "\n| version | dev wF1 per epoch (stage 1) | best epoch | stage 2 before -> after | calibration T, ECE before -> after (cross-fitted) |"
+        "\n| version | dev wF1 per epoch (stage 1) | best epoch | stage 2 before -> after "
+        "| calibration T, ECE before -> after (cross-fitted) |"
     )
     print("|---|---|---|---|---|")
     for v, m in rows:
@@ -116,8 +133,52 @@ def compare(store: Path, versions: list[str]) -> None:
         )
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--compare":
-        compare(Path(sys.argv[2]), sys.argv[3:])
+def mean_sd(values: list[float]) -> str:
+    """``mean ± sd`` with the sample standard deviation; one value has no sd."""
+    if len(values) == 1:
+        return f"{values[0]:.4f} (one seed)"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def seeds(store: Path, versions: list[str]) -> None:
+    """The runs of one setting that differ only in seed: each run's dev figures, then mean ± sd."""
+    rows = _load_all(store, versions)
+    ignored = {"seed", "version", "store", "run_dir", "data_dir", "checkpoint_every_steps", "make_current", "channel"}
+    configs = [{k: v for k, v in m["training"]["config"].items() if k not in ignored} for _, m in rows]
+    differ = sorted(k for k in set().union(*configs) if len({json.dumps(c.get(k)) for c in configs}) > 1)
+    if differ:
+        sys.exit(f"these runs differ in more than the seed: {', '.join(differ)}")
+    labels = rows[0][1]["labels"]
+    print("| version | seed | dev wF1 | dev macro F1 | " + " | ".join(labels) + " |")
+    print("|---" * (4 + len(labels)) + "|")
+    for v, m in rows:
+        d = m["metrics"]["dev"]
+        per_class = " | ".join(f"{d['per_class_f1'][label]:.3f}" for label in labels)
+        seed = m["training"]["config"].get("seed")
+        print(f"| {v} | {seed} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {per_class} |")
+    dev = [m["metrics"]["dev"] for _, m in rows]
+    per_class = " | ".join(mean_sd([d["per_class_f1"][label] for d in dev]) for label in labels)
+    wf1 = mean_sd([d["weighted_f1"] for d in dev])
+    mf1 = mean_sd([d["macro_f1"] for d in dev])
+    print(f"| mean ± sd ({len(rows)} seeds) | | {wf1} | {mf1} | {per_class} |")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 2 and argv[0] == "--compare":
+        compare(Path(argv[1]), argv[2:])
+    elif len(argv) > 2 and argv[0] == "--seeds":
+        seeds(Path(argv[1]), argv[2:])
+    elif len(argv) in (2, 3) and argv[0] == "--ablation":
+        ablation(Path(argv[1]), argv[2] if len(argv) == 3 else "abl1")
+    elif len(argv) <= 1 and not (argv and argv[0].startswith("-")):
+        store = Path(argv[0] if argv else "var/runs/store")
+        main_m = _load(store, "meld-main")
+        if main_m:
+            _main_model(main_m)
+        ablation(store, "abl")
     else:
-        main(Path(sys.argv[1] if len(sys.argv) > 1 else "var/runs/store"))
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

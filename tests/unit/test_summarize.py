@@ -1,0 +1,82 @@
+"""docs/runs/summarize.py, the script that prints docs/results.md's tables from published manifests:
+seed groups as mean ± sd, refusal of groups that differ in more than the seed, the ablation table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "runs" / "summarize.py"
+_spec = importlib.util.spec_from_file_location("summarize", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+summarize = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(summarize)
+
+LABELS = ["neutral", "fear", "disgust"]
+
+
+def _publish(store: Path, version: str, *, seed: int, wf1: float, fear: float, lr: float = 2e-5) -> None:
+    folder = store / version
+    folder.mkdir(parents=True)
+    manifest = {
+        "labels": LABELS,
+        "metrics": {
+            "dev": {
+                "weighted_f1": wf1,
+                "macro_f1": wf1 - 0.1,
+                "per_class_f1": {"neutral": 0.7, "fear": fear, "disgust": 0.2},
+            }
+        },
+        "training": {
+            "config": {"seed": seed, "version": version, "store": str(store), "lr": lr, "epochs": 1},
+            "wall_s": 100.0,
+            "stage2": {"dev_weighted_f1_before": wf1 - 0.01},
+        },
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_seeds_prints_each_run_then_the_mean_and_sample_sd(tmp_path, capsys):
+    for seed, wf1, fear in [(42, 0.58, 0.10), (43, 0.59, 0.20), (44, 0.60, 0.15)]:
+        _publish(tmp_path, f"run-s{seed}", seed=seed, wf1=wf1, fear=fear)
+    summarize.main(["--seeds", str(tmp_path), "run-s42", "run-s43", "run-s44"])
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("| mean ± sd (3 seeds) |")
+    sd = statistics.stdev([0.58, 0.59, 0.60])
+    assert f"0.5900 ± {sd:.4f}" in last  # weighted F1
+    assert f"0.1500 ± {statistics.stdev([0.10, 0.20, 0.15]):.4f}" in last  # fear
+    assert "| run-s43 | 43 | 0.5900 |" in out
+
+
+def test_seeds_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
+    _publish(tmp_path, "a", seed=42, wf1=0.58, fear=0.1)
+    _publish(tmp_path, "b", seed=43, wf1=0.58, fear=0.1, lr=1e-5)
+    with pytest.raises(SystemExit, match="differ in more than the seed: lr"):
+        summarize.main(["--seeds", str(tmp_path), "a", "b"])
+
+
+def test_a_missing_version_is_named(tmp_path):
+    _publish(tmp_path, "a", seed=42, wf1=0.58, fear=0.1)
+    with pytest.raises(SystemExit, match="not published in .*: nope"):
+        summarize.main(["--compare", str(tmp_path), "a", "nope"])
+
+
+def test_ablation_rows_show_the_rare_classes_and_say_what_has_not_run(tmp_path, capsys):
+    _publish(tmp_path, "abl1-full", seed=42, wf1=0.57, fear=0.05)
+    summarize.main(["--ablation", str(tmp_path)])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in capsys.readouterr().out.splitlines()}
+    full = rows["EACL, full method (descriptions-file anchors, SupCon + angle + CE, stage 2)"]
+    assert "| 0.5700 | 0.4700 | 0.050 | 0.200 | 100 |" in full
+    assert "| 0.5600 | (not recorded) |" in rows["without stage 2 (stage-1 anchors of the full run)"]
+    assert "not run" in rows["CE-only baseline (λ1 = 0, no stage 2)"]
+    assert all(line.count("|") == 7 for line in rows.values() if line.startswith("| ") and "---" not in line)
+
+
+def test_a_bad_command_line_prints_the_usage():
+    with pytest.raises(SystemExit, match="Usage"):
+        summarize.main(["--seeds", "only-a-store"])
