@@ -109,6 +109,33 @@ def _git_commit() -> str | None:
         return None
 
 
+def _cpu_seconds() -> dict | None:
+    """CPU seconds so far: the whole machine's busy and total time (/proc/stat), and this process's
+    own (with its children that have been waited for). None where /proc/stat cannot be read."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]  # idle + iowait; the rest (user nice system irq softirq steal) is busy
+    own = os.times()
+    return {
+        "machine_busy_s": round((sum(ticks) - idle) / hz, 2),
+        "machine_total_s": round(sum(ticks) / hz, 2),
+        "own_s": round(own.user + own.system + own.children_user + own.children_system, 2),
+    }
+
+
+def others_cpu_share(before: dict, after: dict) -> float | None:
+    """The share of all CPUs that other processes used between two machine_info() calls (0-1)."""
+    a, b = before.get("cpu_seconds"), after.get("cpu_seconds")
+    if not a or not b or b["machine_total_s"] <= a["machine_total_s"]:
+        return None
+    busy = b["machine_busy_s"] - a["machine_busy_s"]
+    own = b["own_s"] - a["own_s"]
+    return min(1.0, max(0.0, (busy - own) / (b["machine_total_s"] - a["machine_total_s"])))
+
+
 def machine_info() -> dict:
     """What the numbers were measured on; call at the start and again at the end of a run."""
     import torch
@@ -125,6 +152,7 @@ def machine_info() -> dict:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "cpu_seconds": _cpu_seconds(),
         "git": _git_commit(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -246,23 +274,36 @@ def write_results(name: str, payload: dict, markdown: str, out_dir: Path = DOCS_
     return jpath, mpath
 
 
-def machine_md(before: dict, after: dict) -> str:
-    """One paragraph on the machine and its load during the run.
+# Above this share of all CPUs used by other processes during a run, its figures are flagged.
+OTHERS_SHARE_UNDER_LOAD = 0.10
 
-    Only the load before the run says whether other processes shared the cores: the load after
-    it counts the benchmark's own threads, so on a 2-core machine it is high after every run.
+
+def machine_md(before: dict, after: dict) -> str:
+    """One paragraph on the machine and whether other processes shared its cores during the run.
+
+    The CPU time other processes used between the two snapshots says it (the benchmark's own time,
+    children included, is subtracted). The load average does not: it lags by minutes, so it is
+    high after any earlier job, and after the run it counts the benchmark's own threads.
     """
-    load_note = ""
-    if before["loadavg_1_5_15"][0] > 0.5 * (before["logical_cpus"] or 1):
-        load_note = (
-            f" **Measured under load**: 1-minute load average {before['loadavg_1_5_15'][0]} before the run on "
-            f"{before['logical_cpus']} logical CPUs; other processes shared the cores, so absolute figures "
-            "are low and noisy."
-        )
+    share = others_cpu_share(before, after)
+    if share is not None:
+        others = f" Other processes used {share:.0%} of the CPUs during the run."
+        loaded = share > OTHERS_SHARE_UNDER_LOAD
+        why = f"other processes used {share:.0%} of the CPUs during the run"
+    else:  # no /proc/stat: the load average before the run is all there is
+        others, loaded = "", before["loadavg_1_5_15"][0] > 0.5 * (before["logical_cpus"] or 1)
+        why = f"1-minute load average {before['loadavg_1_5_15'][0]} before the run"
+    load_note = (
+        f" **Measured under load**: {why} on {before['logical_cpus']} logical CPUs, so absolute figures are "
+        "low and noisy."
+        if loaded
+        else ""
+    )
     return (
         f"Machine: {before['cpu_model']}, {before['logical_cpus']} logical CPUs, flags "
         f"{', '.join(before['cpu_flags']) or 'none of interest'} (native bf16: {before['cpu_native_bf16']}); "
         f"torch {before['torch']} ({before['torch_cpu_capability']}), {before['torch_threads']} threads; "
         f"git {before['git']}; {before['time_utc']}. Load average (1/5/15 min) before "
-        f"{before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']} (the benchmark's own work included).{load_note}"
+        f"{before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']} (the benchmark's own work included)."
+        f"{others}{load_note}"
     )
