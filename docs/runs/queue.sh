@@ -93,3 +93,19 @@ run abl1-no-angle meld "${A[@]}" --lambda2 0
 run abl1-plain-anchors meld "${A[@]}" --anchors plain
 run abl1-triplet meld "${A[@]}" --triplet-weight 1.0
 run abl1-balanced meld "${A[@]}" --sampler balanced
+# 8. Session 9. mpnet-base with 9 frozen layers for 3 epochs instead of 2 (the 2-epoch run still
+# gained at its last epoch), and with 6 frozen layers (two sessions here). A run with the same
+# encoder, k and frozen layers reads the 2-epoch run's frozen-layer cache instead of computing it
+# again (linked, not copied; the key inside it is checked, so a stale one is recomputed).
+reuse_cache() {  # from-run, to-run
+  [[ -n $only && ! $2 =~ $only ]] && return 0
+  local from=$RUNS/$1/frozen_cache.pt to=$RUNS/$2
+  if [[ -f $from && ! -f $to/frozen_cache.pt && ! -f $to/checkpoint.pt ]]; then
+    mkdir -p "$to" && { ln "$from" "$to/frozen_cache.pt" 2>/dev/null || cp "$from" "$to/frozen_cache.pt"; }
+  fi
+}
+reuse_cache meld-mpnet-w2-f9 meld-mpnet-w3-f9
+run meld-mpnet-w3-f9 meld --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 9 --checkpoint-every-steps 100 --weights-dtype fp16
+reuse_cache emorynlp-mpnet-w2-f9 emorynlp-mpnet-w3-f9
+run emorynlp-mpnet-w3-f9 emorynlp --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 9 --checkpoint-every-steps 100 --weights-dtype fp16
+run meld-mpnet-w3-f6 meld --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16
