@@ -80,3 +80,18 @@ def test_ablation_rows_show_the_rare_classes_and_say_what_has_not_run(tmp_path, 
 def test_a_bad_command_line_prints_the_usage():
     with pytest.raises(SystemExit, match="Usage"):
         summarize.main(["--seeds", "only-a-store"])
+
+
+def test_a_setting_missing_from_an_older_manifest_counts_as_its_default(tmp_path, capsys):
+    _publish(tmp_path, "old", seed=42, wf1=0.58, fear=0.1)
+    _publish(tmp_path, "new", seed=43, wf1=0.60, fear=0.1)
+    path = tmp_path / "new" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["training"]["config"]["freeze_layers"] = 0  # the default of a setting "old" predates
+    path.write_text(json.dumps(manifest))
+    summarize.main(["--seeds", str(tmp_path), "old", "new"])
+    assert "mean ± sd (2 seeds)" in capsys.readouterr().out
+    manifest["training"]["config"]["freeze_layers"] = 9
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="freeze_layers"):
+        summarize.main(["--seeds", str(tmp_path), "old", "new"])
