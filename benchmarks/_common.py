@@ -263,12 +263,19 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+# In a results page, what follows this line is written by hand (quality tables, readings) and
+# survives a re-run of the benchmark, which rewrites only what comes before it.
+KEEP_MARKER = "<!-- written by hand below: kept when the benchmark re-runs -->"
+
+
 def write_results(name: str, payload: dict, markdown: str, out_dir: Path = DOCS_DIR) -> tuple[Path, Path]:
-    """Write ``<name>.json`` and ``<name>.md`` and print the markdown."""
+    """Write ``<name>.json`` and ``<name>.md`` (keeping its hand-written tail) and print the markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath, mpath = out_dir / f"{name}.json", out_dir / f"{name}.md"
     jpath.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    mpath.write_text(markdown.rstrip() + "\n", encoding="utf-8")
+    old = mpath.read_text(encoding="utf-8") if mpath.exists() else ""
+    tail = old[old.index(KEEP_MARKER) :] if KEEP_MARKER in old else ""
+    mpath.write_text(markdown.rstrip() + "\n" + ("\n" + tail.rstrip() + "\n" if tail else ""), encoding="utf-8")
     print(markdown)
     print(f"\nwrote {jpath.relative_to(ROOT) if jpath.is_relative_to(ROOT) else jpath} and {mpath.name}")
     return jpath, mpath

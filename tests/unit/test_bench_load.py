@@ -44,3 +44,15 @@ def test_without_proc_stat_the_load_average_before_decides():
 def test_machine_info_reads_this_machines_cpu_seconds():
     info = _common.machine_info()["cpu_seconds"]
     assert info is not None and 0 < info["machine_busy_s"] <= info["machine_total_s"] and info["own_s"] > 0
+
+
+def test_a_rerun_rewrites_the_figures_and_keeps_the_hand_written_tail(tmp_path, capsys):
+    _common.write_results("b", {"x": 1}, "# B\n\nold figures", out_dir=tmp_path)
+    page = tmp_path / "b.md"
+    page.write_text(page.read_text() + f"\n{_common.KEEP_MARKER}\n## Quality\n\nby hand\n")
+    _common.write_results("b", {"x": 2}, "# B\n\nnew figures", out_dir=tmp_path)
+    text = page.read_text()
+    assert "new figures" in text and "old figures" not in text
+    assert text.endswith(f"{_common.KEEP_MARKER}\n## Quality\n\nby hand\n")
+    _common.write_results("c", {}, "# C", out_dir=tmp_path)  # no page yet, no marker: figures only
+    assert (tmp_path / "c.md").read_text() == "# C\n"
