@@ -60,7 +60,8 @@ run meld-turn-minilm-e3-k8-ctxlr1e-4 meld --architecture turn --epochs 3 --conte
 run meld-turn-minilm-e3-k8-b32 meld --architecture turn --epochs 3 --context-turns 8 --batch-size 32
 # Distillation from the shipped window model (models/meld-main): the turn model also learns the
 # window model's calibrated predictions on the training set (KL, weight 1), what reading the past
-# turns' text adds. Three seeds.
+# turns' text adds. Three seeds. These ran in session 6 with the session-3 meld-main as teacher
+# (seed 42, dev 0.5881; git 9c03a32 has it); session 10 replaced models/meld-main with seed 44.
 run meld-turn-minilm-e3-k8-kd meld --architecture turn --epochs 3 --context-turns 8 --distill-from models/meld-main
 run meld-turn-minilm-e3-k8-kd-s43 meld --architecture turn --epochs 3 --context-turns 8 --distill-from models/meld-main --seed 43
 run meld-turn-minilm-e3-k8-kd-s44 meld --architecture turn --epochs 3 --context-turns 8 --distill-from models/meld-main --seed 44
