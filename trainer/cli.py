@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from rich.table import Table
 
 from erc_stream.cli import configure_process
 from erc_stream.errors import ErcError
-from trainer.config import TrainConfig
+from trainer.config import DEFAULTS, TrainConfig
 
 __all__ = ["app"]
 
@@ -65,7 +64,7 @@ def print_metrics(m: dict, title: str) -> None:
 
 
 # TrainConfig's defaults: the CLI's defaults are the config's, never a second copy.
-_D: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_D = DEFAULTS
 
 
 @app.command()

@@ -191,3 +191,8 @@ class TrainConfig:
             raise ConfigError(f"run config has settings this version does not know: {', '.join(unknown)}")
         values: dict[str, Any] = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in data.items()}
         return cls(**values)
+
+
+# Every setting's default, by name: the CLI's defaults, and what a run published before a setting
+# existed ran with (docs/runs/summarize.py). One copy, read off the dataclass.
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -13,13 +13,12 @@ Usage: .venv/bin/python docs/runs/summarize.py [STORE]
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import sys
 from pathlib import Path
 
-from trainer.config import TrainConfig
+from trainer.config import DEFAULTS
 
 # (version suffix, row name, which dev figure: "after" = published, "before" = stage-1 anchors)
 ABLATION = [
@@ -148,10 +147,7 @@ def seeds(store: Path, versions: list[str]) -> None:
     rows = _load_all(store, versions)
     ignored = {"seed", "version", "store", "run_dir", "data_dir", "checkpoint_every_steps", "make_current", "channel"}
     # A setting added after a run was published is absent from its manifest: it ran with the default.
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    configs = [
-        {k: v for k, v in {**defaults, **m["training"]["config"]}.items() if k not in ignored} for _, m in rows
-    ]
+    configs = [{k: v for k, v in {**DEFAULTS, **m["training"]["config"]}.items() if k not in ignored} for _, m in rows]
     differ = sorted(k for k in set().union(*configs) if len({json.dumps(c.get(k), default=str) for c in configs}) > 1)
     if differ:
         sys.exit(f"these runs differ in more than the seed: {', '.join(differ)}")
