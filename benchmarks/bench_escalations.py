@@ -13,6 +13,10 @@ Per rule, run alone (the other rules disabled, so one rule's escalation cannot h
 "all rules" is the shipped configuration, where a conversation has one open escalation at a time
 and any rule's opening counts.
 
+Turn level, what every rule is built from: of the gold negative turns (the rules' negative
+emotions), how many the model calls negative (recall), how many of the turns it calls negative
+are (precision), and the median confidence on those turns.
+
 Throughput. The same predicted events, copied under new conversation ids, are put on a topic of
 the local broker; then `erc-stream escalations` starts and processes the backlog. events/s is
 events / (time from /readyz to the last event counted by /metrics); CPU seconds of the app's
@@ -166,6 +170,27 @@ def quality(convs: list[list[Turn]]) -> dict[str, dict[str, Any]]:
     return results
 
 
+def turn_level(convs: list[list[Turn]], negative: tuple[str, ...] = RulesConfig().negative_emotions) -> dict[str, Any]:
+    """Negative-turn recall and precision of the predictions, and their median confidence."""
+    turns = [t for c in convs for t in c]
+    gold = [t for t in turns if t.gold in negative]
+    called = [t for t in turns if t.predicted in negative]
+    hits = sum(t.gold in negative for t in called)
+    conf = sorted(t.confidence for t in called)
+    median = None
+    if conf:
+        mid = len(conf) // 2
+        median = conf[mid] if len(conf) % 2 else (conf[mid - 1] + conf[mid]) / 2
+    return {
+        "negative_gold": len(gold),
+        "negative_predicted": len(called),
+        "negative_hits": hits,
+        "negative_recall": _ratio(hits, len(gold)),
+        "negative_precision": _ratio(hits, len(called)),
+        "median_confidence_predicted_negative": median,
+    }
+
+
 # ---------------------------------------------------------------- throughput of the real app
 
 
@@ -313,6 +338,7 @@ def main() -> None:
     before = machine_info()
     convs, model = load_turns(args.predictions, args.store)
     q = quality(convs)
+    turns = turn_level(convs)
     runs = [] if args.skip_throughput else [throughput(convs, args.copies, b, args.partitions) for b in (1, 16384)]
     after = machine_info()
 
@@ -347,6 +373,16 @@ def main() -> None:
             ],
             rows,
         ),
+        "",
+        f"Turns: the model calls {turns['negative_predicted']} turns negative, {turns['negative_hits']} of the "
+        f"{turns['negative_gold']} gold negative turns among them: recall {_pct(turns['negative_recall'])}, "
+        f"precision {_pct(turns['negative_precision'])}; median confidence on the turns it calls negative "
+        + (
+            "n/a"
+            if turns["median_confidence_predicted_negative"] is None
+            else f"{turns['median_confidence_predicted_negative']:.2f}"
+        )
+        + " (negative = the rules' negative emotions).",
     ]
     if runs:
         md += [
@@ -372,7 +408,14 @@ def main() -> None:
         f"load average (1/5/15 min) before {before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']}; "
         f"git {before['git']}; {before['time_utc']}.",
     ]
-    payload = {"model": model, "quality": q, "throughput": runs, "machine_before": before, "machine_after": after}
+    payload = {
+        "model": model,
+        "quality": q,
+        "turns": turns,
+        "throughput": runs,
+        "machine_before": before,
+        "machine_after": after,
+    }
     write_results("bench_escalations", payload, "\n".join(md))
 
 

@@ -9,12 +9,28 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["DATA_DIR", "ENV", "ERC_TRAIN", "erc_train", "skip_without_meld"]
+__all__ = ["DATA_DIR", "ERC_TRAIN", "cli_env", "erc_train", "skip_without_meld"]
 
-DATA_DIR = Path(os.environ.get("ERC_DATA_DIR") or "/work/shared/datasets")
+REPO = Path(__file__).resolve().parents[1]
+# erc-train's own default (../shared/datasets from the repository root, where the tests run it)
+DATA_DIR = Path(os.environ.get("ERC_DATA_DIR") or REPO.parent / "shared" / "datasets")
 ERC_TRAIN = Path(sys.executable).parent / "erc-train"
-ENV = {**os.environ, "ERC_DATA_DIR": str(DATA_DIR), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "200"}  # fmt: skip
+# Not passed on from the caller's environment: a proxy (the loopback OpenAI server must be reached
+# directly), OpenAI settings (a test that wants them sets them) and a torchrun rank (a test that
+# starts ranks sets them).
+_PROXIES = ("http_proxy", "https_proxy", "all_proxy")
+_RANK = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of an `erc-train` (or torchrun) subprocess in a test: offline, the test data,
+    wide progress lines; ``extra`` goes on top."""
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in _PROXIES and not k.startswith("OPENAI_") and k not in _RANK}  # fmt: skip
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               ERC_DATA_DIR=str(DATA_DIR), COLUMNS="200", NO_PROXY="127.0.0.1,localhost")  # fmt: skip
+    env.update(extra)
+    return env
 
 
 def skip_without_meld() -> None:
@@ -25,4 +41,4 @@ def skip_without_meld() -> None:
 
 def erc_train(*args: str, timeout_s: float = 1100) -> subprocess.CompletedProcess:
     """Run `erc-train ARGS` with the test environment; output captured as text."""
-    return subprocess.run([str(ERC_TRAIN), *args], env=ENV, capture_output=True, text=True, timeout=timeout_s)
+    return subprocess.run([str(ERC_TRAIN), *args], env=cli_env(), capture_output=True, text=True, timeout=timeout_s)

@@ -6,23 +6,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from erc_stream.artifact import read_current, verify_version
+from tests.train_cli import ERC_TRAIN, cli_env
 from trainer.config import TrainConfig
 from trainer.distributed import DistContext, shard_batch
 from trainer.train import _length_sorted_batches, _optimizer, _prepare, _train_step
 
 pytestmark = pytest.mark.timeout(1200)
 
-ERC_TRAIN = Path(sys.executable).parent / "erc-train"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -88,8 +86,7 @@ def test_fit_with_amp_trains_and_publishes(
            "--stage2-epochs", "2", "--max-train-conversations", "16", "--max-dev-conversations", "4",
            "--context-turns", "2", "--batch-size", "16", "--store", str(store),
            "--run-dir", str(tmp_path / "run")]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1100, cwd=REPO, env=env, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1100, cwd=REPO, env=cli_env(), check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     version = read_current(store)
     assert version is not None

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from erc_stream.artifact import read_current, verify_version
 from erc_stream.devtools.broker import free_port
-from tests.train_cli import DATA_DIR, ERC_TRAIN, skip_without_meld
+from tests.train_cli import DATA_DIR, ERC_TRAIN, cli_env, skip_without_meld
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -39,11 +39,7 @@ skip_without_meld()
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               ERC_DATA_DIR=str(DATA_DIR), COLUMNS="200")  # fmt: skip
-    env.update(extra)
-    return env
+    return cli_env(OMP_NUM_THREADS="1", **extra)  # one thread a rank: two ranks on two cores
 
 
 def _torchrun(*args: str) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from erc_stream.artifact import read_current, verify_version
 from tests.openai_loopback import OpenAILoopback, default_chat_reply
-from tests.train_cli import DATA_DIR, ERC_TRAIN, skip_without_meld
+from tests.train_cli import ERC_TRAIN, cli_env, skip_without_meld
 
 # A fit takes ~30-60 s of CPU on a quiet 2-core machine, several minutes on a busy one.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -31,15 +30,6 @@ HEADLINE = ("weighted_f1", "macro_f1", "accuracy", "mcc", "per_class_f1", "micro
 PIN = ["--device", "cpu", "--dtype", "fp32"]
 
 skip_without_meld()
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy") and not k.startswith("OPENAI_")}  # fmt: skip
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               ERC_DATA_DIR=str(DATA_DIR), COLUMNS="200", NO_PROXY="127.0.0.1,localhost")  # fmt: skip
-    env.update(extra)
-    return env
 
 
 def erc_train(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout_s: int = 1000):
