@@ -110,3 +110,12 @@ run meld-mpnet-w3-f9 meld --architecture window --encoder mpnet-base --epochs 3 
 reuse_cache emorynlp-mpnet-w2-f9 emorynlp-mpnet-w3-f9
 run emorynlp-mpnet-w3-f9 emorynlp --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 9 --checkpoint-every-steps 100 --weights-dtype fp16
 run meld-mpnet-w3-f6 meld --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16
+# 9. Session 11. The shipped EmoryNLP model (emorynlp-window-minilm-e3, seed 42) with two more seeds,
+# for its mean +- sd, as MELD got in sessions 9 and 10 (and a better seed to ship by the same rule).
+run emorynlp-window-minilm-e3-s43 emorynlp --architecture window --epochs 3 --seed 43 --checkpoint-every-steps 100
+run emorynlp-window-minilm-e3-s44 emorynlp --architecture window --epochs 3 --seed 44 --checkpoint-every-steps 100
+# 10. Session 11. Levers at the ablation's budget (1 epoch on all of MELD train, seed 42; compare
+# with abl1-full and its seed-43 twin): class-weighted CE for the rare classes, k, tau.
+run abl1-sqrtw meld "${A[@]}" --class-weighting sqrt_inverse
+run abl1-k8 meld "${A[@]}" --context-turns 8
+run abl1-tau005 meld "${A[@]}" --temperature 0.05

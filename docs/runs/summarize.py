@@ -31,6 +31,10 @@ ABLATION = [
     ("triplet", "with the triplet loss (weight 1.0, batch-hard)", "after"),
     ("balanced", "with the class-balanced sampler", "after"),
     ("ce-only", "CE-only baseline (λ1 = 0, no stage 2)", "after"),
+    # levers at the same budget (queue section 10)
+    ("sqrtw", "lever: class-weighted CE (sqrt of inverse frequency)", "after"),
+    ("k8", "lever: 8 past turns instead of 5", "after"),
+    ("tau005", "lever: τ = 0.05 instead of 0.1", "after"),
 ]
 RARE = ("fear", "disgust")  # MELD's rarest classes: shown beside every ablation row
 
