@@ -246,7 +246,11 @@ def evaluate(
     out: Path | None = typer.Option(None, help="report folder (default: reports/<version>/<split>)"),
     predictions: Path | None = typer.Option(None, help="also write per-utterance predictions as JSONL"),
     device: str = typer.Option("auto"),
-    dtype: str = typer.Option("auto"),
+    dtype: str = typer.Option(
+        "fp32",
+        help="fp32 reproduces the dev figures `fit` recorded (it scores in fp32); auto, bf16 or fp16 "
+        "run faster where the hardware has them and may differ by an utterance or so",
+    ),
     batch_size: int = typer.Option(64),
     max_conversations: int | None = typer.Option(None),
 ) -> None:

@@ -34,7 +34,9 @@ run() {  # name, dataset, args...
       --no-make-current --device cpu --dtype auto "$@" > "$RUNS/$name.log" 2>&1
   fi
   rc=$?
-  echo "   $name rc=$rc wall_s=$(( $(date +%s) - t0 )) ($(lscpu | sed -n 's/^Model name: *//p'))" | tee -a "$RUNS/commands.txt"
+  # dtype=auto trains in bf16 on a CPU with native bf16 (avx512_bf16), else fp32: say which machine it was
+  local bf16=no-avx512_bf16; grep -qw avx512_bf16 /proc/cpuinfo && bf16=avx512_bf16
+  echo "   $name rc=$rc wall_s=$(( $(date +%s) - t0 )) ($(lscpu | sed -n 's/^Model name: *//p'), $bf16)" | tee -a "$RUNS/commands.txt"
   [[ $rc == 75 ]] && exit 75  # stopped by a signal: stop the queue too
   return 0
 }

@@ -53,6 +53,12 @@ _SHOWN_SETTINGS = (
 )
 
 
+def _precision(m: dict) -> str:
+    """The precision a run trained in (``dtype=auto`` resolves per machine: bf16 on CPUs with native
+    bf16, else fp32), as the manifest recorded it; "?" for a manifest without it."""
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(m["training"].get("dtype"), "?")
+
+
 def _load(store: Path, version: str) -> dict | None:
     p = store / version / "manifest.json"
     return json.loads(p.read_text()) if p.is_file() else None
@@ -96,20 +102,23 @@ def ablation(store: Path, prefix: str) -> None:
     """One row per ablation run published as PREFIX-SUFFIX; rows not yet run say so."""
     print("### Ablation (MELD dev, equal budget per row)\n")
     rare = " | ".join(RARE)
-    print(f"| row | dev weighted F1 | dev macro F1 | {rare} | wall s |\n|---|---|---|---|---|---|")
+    print(f"| row | dev weighted F1 | dev macro F1 | {rare} | trained in | wall s |\n|---|---|---|---|---|---|---|")
     for suffix, name, which in ABLATION:
         m = _load(store, f"{prefix}-{suffix}")
         if m is None:
-            print(f"| {name} | not run | | | | |")
+            print(f"| {name} | not run | | | | | |")
             continue
         t, d = m["training"], m["metrics"]["dev"]
         if which == "before":  # the stage-1 anchors: the manifest keeps only their weighted F1
             wf1 = t["stage2"].get("dev_weighted_f1_before")
             shown = f"{wf1:.4f}" if wf1 is not None else "n/a"
-            print(f"| {name} | {shown} | (not recorded) | | | {t['wall_s']:.0f} |")
+            print(f"| {name} | {shown} | (not recorded) | | | {_precision(m)} | {t['wall_s']:.0f} |")
             continue
         per_class = " | ".join(f"{d['per_class_f1'].get(label, float('nan')):.3f}" for label in RARE)
-        print(f"| {name} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {per_class} | {t['wall_s']:.0f} |")
+        print(
+            f"| {name} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {per_class} | {_precision(m)} "
+            f"| {t['wall_s']:.0f} |"
+        )
 
 
 def compare(store: Path, versions: list[str]) -> None:
@@ -156,18 +165,23 @@ def seeds(store: Path, versions: list[str]) -> None:
     if differ:
         sys.exit(f"these runs differ in more than the seed: {', '.join(differ)}")
     labels = rows[0][1]["labels"]
-    print("| version | seed | dev wF1 | dev macro F1 | " + " | ".join(labels) + " |")
-    print("|---" * (4 + len(labels)) + "|")
+    print("| version | seed | trained in | dev wF1 | dev macro F1 | " + " | ".join(labels) + " |")
+    print("|---" * (5 + len(labels)) + "|")
     for v, m in rows:
         d = m["metrics"]["dev"]
         per_class = " | ".join(f"{d['per_class_f1'][label]:.3f}" for label in labels)
         seed = m["training"]["config"].get("seed")
-        print(f"| {v} | {seed} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {per_class} |")
+        print(f"| {v} | {seed} | {_precision(m)} | {d['weighted_f1']:.4f} | {d['macro_f1']:.4f} | {per_class} |")
     dev = [m["metrics"]["dev"] for _, m in rows]
     per_class = " | ".join(mean_sd([d["per_class_f1"][label] for d in dev]) for label in labels)
     wf1 = mean_sd([d["weighted_f1"] for d in dev])
     mf1 = mean_sd([d["macro_f1"] for d in dev])
-    print(f"| mean ± sd ({len(rows)} seeds) | | {wf1} | {mf1} | {per_class} |")
+    print(f"| mean ± sd ({len(rows)} seeds) | | | {wf1} | {mf1} | {per_class} |")
+    # Same settings, but dtype=auto trained them in different precisions on different machines:
+    # not refused (the setting is the same), said.
+    precisions = sorted({_precision(m) for _, m in rows})
+    if len(precisions) > 1:
+        print(f"\nNote: these runs trained in different precisions ({', '.join(precisions)}).")
 
 
 def main(argv: list[str]) -> None:

@@ -69,7 +69,7 @@ def test_evaluate_reproduces_the_dev_figures_of_the_docs(channel: str, version: 
         pytest.skip(f"{dataset} is not under {DATA_DIR}; set ERC_DATA_DIR")
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", "evaluate", "--store", str(STORE), "--version", version, "--split", "dev",
-         "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path)],
+         "--device", "cpu", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900, env={**os.environ, "ERC_DATA_DIR": str(DATA_DIR)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

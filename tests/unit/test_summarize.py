@@ -19,7 +19,9 @@ _spec.loader.exec_module(summarize)
 LABELS = ["neutral", "fear", "disgust"]
 
 
-def _publish(store: Path, version: str, *, seed: int, wf1: float, fear: float, lr: float = 2e-5) -> None:
+def _publish(
+    store: Path, version: str, *, seed: int, wf1: float, fear: float, lr: float = 2e-5, dtype: str = "float32"
+) -> None:
     folder = store / version
     folder.mkdir(parents=True)
     manifest = {
@@ -34,6 +36,7 @@ def _publish(store: Path, version: str, *, seed: int, wf1: float, fear: float, l
         "training": {
             "config": {"seed": seed, "version": version, "store": str(store), "lr": lr, "epochs": 1},
             "wall_s": 100.0,
+            "dtype": dtype,
             "stage2": {"dev_weighted_f1_before": wf1 - 0.01},
         },
     }
@@ -50,7 +53,17 @@ def test_seeds_prints_each_run_then_the_mean_and_sample_sd(tmp_path, capsys):
     sd = statistics.stdev([0.58, 0.59, 0.60])
     assert f"0.5900 ± {sd:.4f}" in last  # weighted F1
     assert f"0.1500 ± {statistics.stdev([0.10, 0.20, 0.15]):.4f}" in last  # fear
-    assert "| run-s43 | 43 | 0.5900 |" in out
+    assert "| run-s43 | 43 | fp32 | 0.5900 |" in out
+    assert "different precisions" not in out
+
+
+def test_seeds_says_when_the_runs_trained_in_different_precisions(tmp_path, capsys):
+    _publish(tmp_path, "a", seed=42, wf1=0.58, fear=0.1)
+    _publish(tmp_path, "b", seed=43, wf1=0.59, fear=0.1, dtype="bfloat16")
+    summarize.main(["--seeds", str(tmp_path), "a", "b"])
+    out = capsys.readouterr().out
+    assert "| b | 43 | bf16 | 0.5900 |" in out
+    assert "Note: these runs trained in different precisions (bf16, fp32)." in out
 
 
 def test_seeds_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
@@ -71,10 +84,10 @@ def test_ablation_rows_show_the_rare_classes_and_say_what_has_not_run(tmp_path, 
     summarize.main(["--ablation", str(tmp_path)])
     rows = {line.split(" | ")[0].lstrip("| "): line for line in capsys.readouterr().out.splitlines()}
     full = rows["EACL, full method (descriptions-file anchors, SupCon + angle + CE, stage 2)"]
-    assert "| 0.5700 | 0.4700 | 0.050 | 0.200 | 100 |" in full
+    assert "| 0.5700 | 0.4700 | 0.050 | 0.200 | fp32 | 100 |" in full
     assert "| 0.5600 | (not recorded) |" in rows["without stage 2 (stage-1 anchors of the full run)"]
     assert "not run" in rows["CE-only baseline (λ1 = 0, no stage 2)"]
-    assert all(line.count("|") == 7 for line in rows.values() if line.startswith("| ") and "---" not in line)
+    assert all(line.count("|") == 8 for line in rows.values() if line.startswith("| ") and "---" not in line)
 
 
 def test_a_bad_command_line_prints_the_usage():
