@@ -32,6 +32,7 @@ import asyncio
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,11 +177,7 @@ def turn_level(convs: list[list[Turn]], negative: tuple[str, ...] = RulesConfig(
     gold = [t for t in turns if t.gold in negative]
     called = [t for t in turns if t.predicted in negative]
     hits = sum(t.gold in negative for t in called)
-    conf = sorted(t.confidence for t in called)
-    median = None
-    if conf:
-        mid = len(conf) // 2
-        median = conf[mid] if len(conf) % 2 else (conf[mid - 1] + conf[mid]) / 2
+    median = statistics.median(t.confidence for t in called) if called else None
     return {
         "negative_gold": len(gold),
         "negative_predicted": len(called),

@@ -9,7 +9,6 @@ reports, which are the ones docs/results.md quotes.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from erc_stream.artifact import CURRENT_FILE, list_versions, read_current, verify_version
+from tests.train_cli import DATA_DIR, cli_env
 from trainer.datasets import DATASETS
 
 ROOT = Path(__file__).resolve().parents[2]
 STORE = ROOT / "models"
 RESULTS = ROOT / "docs" / "results.md"
-DATA_DIR = Path(os.environ.get("ERC_DATA_DIR") or ROOT.parent / "shared" / "datasets")
 
 
 def _pointers() -> list[tuple[str, str]]:
@@ -70,7 +69,7 @@ def test_evaluate_reproduces_the_dev_figures_of_the_docs(channel: str, version: 
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", "evaluate", "--store", str(STORE), "--version", version, "--split", "dev",
          "--device", "cpu", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "ERC_DATA_DIR": str(DATA_DIR)},
+        capture_output=True, text=True, timeout=900, env=cli_env(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((tmp_path / "metrics.json").read_text())["splits"]["dev"]
