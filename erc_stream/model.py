@@ -205,7 +205,9 @@ class _LoadedVersion(Generic[_M]):
                 f"context_turns={context_turns} is outside what model {self.version} allows (0..{trained})"
             )
         b = self.builder
-        builder = PromptBuilder(b.tokenizer, context_turns=context_turns, max_length=b.max_length, template=b.template)
+        builder = PromptBuilder(
+            b.tokenizer, context_turns=context_turns, max_length=b.max_length, template=b.template, speakers=b.speakers
+        )
         return type(self)(self.model, builder, self.manifest, self.device, self.dtype)
 
     def _predictions(self, scores: torch.Tensor, t0: float) -> Predictions:
@@ -228,6 +230,7 @@ def _prompt_builder(tokenizer, manifest: dict) -> PromptBuilder:
         context_turns=int(prompt["context_turns"]),
         max_length=int(prompt["max_length"]),
         template=prompt["template"],
+        speakers=prompt.get("speakers", "names"),  # versions published before the option name speakers
     )
 
 

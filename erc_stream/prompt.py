@@ -12,6 +12,11 @@ oldest turn that still fits partly keeps its newest tokens. The current turn and
 template are never truncated; if they alone do not fit, ``PromptTooLongError`` is raised
 (the worker dead-letters such a turn with reason ``prompt_too_long``).
 
+Speakers are shown by name (``speakers="names"``, the default) or by their place in the
+prompt (``speakers="anonymous"``): the current speaker is "speaker 1", the next other speaker
+met going back through the context "speaker 2", and so on. The anonymous form does not carry
+a name from the training data (MELD's Ross, Rachel, ...) to a support chat's user ids.
+
 Turns are tokenized once (``encode_turns``) and the token ids are reused by every later
 prompt whose window contains them, which is what makes the streaming path cheap.
 """
@@ -30,6 +35,7 @@ from erc_stream.errors import ConfigError, PromptTooLongError
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "SPEAKER_MODES",
     "TURN_TEMPLATE",
     "EncodedTurn",
     "Prompt",
@@ -43,6 +49,8 @@ DEFAULT_TEMPLATE = "For utterance {utterance}, {speaker} feels {mask}"
 # utterance is already on the line, so the template does not repeat it.
 TURN_TEMPLATE = "{speaker} feels {mask}"
 _TEMPLATE_FIELDS = {"utterance", "speaker", "mask"}
+# How a prompt names speakers: by name, or "speaker N" by recency within the prompt.
+SPEAKER_MODES = ("names", "anonymous")
 
 # Typographic punctuation (MELD has ~4k of these in train) mapped to the ASCII forms that
 # live chat mostly uses, so training and streaming see one spelling.
@@ -120,7 +128,10 @@ class PromptBuilder:
         context_turns: int,
         max_length: int,
         template: str = DEFAULT_TEMPLATE,
+        speakers: str = "names",
     ) -> None:
+        if speakers not in SPEAKER_MODES:
+            raise ConfigError(f"speakers must be one of {', '.join(SPEAKER_MODES)}, got {speakers!r}")
         if context_turns < 0:
             raise ConfigError(f"context_turns must be >= 0, got {context_turns}")
         if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
@@ -132,6 +143,8 @@ class PromptBuilder:
         self.context_turns = context_turns
         self.max_length = max_length
         self.template = template
+        self.speakers = speakers
+        self._labels: list[tuple[int, ...]] = []  # anonymous: token ids of "speaker 1", "speaker 2", ...
         self._pieces = _parse_template(template)
         # Literal pieces of the template, tokenized once.
         literals = [p for kind, p in self._pieces if kind == "literal"]
@@ -194,13 +207,38 @@ class PromptBuilder:
                 ids.append(self.tokenizer.mask_token_id)
         return ids, mask_at
 
+    def _label(self, n: int) -> tuple[int, ...]:
+        """Token ids of "speaker n" (1-based), tokenized on first use."""
+        while len(self._labels) < n:
+            self._labels.append(tuple(self._tokenize([f"speaker {len(self._labels) + 1}"])[0]))
+        return self._labels[n - 1]
+
+    def _relabel(self, turn: EncodedTurn, n: int) -> EncodedTurn:
+        label = self._label(n)
+        return EncodedTurn(label, turn.text_ids, label + self._colon_ids + turn.text_ids)
+
+    def _anonymous(self, context: Sequence[EncodedTurn], current: EncodedTurn) -> tuple[list[EncodedTurn], EncodedTurn]:
+        """``context`` and ``current`` with each speaker named by recency: current = speaker 1."""
+        numbers = {current.speaker_ids: 1}
+        out = []
+        for turn in reversed(context):
+            n = numbers.setdefault(turn.speaker_ids, len(numbers) + 1)
+            out.append(self._relabel(turn, n))
+        out.reverse()
+        return out, self._relabel(current, 1)
+
     def required_length(self, current: EncodedTurn) -> int:
         """Tokens the current turn needs with no context at all (special tokens included)."""
+        if self.speakers == "anonymous":
+            current = self._relabel(current, 1)
         template_ids, _ = self._template_ids(current)
         return 2 + len(current.line_ids) + len(template_ids)
 
     def build(self, context: Sequence[EncodedTurn], current: EncodedTurn) -> Prompt:
         """The input for ``current`` given the turns before it (oldest first)."""
+        recent = list(context[-self.context_turns :]) if self.context_turns else []
+        if self.speakers == "anonymous":
+            recent, current = self._anonymous(recent, current)
         template_ids, mask_at = self._template_ids(current)
         fixed = 2 + len(current.line_ids) + len(template_ids)
         if fixed > self.max_length:
@@ -209,7 +247,6 @@ class PromptBuilder:
                 f"{self.max_length}; shorten the text or use a model trained with a larger max_length"
             )
         budget = self.max_length - fixed
-        recent = list(context[-self.context_turns :]) if self.context_turns else []
         kept: list[tuple[int, ...]] = []
         for turn in reversed(recent):  # newest first: the oldest context goes first
             if budget <= 0:
@@ -237,6 +274,8 @@ class PromptBuilder:
         does this for a context turn that was itself refused as too long but stays in its window,
         as a window prompt would show its newest tokens).
         """
+        if self.speakers == "anonymous":
+            current = self._relabel(current, 1)
         if fit:
             overflow = self.required_length(current) - self.max_length
             if overflow > 0:

@@ -76,6 +76,10 @@ def fit(
     context_turns: int = typer.Option(_D["context_turns"], help="past turns in each prompt"),
     max_length: int = typer.Option(_D["max_length"], help="max tokens per prompt"),
     template: str = typer.Option(_D["template"], help="prompt template with {utterance}, {speaker}, {mask}"),
+    speakers: str = typer.Option(
+        _D["speakers"],
+        help='names (as the turns carry them) or anonymous ("speaker 1" is the current one, then by recency)',
+    ),
     proj_dim: int = typer.Option(_D["proj_dim"], help="width of the projection head's output"),
     dropout: float | None = typer.Option(
         None, help="dropout of encoder and head (default: the encoder's own, 0.1 in the head); 0 turns it off"

@@ -9,7 +9,7 @@ from typing import Any
 
 from erc_stream.config import valid_channel
 from erc_stream.errors import ConfigError
-from erc_stream.prompt import DEFAULT_TEMPLATE, TURN_TEMPLATE
+from erc_stream.prompt import DEFAULT_TEMPLATE, SPEAKER_MODES, TURN_TEMPLATE
 from trainer.datasets import DATASETS
 from trainer.encoders import resolve_encoder
 from trainer.losses import TRIPLET_MINING
@@ -39,6 +39,7 @@ class TrainConfig:
     context_turns: int = 5
     max_length: int = 256
     template: str = DEFAULT_TEMPLATE
+    speakers: str = "names"  # names, or anonymous: "speaker 1" (the current one), "speaker 2", ... by recency
     proj_dim: int = 256
     dropout: float | None = None  # every dropout of encoder and head; None: the encoder's own and 0.1 in the head
     freeze_layers: int = 0  # window: embeddings and the first N encoder layers fixed, their outputs cached
@@ -102,6 +103,7 @@ class TrainConfig:
         checks = [
             ("context_turns", self.context_turns >= 0),
             ("max_length", 16 <= self.max_length <= 4096),
+            ("speakers", self.speakers in SPEAKER_MODES),
             ("proj_dim", self.proj_dim >= 2),
             ("dropout", self.dropout is None or 0 <= self.dropout < 1),
             ("freeze_layers", self.freeze_layers >= 0),
@@ -139,9 +141,21 @@ class TrainConfig:
             ("distill_weight", self.distill_weight >= 0),
             ("channel", valid_channel(self.channel)),
         ]
+        choices = {
+            "speakers": SPEAKER_MODES,
+            "anchors": ("plain", "llm", "file"),
+            "device": ("auto", "cpu", "cuda"),
+            "dtype": ("auto", "fp32", "bf16", "fp16"),
+            "class_weighting": CLASS_WEIGHTINGS,
+            "weights_dtype": ("fp32", "fp16", "bf16"),
+            "architecture": ARCHITECTURES,
+            "triplet_mining": TRIPLET_MINING,
+            "sampler": SAMPLERS,
+        }
         for name, ok in checks:
             if not ok:
-                raise ConfigError(f"TrainConfig.{name} has an invalid value: {getattr(self, name)!r}")
+                valid = f"; valid values: {', '.join(choices[name])}" if name in choices else ""
+                raise ConfigError(f"TrainConfig.{name} has an invalid value: {getattr(self, name)!r}{valid}")
         if self.freeze_layers and self.architecture != "window":
             raise ConfigError(
                 "TrainConfig.freeze_layers caches each window prompt's frozen-layer output: use it with "

@@ -403,7 +403,11 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     dev_convs = _limit(load_split(cfg.dataset, "dev", cfg.data_dir), cfg.max_dev_conversations)
     tokenizer, encoder = _load_encoder(cfg)
     builder = PromptBuilder(
-        tokenizer, context_turns=cfg.context_turns, max_length=cfg.max_length, template=cfg.prompt_template
+        tokenizer,
+        context_turns=cfg.context_turns,
+        max_length=cfg.max_length,
+        template=cfg.prompt_template,
+        speakers=cfg.speakers,
     )
     source, external = _anchor_texts(cfg, labels)
     head = ProjectionHead(
@@ -903,6 +907,7 @@ def _manifest_core(cfg: TrainConfig, labels, builder: PromptBuilder, source, enc
         "labels": list(labels),
         "prompt": {
             "template": builder.template,
+            "speakers": builder.speakers,
             "context_turns": builder.context_turns,
             "max_length": builder.max_length,
             "normalization": "erc_stream.prompt.normalize_text v1",

@@ -121,3 +121,11 @@ run emorynlp-window-minilm-e3-s44 emorynlp --architecture window --epochs 3 --se
 run abl1-sqrtw meld "${A[@]}" --class-weighting sqrt_inverse
 run abl1-k8 meld "${A[@]}" --context-turns 8
 run abl1-tau005 meld "${A[@]}" --temperature 0.05
+# 11. Session 12. The levers issue 11 lists that had not run, at the same budget: speakers shown
+# as "speaker 1, 2, ..." (--speakers anonymous, new this session), EACL's released learning rates
+# and batch (encoder 1e-5, head 1e-3, batch 32; its 10 epochs do not fit this budget), a larger
+# angle-loss weight, and a shorter, slower stage 2.
+run abl1-anon meld "${A[@]}" --speakers anonymous
+run abl1-eacl-lr meld "${A[@]}" --lr 1e-5 --head-lr 1e-3 --batch-size 32
+run abl1-l2-03 meld "${A[@]}" --lambda2 0.3
+run abl1-s2-short meld "${A[@]}" --stage2-epochs 5 --stage2-lr 1e-3

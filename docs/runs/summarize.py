@@ -35,6 +35,11 @@ ABLATION = [
     ("sqrtw", "lever: class-weighted CE (sqrt of inverse frequency)", "after"),
     ("k8", "lever: 8 past turns instead of 5", "after"),
     ("tau005", "lever: τ = 0.05 instead of 0.1", "after"),
+    # levers at the same budget (queue section 11)
+    ("anon", "lever: speakers as speaker 1, 2, ... instead of names", "after"),
+    ("eacl-lr", "lever: EACL's learning rates and batch (1e-5, head 1e-3, 32)", "after"),
+    ("l2-03", "lever: λ2 = 0.3 instead of 0.1", "after"),
+    ("s2-short", "lever: stage 2 for 5 epochs at 1e-3 instead of 20 at 1e-2", "after"),
 ]
 RARE = ("fear", "disgust")  # MELD's rarest classes: shown beside every ablation row
 

@@ -78,7 +78,8 @@ def test_fit_manifest_is_complete(fitted):
     assert m["dataset"] == "meld"
     assert m["labels"] == MELD_LABELS
     assert m["prompt"] == {"template": "For utterance {utterance}, {speaker} feels {mask}", "context_turns": 2,
-                           "max_length": 256, "normalization": "erc_stream.prompt.normalize_text v1"}  # fmt: skip
+                           "max_length": 256, "normalization": "erc_stream.prompt.normalize_text v1",
+                           "speakers": "names"}  # fmt: skip
     assert m["temperature"] == 0.1
     assert m["encoder"]["weights_sha256"] == {
         "encoder/model.safetensors": sha256(vdir / "encoder" / "model.safetensors")
@@ -158,6 +159,39 @@ def test_evaluate_reproduces_the_published_dev_metrics(fitted, tmp_path):
     assert all(len(r["scores"]) == 7 for r in rows)
     correct = sum(r["emotion"] == r["gold"] for r in rows)
     assert correct / len(rows) == pytest.approx(m["accuracy"], abs=1e-12)
+
+
+def test_anonymous_speakers_reach_the_manifest_and_the_loaded_model(tmp_path):
+    """`--speakers anonymous`: the manifest records it, the loader (the worker's) builds its prompts
+    that way, and `erc-train evaluate` reproduces the dev figures fit recorded."""
+    from erc_stream.model import Predictor
+
+    store = tmp_path / "store"
+    proc = erc_train("fit", "--dataset", "meld", "--speakers", "anonymous", "--epochs", "0", "--no-stage2",
+                     "--max-train-conversations", "2", "--max-dev-conversations", "3", "--context-turns", "2",
+                     "--store", str(store), *PIN)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    vdir = only_version(store)
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    assert manifest["prompt"]["speakers"] == "anonymous"
+    predictor = Predictor.load(vdir, device="cpu", dtype="fp32")
+    assert predictor.builder.speakers == "anonymous"
+    assert predictor.with_context_turns(1).builder.speakers == "anonymous"
+    b = predictor.builder
+    prompt = b.build(b.encode_turns(["Rachel"], ["Hi."]), b.encode_turn("Ross", "Hey."))
+    assert "ross" not in b.tokenizer.convert_ids_to_tokens(list(prompt.input_ids))
+
+    proc = erc_train("evaluate", "--store", str(store), "--split", "dev", "--max-conversations", "3",
+                     "--out", str(tmp_path / "out"), *PIN)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())["splits"]["dev"]
+    assert {k: m[k] for k in HEADLINE} == manifest["metrics"]["dev"]
+
+
+def test_bad_speakers_flag_names_the_valid_ones(tmp_path):
+    proc = erc_train("fit", "--dataset", "meld", "--speakers", "pseudonyms", "--store", str(tmp_path / "s"))
+    assert proc.returncode != 0
+    assert "TrainConfig.speakers has an invalid value: 'pseudonyms'; valid values: names, anonymous" in proc.stderr
 
 
 # ---------------------------------------------------------------------------- errors

@@ -311,3 +311,58 @@ def test_turn_prompt_fit_keeps_the_first_tokens_that_fit(tokenizer, template):
         assert toks[:12] == ["[CLS]", "ross", ":"] + ["word"] * 9
     short = b.encode_turn("Ross", "I am fine.")
     assert b.build_turn(short, fit=True) == b.build_turn(short)
+
+
+# ---------------------------------------------------------------------------- anonymous speakers
+
+
+def test_anonymous_speakers_are_numbered_by_recency_with_the_current_one_first(tokenizer):
+    b = PromptBuilder(tokenizer, context_turns=3, max_length=128, speakers="anonymous")
+    ctx = b.encode_turns(["Rachel", "Ross", "Monica"], ["Hi there!", "Hey.", "How are you today?"])
+    p = b.build(ctx, b.encode_turn("Ross", "I am fine."))
+    # Ross speaks now (speaker 1) and before; Monica is the nearest other speaker (2), then Rachel (3).
+    assert tokens(tokenizer, p) == [
+        "[CLS]",
+        "speaker", "3", ":", "hi", "there", "!",
+        "speaker", "1", ":", "hey", ".",
+        "speaker", "2", ":", "how", "are", "you", "today", "?",
+        "speaker", "1", ":", "i", "am", "fine", ".",
+        "for", "utter", "##ance", "i", "am", "fine", ".", ",", "speaker", "1", "feels", "[MASK]",
+        "[SEP]",
+    ]  # fmt: skip
+    assert p.context_used == 3
+    assert tokens(tokenizer, p)[p.mask_index] == "[MASK]"
+    for name in ("rachel", "ross", "monica"):
+        assert name not in tokens(tokenizer, p)
+
+
+def test_anonymous_prompt_depends_on_who_spoke_when_not_on_the_names(tokenizer):
+    b = PromptBuilder(tokenizer, context_turns=2, max_length=128, speakers="anonymous")
+    texts = ["Where is my parcel?", "Let me check."]
+    support = b.build(b.encode_turns(["customer-81", "agent-7"], texts), b.encode_turn("customer-81", "Hurry up."))
+    friends = b.build(b.encode_turns(["Rachel", "Ross"], texts), b.encode_turn("Rachel", "Hurry up."))
+    assert support == friends
+    # A third person changes the numbering: the current speaker is speaker 1, the other two 2 and 3.
+    other = b.build(b.encode_turns(["Rachel", "Ross"], texts), b.encode_turn("Joey", "Hurry up."))
+    assert other != friends
+    assert tokens(tokenizer, other)[1:3] == ["speaker", "3"]
+
+
+def test_anonymous_truncation_and_turn_prompts_count_the_label_not_the_name(tokenizer):
+    names = PromptBuilder(tokenizer, context_turns=2, max_length=128)
+    anon = PromptBuilder(tokenizer, context_turns=2, max_length=128, speakers="anonymous")
+    long_name = "Mr. Bartholomew Featherstonehaugh"  # many word pieces; the label is two
+    cur_n, cur_a = names.encode_turn(long_name, "I am fine."), anon.encode_turn(long_name, "I am fine.")
+    assert anon.required_length(cur_a) < names.required_length(cur_n)
+    p = anon.build_turn(cur_a)
+    assert len(p) == anon.required_length(cur_a)
+    assert tokens(tokenizer, p)[1:4] == ["speaker", "1", ":"]
+    # Room for exactly the current turn: no context fits, and it is not refused.
+    tight = PromptBuilder(tokenizer, context_turns=2, max_length=anon.required_length(cur_a), speakers="anonymous")
+    q = tight.build(anon.encode_turns(["Rachel"], ["Hi there!"]), tight.encode_turn(long_name, "I am fine."))
+    assert q.context_used == 0 and len(q) == anon.required_length(cur_a)
+
+
+def test_speakers_mode_is_validated(tokenizer):
+    with pytest.raises(ConfigError, match="speakers must be one of names, anonymous"):
+        PromptBuilder(tokenizer, context_turns=2, max_length=128, speakers="pseudonyms")
