@@ -62,6 +62,9 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_f1: float = -1.0
     best_epoch: int = 0
+    # The precision each stretch of stage 1 trained in: [{"dtype": "bfloat16", "from_step": 0}, ...].
+    # dtype=auto resolves per machine, so a run resumed on another CPU may go on in another one.
+    precisions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_state(self) -> dict[str, Any]:
         return asdict(self)

@@ -602,6 +602,7 @@ def _stage1(run: _Run, ckpt: dict | None, *, progress: bool, stop: StopFlag) -> 
     state = _restore_checkpoint(run, optim, ckpt, batch_rng) if ckpt is not None else Progress()
     if ckpt is not None and run.dist.rank > 0:  # the checkpoint holds rank 0's streams: draw other dropout masks
         seed_rank(cfg.seed + 1_000_003 * state.global_step, run.dist)
+    _note_precision(run, state)
     lengths = [len(p) for p, _ in run.train_ex]
     labels = [y for _, y in run.train_ex]
     while state.epoch <= cfg.epochs:
@@ -614,6 +615,27 @@ def _stage1(run: _Run, ckpt: dict | None, *, progress: bool, stop: StopFlag) -> 
         _end_epoch(run, state, progress=progress)
         _save_checkpoint(run, optim, state, batch_rng)
     return state
+
+
+def _note_precision(run: _Run, state: Progress) -> None:
+    """Record the precision this stretch of stage 1 trains in; warn when a resume changed it."""
+    dtype = str(run.dtype).replace("torch.", "")
+    if state.precisions and state.precisions[-1]["dtype"] == dtype:
+        return
+    if state.precisions:
+        before = state.precisions[-1]["dtype"]
+        log.warning(
+            "this run trained in %s up to step %d; here dtype=%s resolves to %s, so it goes on in %s "
+            "(the manifest records both; to keep one precision, resume on a machine like the first)",
+            before,
+            state.global_step,
+            run.cfg.dtype,
+            dtype,
+            dtype,
+        )
+    elif state.global_step:  # a checkpoint written before precisions were recorded: that stretch is unknown
+        state.precisions.append({"dtype": "unknown", "from_step": 0})
+    state.precisions.append({"dtype": dtype, "from_step": state.global_step})
 
 
 def _train_epoch(
@@ -787,6 +809,7 @@ def _publish(
         "config": cfg.to_json(),
         "device": str(run.device),
         "dtype": str(run.dtype).replace("torch.", ""),
+        "precisions": state.precisions,  # more than one: a resume went on in another precision
         "processes": run.dist.world_size,  # torchrun world size; batch_size is the global batch
         "backend": run.dist.backend,  # gloo, nccl, or None for one process
         "best_epoch": state.best_epoch,

@@ -60,8 +60,14 @@ _SHOWN_SETTINGS = (
 
 def _precision(m: dict) -> str:
     """The precision a run trained in (``dtype=auto`` resolves per machine: bf16 on CPUs with native
-    bf16, else fp32), as the manifest recorded it; "?" for a manifest without it."""
-    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(m["training"].get("dtype"), "?")
+    bf16, else fp32), as the manifest recorded it; "?" for a manifest without it. A run resumed
+    in another precision shows each stretch."""
+    short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    stretches = m["training"].get("precisions") or [{"dtype": m["training"].get("dtype")}]
+    names = [short.get(p["dtype"], "?") for p in stretches]
+    if len(names) > 1:  # resumed in another precision: each stretch with the step it began at
+        return " then ".join(f"{n} from step {p['from_step']}" for n, p in zip(names, stretches, strict=True))
+    return names[0]
 
 
 def _load(store: Path, version: str) -> dict | None:

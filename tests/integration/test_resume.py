@@ -77,6 +77,22 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, uni
     assert digest(resumed) == digest(uninterrupted)
 
 
+def test_a_run_resumed_in_another_precision_records_both_and_says_so(tmp_path, caplog):
+    """dtype=auto resolves per machine (bf16 where the CPU has it natively, else fp32): a run
+    resumed where it resolves differently goes on, warns, and its manifest records each stretch."""
+    cfg = TrainConfig(**TINY, store=tmp_path / "store", run_dir=tmp_path / "run", version="mixed")
+    with pytest.raises(TrainingInterrupted):
+        fit(cfg, progress=False, stop=StopFlag(after_steps=6))
+    # The same run where the precision resolves to bf16 (as dtype=auto does on an AVX512-BF16 CPU).
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        result = fit(cfg.replace(dtype="bf16"), progress=False, resume=True)
+    assert "this run trained in float32 up to step 6" in caplog.text
+    assert "goes on in bfloat16" in caplog.text
+    training = json.loads((result.path / "manifest.json").read_text())["training"]
+    assert training["precisions"] == [{"dtype": "float32", "from_step": 0}, {"dtype": "bfloat16", "from_step": 6}]
+    assert training["dtype"] == "bfloat16"
+
+
 def test_a_fresh_fit_refuses_a_run_folder_that_holds_a_run(tmp_path):
     cfg = TrainConfig(**TINY, store=tmp_path / "store", run_dir=tmp_path / "run", version="first")
     with pytest.raises(TrainingInterrupted):

@@ -108,3 +108,14 @@ def test_a_setting_missing_from_an_older_manifest_counts_as_its_default(tmp_path
     path.write_text(json.dumps(manifest))
     with pytest.raises(SystemExit, match="freeze_layers"):
         summarize.main(["--seeds", str(tmp_path), "old", "new"])
+
+
+def test_precision_shows_each_stretch_of_a_run_resumed_in_another_one():
+    one = {"training": {"dtype": "bfloat16", "precisions": [{"dtype": "bfloat16", "from_step": 0}]}}
+    mixed = {"training": {"dtype": "bfloat16", "precisions": [{"dtype": "float32", "from_step": 0},
+                                                              {"dtype": "bfloat16", "from_step": 958}]}}  # fmt: skip
+    older = {"training": {"dtype": "float32"}}  # published before precisions were recorded
+    assert summarize._precision(one) == "bf16"
+    assert summarize._precision(mixed) == "fp32 from step 0 then bf16 from step 958"
+    assert summarize._precision(older) == "fp32"
+    assert summarize._precision({"training": {}}) == "?"
