@@ -9,6 +9,9 @@ Usage: .venv/bin/python docs/runs/summarize.py [STORE]
            the same setting over several seeds: each seed's dev figures, then mean +- sd
        .venv/bin/python docs/runs/summarize.py --ablation STORE [PREFIX]
            the EACL ablation of docs/runs/queue.sh (PREFIX abl1: section 7, abl: session 1's)
+       .venv/bin/python docs/runs/summarize.py --plot OUT.png VERSION_DIR [VERSION_DIR ...]
+           per-class dev F1 of published versions (folders, from any store) side by side, as a
+           bar chart: which emotions a candidate finds that the shipped model misses
 """
 
 from __future__ import annotations
@@ -195,11 +198,49 @@ def seeds(store: Path, versions: list[str]) -> None:
         print(f"\nNote: these runs trained in different precisions ({', '.join(precisions)}).")
 
 
+def plot_classes(out: Path, version_dirs: list[Path]) -> None:
+    """Grouped bars of per-class dev F1, one group per label, one bar per version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for folder in version_dirs:
+        p = folder / "manifest.json"
+        if not p.is_file():
+            sys.exit(f"{folder} is not a published version folder (no manifest.json)")
+        rows.append(json.loads(p.read_text()))
+    labels = rows[0]["labels"]
+    if any(m["labels"] != labels for m in rows):
+        sys.exit("these versions do not share one label set (different datasets?)")
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 4))
+    for i, m in enumerate(rows):
+        d = m["metrics"]["dev"]
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(labels))]
+        name = f"{m['version']} ({m['encoder'].get('name') or m['encoder']['id']}): wF1 {d['weighted_f1']:.4f}"
+        bars = ax.bar(xs, [d["per_class_f1"][label] for label in labels], width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("dev F1")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{rows[0]['dataset']} dev: F1 per emotion")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 2 and argv[0] == "--compare":
         compare(Path(argv[1]), argv[2:])
     elif len(argv) > 2 and argv[0] == "--seeds":
         seeds(Path(argv[1]), argv[2:])
+    elif len(argv) > 2 and argv[0] == "--plot":
+        plot_classes(Path(argv[1]), [Path(a) for a in argv[2:]])
     elif len(argv) in (2, 3) and argv[0] == "--ablation":
         ablation(Path(argv[1]), argv[2] if len(argv) == 3 else "abl1")
     elif len(argv) <= 1 and not (argv and argv[0].startswith("-")):

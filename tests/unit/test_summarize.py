@@ -119,3 +119,17 @@ def test_precision_shows_each_stretch_of_a_run_resumed_in_another_one():
     assert summarize._precision(mixed) == "fp32 from step 0 then bf16 from step 958"
     assert summarize._precision(older) == "fp32"
     assert summarize._precision({"training": {}}) == "?"
+
+
+def test_plot_draws_per_class_f1_of_versions_from_any_store(tmp_path, capsys):
+    for store, version, wf1 in [(tmp_path / "a", "small", 0.58), (tmp_path / "b", "big", 0.62)]:
+        _publish(store, version, seed=42, wf1=wf1, fear=0.1)
+        m = json.loads((store / version / "manifest.json").read_text())
+        m.update(version=version, dataset="meld", encoder={"id": version, "name": f"enc-{version}"})
+        (store / version / "manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "plots" / "classes.png"
+    summarize.main(["--plot", str(out), str(tmp_path / "a" / "small"), str(tmp_path / "b" / "big")])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="is not a published version folder"):
+        summarize.main(["--plot", str(out), str(tmp_path / "a")])
