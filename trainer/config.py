@@ -100,10 +100,22 @@ class TrainConfig:
             raise ConfigError(
                 f"TrainConfig.dataset has an invalid value: {self.dataset!r}; valid names: {', '.join(DATASETS)}"
             )
+        # Settings with a fixed set of values: checked against it, and an error lists it.
+        choices = {
+            "speakers": SPEAKER_MODES,
+            "anchors": ("plain", "llm", "file"),
+            "device": ("auto", "cpu", "cuda"),
+            "dtype": ("auto", "fp32", "bf16", "fp16"),
+            "class_weighting": CLASS_WEIGHTINGS,
+            "weights_dtype": ("fp32", "fp16", "bf16"),
+            "architecture": ARCHITECTURES,
+            "triplet_mining": TRIPLET_MINING,
+            "sampler": SAMPLERS,
+        }
         checks = [
             ("context_turns", self.context_turns >= 0),
             ("max_length", 16 <= self.max_length <= 4096),
-            ("speakers", self.speakers in SPEAKER_MODES),
+            ("speakers", self.speakers in choices["speakers"]),
             ("proj_dim", self.proj_dim >= 2),
             ("dropout", self.dropout is None or 0 <= self.dropout < 1),
             ("freeze_layers", self.freeze_layers >= 0),
@@ -119,16 +131,16 @@ class TrainConfig:
             ("temperature", self.temperature > 0),
             ("stage2_epochs", self.stage2_epochs >= 0),
             ("stage2_lr", self.stage2_lr > 0),
-            ("anchors", self.anchors in ("plain", "llm", "file")),
-            ("device", self.device in ("auto", "cpu", "cuda")),
-            ("dtype", self.dtype in ("auto", "fp32", "bf16", "fp16")),
+            ("anchors", self.anchors in choices["anchors"]),
+            ("device", self.device in choices["device"]),
+            ("dtype", self.dtype in choices["dtype"]),
             ("eval_batch_size", self.eval_batch_size >= 1),
             ("max_train_conversations", self.max_train_conversations is None or self.max_train_conversations >= 1),
             ("max_dev_conversations", self.max_dev_conversations is None or self.max_dev_conversations >= 1),
-            ("class_weighting", self.class_weighting in CLASS_WEIGHTINGS),
+            ("class_weighting", self.class_weighting in choices["class_weighting"]),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0),
-            ("weights_dtype", self.weights_dtype in ("fp32", "fp16", "bf16")),
-            ("architecture", self.architecture in ARCHITECTURES),
+            ("weights_dtype", self.weights_dtype in choices["weights_dtype"]),
+            ("architecture", self.architecture in choices["architecture"]),
             ("context_layers", self.context_layers >= 0),
             ("context_heads", self.context_heads >= 0),
             ("context_ffn_dim", self.context_ffn_dim >= 0),
@@ -136,22 +148,11 @@ class TrainConfig:
             ("context_lr", self.context_lr is None or self.context_lr > 0),
             ("triplet_weight", self.triplet_weight >= 0),
             ("triplet_margin", self.triplet_margin > 0),
-            ("triplet_mining", self.triplet_mining in TRIPLET_MINING),
-            ("sampler", self.sampler in SAMPLERS),
+            ("triplet_mining", self.triplet_mining in choices["triplet_mining"]),
+            ("sampler", self.sampler in choices["sampler"]),
             ("distill_weight", self.distill_weight >= 0),
             ("channel", valid_channel(self.channel)),
         ]
-        choices = {
-            "speakers": SPEAKER_MODES,
-            "anchors": ("plain", "llm", "file"),
-            "device": ("auto", "cpu", "cuda"),
-            "dtype": ("auto", "fp32", "bf16", "fp16"),
-            "class_weighting": CLASS_WEIGHTINGS,
-            "weights_dtype": ("fp32", "fp16", "bf16"),
-            "architecture": ARCHITECTURES,
-            "triplet_mining": TRIPLET_MINING,
-            "sampler": SAMPLERS,
-        }
         for name, ok in checks:
             if not ok:
                 valid = f"; valid values: {', '.join(choices[name])}" if name in choices else ""
