@@ -78,8 +78,15 @@ _REQUIRED_KEYS = (
 )
 
 
-# How encoder weights may be stored (publish_version's weights_dtype).
-STORAGE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# How encoder weights may be stored (publish_version's weights_dtype): a float dtype, or int8
+# (erc_stream.int8: a scale per row, in INT8_WEIGHTS_FILE instead of the HF model.safetensors).
+STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "int8": torch.int8,
+}
+INT8_WEIGHTS_FILE = "model.int8.safetensors"
 
 
 def sha256_file(path: Path) -> str:
@@ -202,7 +209,8 @@ def publish_version(
     ``files`` and the encoder checksum, which are filled in here. ``context_state``: the
     context model of a ``turn`` model (stored as ``context.*``). ``weights_dtype``: ``fp16`` or
     ``bf16`` store the encoder's floating-point weights in 16 bits (half the size; loaders cast
-    them to the serving dtype); the small head file stays fp32.
+    them to the serving dtype); ``int8`` stores its matrices in 8 bits with a scale per row (a
+    quarter; see erc_stream.int8). The small head file stays fp32.
     """
     if weights_dtype not in STORAGE_DTYPES:
         raise ArtifactError(f"weights_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {weights_dtype!r}")
@@ -215,11 +223,20 @@ def publish_version(
     try:
         tmp.mkdir()
         enc_dir = tmp / "encoder"
-        state = None
-        if weights_dtype != "fp32":
-            half = STORAGE_DTYPES[weights_dtype]
-            state = {k: (v.to(half) if v.is_floating_point() else v) for k, v in encoder.state_dict().items()}
-        encoder.save_pretrained(enc_dir, safe_serialization=True, state_dict=state)
+        if weights_dtype == "int8":
+            from erc_stream.int8 import FORMAT, quantize_state
+
+            enc_dir.mkdir()
+            encoder.config.save_pretrained(enc_dir)
+            save_file(
+                quantize_state(encoder.state_dict()), str(enc_dir / INT8_WEIGHTS_FILE), metadata={"format": FORMAT}
+            )
+        else:
+            state = None
+            if weights_dtype != "fp32":
+                half = STORAGE_DTYPES[weights_dtype]
+                state = {k: (v.to(half) if v.is_floating_point() else v) for k, v in encoder.state_dict().items()}
+            encoder.save_pretrained(enc_dir, safe_serialization=True, state_dict=state)
         tokenizer.save_pretrained(enc_dir)
         tensors = {f"head.{k}": v.detach().float().cpu().contiguous() for k, v in head_state.items()}
         tensors["anchors"] = anchors.detach().float().cpu().contiguous()
@@ -369,8 +386,11 @@ def load_version_files(version_dir: Path, *, verify: bool = True):
     enc_dir = version_dir / "encoder"
     try:
         tokenizer = AutoTokenizer.from_pretrained(enc_dir, local_files_only=True)
-        encoder = AutoModel.from_pretrained(enc_dir, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError) as exc:
+        if manifest["encoder"].get("weights_dtype") == "int8":
+            encoder = _load_int8_encoder(enc_dir)
+        else:
+            encoder = AutoModel.from_pretrained(enc_dir, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ArtifactError(f"cannot load the encoder of {version_dir.name}: {exc}") from exc
     try:
         head = load_file(str(version_dir / HEAD_FILE))
@@ -383,3 +403,23 @@ def load_version_files(version_dir: Path, *, verify: bool = True):
             f"{None if anchors is None else tuple(anchors.shape)}"
         )
     return manifest, encoder, tokenizer, head
+
+
+def _load_int8_encoder(enc_dir: Path):
+    """An encoder stored by publish_version(weights_dtype="int8"), dequantized to fp32."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModel
+
+    from erc_stream.int8 import FORMAT, dequantize_state
+
+    path = enc_dir / INT8_WEIGHTS_FILE
+    with safe_open(str(path), framework="pt") as f:
+        found = (f.metadata() or {}).get("format")
+    if found != FORMAT:
+        raise ArtifactError(f"{path} is not in the {FORMAT} format this erc-stream reads (found {found!r})")
+    encoder = AutoModel.from_config(AutoConfig.from_pretrained(enc_dir, local_files_only=True))
+    try:
+        encoder.load_state_dict(dequantize_state(load_file(str(path))), strict=True)
+    except RuntimeError as exc:  # missing or unexpected tensors, wrong shapes
+        raise ArtifactError(f"{path} does not fit the encoder its config describes: {str(exc)[:300]}") from exc
+    return encoder.eval()

@@ -345,6 +345,9 @@ def demo(
     conversations: int | None = typer.Option(None, help="replay only the first N conversations (default: all)"),
     interleave: int = typer.Option(8, help="conversations open at once"),
     rate: float = typer.Option(40.0, help="turns per second; 0 = as fast as possible"),
+    max_unanswered: int = typer.Option(
+        32, help="pace to the model: send no turn while this many have no event yet (0 = no limit)"
+    ),
     partitions: int = typer.Option(4, help="partitions of the input and output topics"),
     device: str = typer.Option("auto", envvar="ERC_DEVICE", help="auto, cpu or cuda"),
     show_events: bool = typer.Option(True, "--show-events/--quiet", help="print every event as it arrives"),
@@ -364,6 +367,7 @@ def demo(
             conversations=conversations,
             interleave=interleave,
             rate_per_s=rate,
+            max_unanswered=max_unanswered,
             partitions=partitions,
             device=device,
             show_events=show_events,

@@ -71,6 +71,7 @@ def publish_test_model(
     temperature: float = TEST_TEMPERATURE,
     make_current: bool = True,
     channel: str = "",
+    weights_dtype: str = "fp32",
 ) -> Path:
     """Publish an untrained version (real encoder, seeded random head and anchors); returns its folder."""
     tokenizer, encoder = load_default_encoder()
@@ -107,6 +108,7 @@ def publish_test_model(
         manifest=manifest,
         make_current=make_current,
         channel=channel,
+        weights_dtype=weights_dtype,
     )
 
 

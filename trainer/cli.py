@@ -158,7 +158,7 @@ def fit(
     ),
     distill_weight: float = typer.Option(_D["distill_weight"], help="weight of the distillation loss"),
     weights_dtype: str = typer.Option(
-        _D["weights_dtype"], help="store the published encoder in fp32, fp16 or bf16 (see erc-train repack)"
+        _D["weights_dtype"], help="store the published encoder in fp32, fp16, bf16 or int8 (see erc-train repack)"
     ),
     quick: bool = typer.Option(False, "--quick", help="a few-minute run: 1 epoch on 80 train / 40 dev conversations"),
     nproc_per_node: int = typer.Option(
@@ -323,13 +323,15 @@ def repack(
     version: str = typer.Option(..., help="version to repack"),
     out_store: Path | None = typer.Option(None, help="store to publish into (default: the same store)"),
     out_version: str | None = typer.Option(None, help="name of the repacked version (default: VERSION-fp16)"),
-    weights_dtype: str = typer.Option("fp16", help="fp16 or bf16: how the encoder weights are stored"),
+    weights_dtype: str = typer.Option(
+        "fp16", help="fp16, bf16 or int8 (a scale per row): how the encoder weights are stored"
+    ),
     max_drop_points: float = typer.Option(0.1, help="keep it only if dev weighted F1 drops at most this many points"),
     data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR"),
     make_current: bool = typer.Option(False, "--make-current/--no-make-current", help="point CURRENT at it"),
     channel: str = typer.Option("", help="with --make-current: point CURRENT.<channel> at it instead"),
 ) -> None:
-    """Republish a version with 16-bit encoder weights; keep it only if dev predictions hold up."""
+    """Republish a version with 16- or 8-bit encoder weights; keep it only if dev predictions hold up."""
     _setup()
     from trainer.repack import repack as run_repack
 

@@ -93,7 +93,7 @@ class TrainConfig:
     # Checkpoints (resume with `erc-train fit --resume RUN_DIR`)
     run_dir: Path | None = None  # None: var/runs/<version>
     checkpoint_every_steps: int = 200  # 0: only at the end of each epoch
-    weights_dtype: str = "fp32"  # how the published encoder weights are stored: fp32, fp16 or bf16
+    weights_dtype: str = "fp32"  # how the published encoder weights are stored: fp32, fp16, bf16 or int8
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -107,7 +107,7 @@ class TrainConfig:
             "device": ("auto", "cpu", "cuda"),
             "dtype": ("auto", "fp32", "bf16", "fp16"),
             "class_weighting": CLASS_WEIGHTINGS,
-            "weights_dtype": ("fp32", "fp16", "bf16"),
+            "weights_dtype": ("fp32", "fp16", "bf16", "int8"),
             "architecture": ARCHITECTURES,
             "triplet_mining": TRIPLET_MINING,
             "sampler": SAMPLERS,

@@ -38,7 +38,7 @@ from erc_stream.devtools.replay import ReplayConfig, ReplayResult, SentTurn, loa
 from erc_stream.devtools.tail import render_event
 from erc_stream.errors import ArtifactError, ErcError
 
-__all__ = ["DemoConfig", "DemoSummary", "ensure_model", "run_demo", "print_summary"]
+__all__ = ["Backlog", "DemoConfig", "DemoSummary", "ensure_model", "run_demo", "print_summary"]
 
 _DRAIN_AFTER_STOP_S = 10.0
 _ESCALATIONS_TOPIC = "chat.escalations"
@@ -53,8 +53,11 @@ class DemoConfig:
 
     ``conversations`` limits the replay to the first N conversations of the split (None:
     all of them); ``interleave`` conversations are open at once; ``rate_per_s`` paces
-    the turns (0: as fast as the broker takes them). ``idle_timeout_s`` bounds how long
-    the demo waits for outstanding events once nothing arrives any more.
+    the turns (0: as fast as the broker takes them). ``max_unanswered`` paces the replay
+    to the model: no turn is sent while that many sent turns have no event yet (0: no
+    limit), so a slow model on a small CPU shows its own latency instead of a queue the
+    replay built up. ``idle_timeout_s`` bounds how long the demo waits for outstanding
+    events once nothing arrives any more.
     """
 
     store: Path = Path("var/models")
@@ -64,6 +67,7 @@ class DemoConfig:
     conversations: int | None = None
     interleave: int = 8
     rate_per_s: float = 40.0
+    max_unanswered: int = 32
     partitions: int = 4
     device: str = "auto"
     show_events: bool = True
@@ -75,11 +79,43 @@ class DemoConfig:
             ("conversations", self.conversations is None or self.conversations >= 1),
             ("interleave", self.interleave >= 1),
             ("rate_per_s", self.rate_per_s >= 0),
+            ("max_unanswered", self.max_unanswered >= 0),
             ("partitions", self.partitions >= 1),
             ("device", self.device in ("auto", "cpu", "cuda")),
             ("idle_timeout_s", self.idle_timeout_s > 0),
         ]
         validate_settings(self, checks)
+
+
+class Backlog:
+    """Turns sent and turns answered (an event or a dead letter); ``wait_for_room`` holds the
+    replay while ``limit`` turns are unanswered (``limit`` 0: never) or until ``stop`` is set."""
+
+    def __init__(self, limit: int, stop: asyncio.Event) -> None:
+        self.limit = limit
+        self.sent = 0
+        self.answered = 0
+        self._stop = stop
+        self._changed = asyncio.Event()
+
+    @property
+    def unanswered(self) -> int:
+        return self.sent - self.answered
+
+    def on_sent(self) -> None:
+        self.sent += 1
+
+    def on_answered(self) -> None:
+        self.answered += 1
+        self._changed.set()
+
+    async def wait_for_room(self) -> None:
+        while self.limit and self.unanswered >= self.limit and not self._stop.is_set():
+            self._changed.clear()
+            try:  # woken by an answer; the timeout re-checks stop
+                await asyncio.wait_for(self._changed.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
 
 
 @dataclass
@@ -335,21 +371,29 @@ async def _stream(
             f"replaying {len(conversations)} {cfg.dataset} {cfg.split} conversations ({total} turns), "
             f"{cfg.interleave} at a time, "
             + (f"{cfg.rate_per_s:g} turns/s" if cfg.rate_per_s else "as fast as possible")
+            + (f", at most {cfg.max_unanswered} turns without an event" if cfg.max_unanswered else "")
         )
         with progress:
             sent_bar = progress.add_task("sent", total=total)
             event_bar = progress.add_task("events", total=total)
+
+            backlog = Backlog(cfg.max_unanswered, stop)
 
             def on_sent(turn: SentTurn) -> None:
                 nonlocal t_first_send
                 if t_first_send is None:
                     t_first_send = time.monotonic()
                 sent[turn.event_id] = turn
+                backlog.on_sent()
                 progress.advance(sent_bar)
 
             replay_task = asyncio.create_task(
                 replay(
-                    replay_cfg.replace(bootstrap_servers=broker.bootstrap), conversations, on_sent=on_sent, stop=stop
+                    replay_cfg.replace(bootstrap_servers=broker.bootstrap),
+                    conversations,
+                    on_sent=on_sent,
+                    stop=stop,
+                    wait_for_room=backlog.wait_for_room,
                 )
             )
             last_progress = time.monotonic()
@@ -380,6 +424,7 @@ async def _stream(
                             body = orjson.loads(rec.value)
                             console.print(f"[red]dead letter[/] {body.get('reason')}: {body.get('detail', '')}")
                             progress.advance(event_bar)
+                            backlog.on_answered()
                             continue
                         event = orjson.loads(rec.value)
                         if event["event_id"] in seen:
@@ -387,6 +432,7 @@ async def _stream(
                             continue
                         seen.add(event["event_id"])
                         summary.events += 1
+                        backlog.on_answered()
                         t_last_event = time.monotonic()
                         progress.advance(event_bar)
                         turn = sent.get(event["event_id"])

@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,6 +170,7 @@ async def replay(
     on_sent: Callable[[SentTurn], None] | None = None,
     stop: asyncio.Event | None = None,
     producer_kwargs: dict[str, Any] | None = None,
+    wait_for_room: Callable[[], Awaitable[None]] | None = None,
 ) -> ReplayResult:
     """Publish the conversations turn by turn; returns once every record is acknowledged.
 
@@ -177,7 +178,9 @@ async def replay(
     created from ``cfg.bootstrap_servers`` (plus ``producer_kwargs``) and stopped at the
     end. ``on_sent`` is called for each record right after it is handed to the producer.
     Setting ``stop`` ends the replay early (``interrupted=True``); what was sent is still
-    flushed.
+    flushed. ``wait_for_room`` is awaited before each record: a consumer that reads the
+    results applies backpressure through it (the demo waits while too many turns have no
+    event yet).
 
     Raises:
         BrokerError: the broker cannot be reached or does not acknowledge a record.
@@ -208,6 +211,8 @@ async def replay(
 
     try:
         for conv, i, utt in interleave(conversations, cfg.interleave):
+            if wait_for_room is not None:
+                await wait_for_room()
             if stop is not None and stop.is_set():
                 interrupted = True
                 break

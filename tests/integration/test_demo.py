@@ -25,6 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 
+from erc_stream.devtools.demo import Backlog
 from erc_stream.devtools.replay import ReplayConfig, interleave, load_conversations, replay
 from erc_stream.devtools.tail import TailConfig, TextJoin, render_event, tail, top_scores
 from erc_stream.errors import ConfigError
@@ -208,6 +209,60 @@ def test_replay_rate_paces_the_records(broker, topic_factory) -> None:
     assert result.turns_sent == 10
     # 10 records at 20/s: the last is scheduled 9 intervals (0.45 s) after the first.
     assert 0.45 <= result.wall_s < 3.0
+
+
+def test_backlog_holds_at_the_limit_until_an_answer_or_stop() -> None:
+    async def scenario() -> list[str]:
+        stop = asyncio.Event()
+        backlog = Backlog(2, stop)
+        seen = []
+        backlog.on_sent()
+        await asyncio.wait_for(backlog.wait_for_room(), 1.0)  # 1 unanswered < 2: room
+        backlog.on_sent()
+        waiter = asyncio.create_task(backlog.wait_for_room())
+        await asyncio.sleep(0.2)
+        seen.append(f"held={not waiter.done()}")
+        backlog.on_answered()
+        await asyncio.wait_for(waiter, 1.0)
+        seen.append(f"unanswered={backlog.unanswered}")
+        backlog.on_sent()
+        waiter = asyncio.create_task(backlog.wait_for_room())
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(waiter, 2.0)  # released by stop, not by an answer
+        seen.append(f"after stop unanswered={backlog.unanswered}")
+        await asyncio.wait_for(Backlog(0, asyncio.Event()).wait_for_room(), 1.0)  # 0: no limit
+        return seen
+
+    assert asyncio.run(scenario()) == ["held=True", "unanswered=1", "after stop unanswered=2"]
+
+
+@pytest.mark.broker
+def test_replay_waits_for_room_before_each_record(broker, topic_factory) -> None:
+    """With nobody answering, a backlog of 3 lets exactly 3 records out; stop ends the replay."""
+    topic = topic_factory(1)
+    convs = [_conv("a", 5), _conv("b", 5)]
+    cfg = ReplayConfig(bootstrap_servers=broker.bootstrap, topic=topic, interleave=2)
+
+    async def scenario():
+        stop = asyncio.Event()
+        backlog = Backlog(3, stop)
+        task = asyncio.create_task(
+            replay(cfg, convs, on_sent=lambda _t: backlog.on_sent(), stop=stop, wait_for_room=backlog.wait_for_room)
+        )
+        await asyncio.sleep(1.5)
+        held = (backlog.sent, task.done())
+        backlog.on_answered()  # one answer: one more record
+        await asyncio.sleep(1.0)
+        one_more = backlog.sent
+        stop.set()
+        return held, one_more, await asyncio.wait_for(task, 10.0)
+
+    held, one_more, result = asyncio.run(scenario())
+    assert held == (3, False)
+    assert one_more == 4
+    assert result.interrupted and result.turns_sent == 4
+    assert len(asyncio.run(_read_all(broker.bootstrap, topic, 4))) == 4
 
 
 # -------------------------------------------------------------------- tail on the broker

@@ -68,3 +68,20 @@ def test_a_kept_repack_reports_the_metrics_of_its_own_weights(tmp_path):
     again = compute_metrics(res.gold, res.predictions.label_ids.tolist(), predictor.labels, "neutral")
     assert manifest["metrics"]["dev"] == json.loads(json.dumps(again))
     assert manifest["metrics"]["dev"]["weighted_f1"] == r.weighted_f1_after
+
+
+def test_int8_repack_quarters_the_encoder_and_serves_through_the_predictor(tmp_path):
+    """8-bit storage through the same repack path: measured on dev, recorded, loadable by the worker's loader."""
+    from erc_stream.artifact import INT8_WEIGHTS_FILE
+    from erc_stream.model import load_predictor
+
+    publish_test_model(tmp_path / "store", "v1")
+    r = repack(tmp_path / "store", "v1", out_store=tmp_path / "out", out_version="v1-int8", weights_dtype="int8",
+               data_dir=DATA_DIR, max_conversations=3, max_drop_points=100.0)  # fmt: skip
+    manifest = verify_version(r.path)
+    assert manifest["encoder"]["weights_dtype"] == "int8"
+    assert (r.path / "encoder" / INT8_WEIGHTS_FILE).is_file()
+    assert r.bytes_after < 0.35 * r.bytes_before
+    assert 0.0 <= r.agreement <= 1.0 and r.max_score_diff < 0.1
+    predictor = load_predictor(r.path, device="cpu", dtype="fp32")
+    assert list(predictor.labels) == manifest["labels"]
