@@ -62,6 +62,16 @@ class EncoderShape:
 MINILM_L6 = EncoderShape(layers=6, hidden=384, intermediate=1536)
 
 
+def encoder_shape(version_dir: Path) -> EncoderShape:
+    """The shape of a published version's encoder, read from its ``encoder/config.json``."""
+    config = json.loads((Path(version_dir) / "encoder" / "config.json").read_text(encoding="utf-8"))
+    return EncoderShape(
+        layers=int(config["num_hidden_layers"]),
+        hidden=int(config["hidden_size"]),
+        intermediate=int(config["intermediate_size"]),
+    )
+
+
 def encoder_flops_per_token(seq_len: int, shape: EncoderShape = MINILM_L6) -> int:
     """Forward FLOPs per token of a BERT-style encoder over a sequence of ``seq_len`` tokens.
 

@@ -23,6 +23,7 @@ from _common import (
     DOCS_DIR,
     command_line,
     encoder_flops_per_token,
+    encoder_shape,
     machine_info,
     machine_md,
     md_table,
@@ -118,11 +119,13 @@ def main() -> None:
             if j < len(batches):
                 model_s[name] += p.predict([prompts[i] for i in batches[j]]).seconds
     rows, res = [], {}
-    useful = sum(n * encoder_flops_per_token(n) for n in lengths)
+    shape = encoder_shape(version_dir)
+    useful = sum(n * encoder_flops_per_token(n, shape) for n in lengths)
     for name, batches in policies.items():
         padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
         flops = sum(
-            len(b) * max(lengths[i] for i in b) * encoder_flops_per_token(max(lengths[i] for i in b)) for b in batches
+            len(b) * max(lengths[i] for i in b) * encoder_flops_per_token(max(lengths[i] for i in b), shape)
+            for b in batches
         )
         res[name] = {
             "batches": len(batches),

@@ -2,8 +2,8 @@
 
 Three measurements, one run, one machine:
 
-(a) sustained matmul GFLOP/s at the encoder's shapes (tokens x 384 @ 384x384, 384x1536,
-    1536x384) for fp32, bf16 and fp16;
+(a) sustained matmul GFLOP/s at the encoder's shapes (tokens x H @ HxH, HxI, IxH, read from
+    the version's encoder config) for fp32, bf16 and fp16;
 (b) encoder FLOPs per token at the measured prompt lengths (formula in _common.py and the doc);
 (c) the worker's model path: ``Predictor.predict`` on the real MELD dev prompts (built with
     trainer.evaluate.build_examples, i.e. the worker's windows), grouped into batches by the
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,10 @@ import torch
 from _common import (
     DOCS_DIR,
     MINILM_L6,
+    EncoderShape,
     command_line,
     encoder_flops_per_token,
+    encoder_shape,
     machine_info,
     machine_md,
     md_table,
@@ -41,7 +44,7 @@ from _common import (
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def encoder_matmul_shapes(shape=MINILM_L6) -> list[tuple[str, int, int, int]]:
+def encoder_matmul_shapes(shape: EncoderShape = MINILM_L6) -> list[tuple[str, int, int, int]]:
     """(name, K, N, count per layer) of the encoder's weight matmuls (tokens x K @ K x N)."""
     h, i = shape.hidden, shape.intermediate
     return [("HxH (q,k,v,out)", h, h, 4), ("HxI (ffn up)", h, i, 1), ("IxH (ffn down)", i, h, 1)]
@@ -67,8 +70,8 @@ def bench_matmul(dtype: torch.dtype, tokens: int, k: int, n: int, seconds: float
     return 2.0 * tokens * k * n * reps / elapsed / 1e9
 
 
-def matmul_section(dtypes: list[str], token_counts: list[int], seconds: float) -> dict:
-    shapes = encoder_matmul_shapes()
+def matmul_section(dtypes: list[str], token_counts: list[int], seconds: float, shape: EncoderShape) -> dict:
+    shapes = encoder_matmul_shapes(shape)
     out: dict = {}
     for name in dtypes:
         dt = MATMUL_DTYPES[name]
@@ -122,7 +125,15 @@ def _load(version_dir: Path, dtype: str):
 
 
 def model_section(
-    version_dir: Path, prompts, keys, gold, dtypes: list[str], batch_sizes: list[int], budget_s: float, ceiling_s: float
+    version_dir: Path,
+    prompts,
+    keys,
+    gold,
+    dtypes: list[str],
+    batch_sizes: list[int],
+    budget_s: float,
+    ceiling_s: float,
+    shape: EncoderShape,
 ) -> tuple[list[dict], dict]:
     lengths = [len(p) for p in prompts]
     rows: list[dict] = []
@@ -145,7 +156,7 @@ def model_section(
                 done += len(b)
                 real_tok += sum(lengths[i] for i in b)
                 pad_tok += width * len(b)
-                flops += len(b) * width * encoder_flops_per_token(width)
+                flops += len(b) * width * encoder_flops_per_token(width, shape)
                 for j, i in enumerate(b):
                     scores_by_idx[i] = pred.scores[j]
                 if time.perf_counter() - t0 >= budget_s:
@@ -155,7 +166,7 @@ def model_section(
             n_batches = _count_batches(batches, done)
             # The ceiling is re-measured right after the point at its own batch shape (mean batch x
             # mean width tokens), so a changing machine load affects both figures alike.
-            ceiling = paired_ceiling(round(pad_tok / n_batches), ceiling_s)
+            ceiling = paired_ceiling(round(pad_tok / n_batches), ceiling_s, shape)
             row = {
                 "dtype": dtype,
                 "batch_size": bs,
@@ -212,10 +223,10 @@ def _count_batches(batches: list[list[int]], done: int) -> int:
     return n
 
 
-def paired_ceiling(tokens: int, seconds: float) -> float:
+def paired_ceiling(tokens: int, seconds: float, shape: EncoderShape) -> float:
     """fp32 encoder-mix matmul GFLOP/s at ``tokens`` rows, measured now."""
     g, f = {}, {}
-    for sname, k, n, cnt in encoder_matmul_shapes():
+    for sname, k, n, cnt in encoder_matmul_shapes(shape):
         g[sname] = bench_matmul(torch.float32, tokens, k, n, seconds)
         f[sname] = 2 * tokens * k * n * cnt
     return sum(f.values()) / sum(f[s] / (g[s] * 1e9) for s in g) / 1e9
@@ -243,7 +254,8 @@ def render(payload: dict) -> str:
         "weight matmuls (4 x HxH, 1 x HxI, 1 x IxH), i.e. the best the encoder's linear layers can do.",
         "",
     ]
-    shapes = [s for s, _, _, _ in encoder_matmul_shapes()] + ["encoder_mix"]
+    shape = EncoderShape(**payload["model"]["encoder_shape"])
+    shapes = [s for s, _, _, _ in encoder_matmul_shapes(shape)] + ["encoder_mix"]
     rows = []
     for dt, per in payload["matmul"].items():
         if "error" in per:
@@ -255,12 +267,18 @@ def render(payload: dict) -> str:
     mm = payload["matmul"]
     if "fp32" in mm and "bf16" in mm and "error" not in mm["bf16"]:
         ratios = [mm["fp32"][m]["encoder_mix"] / mm["bf16"][m]["encoder_mix"] for m in mm["fp32"] if m in mm["bf16"]]
-        lines += [
-            f"fp32 is {min(ratios):.1f}-{max(ratios):.1f}x faster than bf16 on this CPU "
-            f"(native bf16: {info['cpu_native_bf16']}; without AVX512-BF16/AMX PyTorch converts bf16 to fp32 "
-            "inside the kernel). `dtype=auto` therefore serves fp32 here.",
-            "",
-        ]
+        if min(ratios) >= 1:
+            verdict = (
+                f"fp32 is {min(ratios):.1f}-{max(ratios):.1f}x faster than bf16 on this CPU "
+                f"(native bf16: {info['cpu_native_bf16']}; without AVX512-BF16/AMX PyTorch converts bf16 to fp32 "
+                "inside the kernel)."
+            )
+        else:
+            verdict = (
+                f"bf16 is {1 / max(ratios):.1f}-{1 / min(ratios):.1f}x faster than fp32 on this CPU "
+                f"(native bf16: {info['cpu_native_bf16']})."
+            )
+        lines += [f"{verdict} `dtype=auto` serves bf16 only where the CPU has native bf16.", ""]
     f = payload["flops"]
     lines += [
         "## (b) Encoder FLOPs per token",
@@ -269,7 +287,8 @@ def render(payload: dict) -> str:
         "over a sequence of T tokens (multiply-add = 2 FLOPs):",
         "",
         "    FLOPs/token = L * (8*H^2 + 4*H*I + 4*T*H)",
-        "                = 6 * (8*384^2 + 4*384*1536 + 4*T*384) = 21,233,664 + 9,216*T",
+        f"                = {shape.layers} * (8*{shape.hidden}^2 + 4*{shape.hidden}*{shape.intermediate} + "
+        f"4*T*{shape.hidden}) = {encoder_flops_per_token(0, shape):,} + {4 * shape.layers * shape.hidden:,}*T",
         "",
         "(Q, K, V, output projections 8H^2; feed-forward 4HI; attention scores and weighted sum 4TH. "
         "Embeddings, layer norms, softmax, GELU and the projection head, which runs on one token per "
@@ -407,14 +426,17 @@ def main() -> None:
     )
     print(f"model {version_dir.name}; {len(prompts)} prompts, mean length {mean_len:.1f}", flush=True)
     print("(a) matmul", flush=True)
-    mm = matmul_section(args.matmul_dtypes.split(","), token_counts, args.matmul_seconds)
+    shape = encoder_shape(version_dir)
+    mm = matmul_section(args.matmul_dtypes.split(","), token_counts, args.matmul_seconds, shape)
     fp32_ceiling = {m: v["encoder_mix"] for m, v in mm.get("fp32", {}).items() if isinstance(v, dict)}
 
-    per_token = {int(t): encoder_flops_per_token(int(t)) for t in sorted({16, 32, 64, int(round(mean_len)), 128, 256})}
-    total = float(sum(int(n) * encoder_flops_per_token(int(n)) for n in lens))
+    per_token = {
+        int(t): encoder_flops_per_token(int(t), shape) for t in sorted({16, 32, 64, int(round(mean_len)), 128, 256})
+    }
+    total = float(sum(int(n) * encoder_flops_per_token(int(n), shape) for n in lens))
     ceiling = max(fp32_ceiling.values()) if fp32_ceiling else float("nan")
     flops = {
-        "formula": "L*(8*H^2 + 4*H*I + 4*T*H), L=6, H=384, I=1536",
+        "formula": f"L*(8*H^2 + 4*H*I + 4*T*H), L={shape.layers}, H={shape.hidden}, I={shape.intermediate}",
         "per_token": per_token,
         "dev_total_gflop_unpadded": total / 1e9,
         "dev_gflop_per_utt": total / 1e9 / len(prompts),
@@ -425,7 +447,7 @@ def main() -> None:
     print("(c) Predictor.predict", flush=True)
     gold = [y for _, y in examples]
     rows, agreement = model_section(
-        version_dir, prompts, keys, gold, args.dtypes.split(","), batch_sizes, args.budget_s, args.matmul_seconds
+        version_dir, prompts, keys, gold, args.dtypes.split(","), batch_sizes, args.budget_s, args.matmul_seconds, shape
     )
 
     payload = {
@@ -437,6 +459,8 @@ def main() -> None:
             "untrained": manifest["anchors"].get("mode") == "random",
             "context_turns": manifest["prompt"]["context_turns"],
             "max_length": manifest["prompt"]["max_length"],
+            "encoder_shape": asdict(shape),
+            "weights_dtype": manifest["encoder"].get("weights_dtype", "fp32"),
         },
         "prompts": {
             "count": len(prompts),

@@ -185,7 +185,11 @@ def fit(
     try:
         if resume is not None:
             cfg = TrainConfig.from_json(read_run_config(resume)).replace(run_dir=resume)
-            console.print(f"resuming {resume} with its recorded settings (other training flags are ignored)")
+            if data_dir is not None:  # where the data lies is no training setting: a new machine may differ
+                cfg = cfg.replace(data_dir=data_dir)
+            console.print(
+                f"resuming {resume} with its recorded settings (other training flags than --data-dir are ignored)"
+            )
         else:
             cfg = TrainConfig(**settings)
             cfg = cfg.quick() if quick else cfg

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,7 +109,11 @@ def test_sigterm_checkpoints_and_the_cli_resumes_to_the_same_weights(tmp_path, u
             "--context-turns", "1", "--max-length", "128", "--epochs", "2", "--batch-size", "4", "--stage2-epochs", "2",
             "--checkpoint-every-steps", "4", "--device", "cpu", "--dtype", "fp32", "--no-make-current",
             "--store", str(store), "--run-dir", str(run_dir), "--version", "cli"]  # fmt: skip
-    env = {**os.environ, "ERC_DATA_DIR": str(DATA_DIR), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    # The run starts on a copy of the data that is gone when it resumes (a new machine, a moved
+    # folder): the resume reads the data where ERC_DATA_DIR says now, not where the run recorded it.
+    first_data = tmp_path / "data-first"
+    shutil.copytree(DATA_DIR / "meld", first_data / "meld")
+    env = {**os.environ, "ERC_DATA_DIR": str(first_data), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 600
     while not (run_dir / CHECKPOINT_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -121,6 +126,9 @@ def test_sigterm_checkpoints_and_the_cli_resumes_to_the_same_weights(tmp_path, u
     assert proc.returncode == 75, out[-3000:]
     assert f"erc-train fit --resume {run_dir}" in out.replace("\n", "")
 
+    assert json.loads((run_dir / "config.json").read_text())["data_dir"] == str(first_data)
+    shutil.rmtree(first_data)
+    env["ERC_DATA_DIR"] = str(DATA_DIR)
     resumed = subprocess.run([erc_train, "fit", "--resume", str(run_dir)], env=env, capture_output=True, text=True,
                              timeout=900)  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
