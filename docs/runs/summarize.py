@@ -9,6 +9,9 @@ Usage: .venv/bin/python docs/runs/summarize.py [STORE]
            the same setting over several seeds: each seed's dev figures, then mean +- sd
        .venv/bin/python docs/runs/summarize.py --ablation STORE [PREFIX]
            the EACL ablation of docs/runs/queue.sh (PREFIX abl1: section 7, abl: session 1's)
+       .venv/bin/python docs/runs/summarize.py --levers STORE
+           the levers of docs/runs/gpu_levers.py (versions lev-<lever>-s<seed>): mean ± sd per
+           lever over its seeds, the difference to "full" and Welch's p for it
        .venv/bin/python docs/runs/summarize.py --plot OUT.png VERSION_DIR [VERSION_DIR ...]
            per-class dev F1 of published versions (folders, from any store) side by side, as a
            bar chart: which emotions a candidate finds that the shipped model misses
@@ -198,6 +201,62 @@ def seeds(store: Path, versions: list[str]) -> None:
         print(f"\nNote: these runs trained in different precisions ({', '.join(precisions)}).")
 
 
+def lever_groups(store: Path) -> dict[str, list[dict]]:
+    """Published lever runs by lever name: versions ``lev-<lever>-s<seed>``, seeds in order."""
+    import re
+
+    pattern = re.compile(r"^lev-(?P<lever>.+)-s(?P<seed>\d+)$")
+    found: dict[str, list[tuple[int, dict]]] = {}
+    for folder in sorted(p for p in Path(store).iterdir() if (p / "manifest.json").is_file()):
+        match = pattern.match(folder.name)
+        if match:
+            m = json.loads((folder / "manifest.json").read_text())
+            found.setdefault(match["lever"], []).append((int(match["seed"]), m))
+    return {lever: [m for _, m in sorted(runs, key=lambda r: r[0])] for lever, runs in found.items()}
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p of Welch's t-test (unequal variances); None with fewer than 2 values a side
+    or when neither side varies (no test possible)."""
+    if len(a) < 2 or len(b) < 2 or (statistics.stdev(a) == 0 and statistics.stdev(b) == 0):
+        return None
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def levers(store: Path) -> None:
+    """One row per lever: dev weighted and macro F1 and the rare classes, mean ± sd over seeds,
+    with the difference of the means to ``full`` in points and Welch's p for it."""
+    groups = lever_groups(store)
+    if "full" not in groups:
+        sys.exit(f"{store} has no lev-full-s<seed> run to compare the levers with")
+    labels = groups["full"][0]["labels"]
+    rare = [c for c in RARE if c in labels]
+
+    def values(runs: list[dict], key: str) -> list[float]:
+        return [m["metrics"]["dev"]["per_class_f1"][key] if key in rare else m["metrics"]["dev"][key] for m in runs]
+
+    cols = ["weighted_f1", "macro_f1", *rare]
+    print("| lever | seeds | dev wF1 | Δ wF1 (points), p | dev macro F1 | Δ macro, p | " + " | ".join(rare) + " |")
+    print("|---" * (6 + len(rare)) + "|")
+    base = {c: values(groups["full"], c) for c in cols}
+    for lever in ["full", *sorted(k for k in groups if k != "full")]:
+        runs = groups[lever]
+        cells = []
+        for c in cols:
+            v = values(runs, c)
+            cells.append(mean_sd(v))
+            if c in ("weighted_f1", "macro_f1"):
+                if lever == "full":
+                    cells.append("")
+                else:
+                    p = welch_p(v, base[c])
+                    delta = 100 * (statistics.mean(v) - statistics.mean(base[c]))
+                    cells.append(f"{delta:+.1f}" + (f", p {p:.2f}" if p is not None else ""))
+        print(f"| {lever} | {len(runs)} | " + " | ".join(cells) + " |")
+
+
 def plot_classes(out: Path, version_dirs: list[Path]) -> None:
     """Grouped bars of per-class dev F1, one group per label, one bar per version."""
     import matplotlib
@@ -241,6 +300,8 @@ def main(argv: list[str]) -> None:
         seeds(Path(argv[1]), argv[2:])
     elif len(argv) > 2 and argv[0] == "--plot":
         plot_classes(Path(argv[1]), [Path(a) for a in argv[2:]])
+    elif len(argv) == 2 and argv[0] == "--levers":
+        levers(Path(argv[1]))
     elif len(argv) in (2, 3) and argv[0] == "--ablation":
         ablation(Path(argv[1]), argv[2] if len(argv) == 3 else "abl1")
     elif len(argv) <= 1 and not (argv and argv[0].startswith("-")):

@@ -133,3 +133,31 @@ def test_plot_draws_per_class_f1_of_versions_from_any_store(tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="is not a published version folder"):
         summarize.main(["--plot", str(out), str(tmp_path / "a")])
+
+
+def test_levers_groups_by_lever_and_compares_with_full_by_welch(tmp_path, capsys):
+    from scipy.stats import ttest_ind
+
+    full = [0.59, 0.60, 0.61]
+    ce = [0.55, 0.56, 0.58]
+    for seed, a, b in zip((42, 43, 44), full, ce, strict=True):
+        _publish(tmp_path, f"lev-full-s{seed}", seed=seed, wf1=a, fear=0.2)
+        _publish(tmp_path, f"lev-ce-only-s{seed}", seed=seed, wf1=b, fear=0.0)
+    _publish(tmp_path, "meld-main", seed=1, wf1=0.9, fear=0.9)  # not a lever run: left out
+    groups = summarize.lever_groups(tmp_path)
+    assert sorted(groups) == ["ce-only", "full"]
+    assert [m["metrics"]["dev"]["weighted_f1"] for m in groups["ce-only"]] == ce
+    summarize.main(["--levers", str(tmp_path)])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| ce-only |"))
+    p = ttest_ind(ce, full, equal_var=False).pvalue
+    assert f"| ce-only | 3 | {statistics.mean(ce):.4f} ± {statistics.stdev(ce):.4f} | -3.7, p {p:.2f} |" in row
+    assert out.splitlines()[2].startswith("| full | 3 | 0.6000 ± 0.0100 |  |")
+    assert summarize.welch_p([0.5], full) is None  # one seed: no test
+    assert summarize.welch_p([0.5, 0.5], [0.5, 0.5]) is None  # nothing varies: no test
+
+
+def test_levers_without_a_full_run_says_so(tmp_path):
+    _publish(tmp_path, "lev-anon-s42", seed=42, wf1=0.6, fear=0.1)
+    with pytest.raises(SystemExit, match="no lev-full-s<seed> run"):
+        summarize.main(["--levers", str(tmp_path)])
