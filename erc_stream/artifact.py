@@ -79,7 +79,8 @@ _REQUIRED_KEYS = (
 
 
 # How encoder weights may be stored (publish_version's weights_dtype): a float dtype, or int8
-# (erc_stream.int8: a scale per row, in INT8_WEIGHTS_FILE instead of the HF model.safetensors).
+# (erc_stream.int8: a scale per block of 32 values, fp16 for matrices with outliers; in
+# INT8_WEIGHTS_FILE instead of the HF model.safetensors).
 STORAGE_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,
@@ -209,8 +210,8 @@ def publish_version(
     ``files`` and the encoder checksum, which are filled in here. ``context_state``: the
     context model of a ``turn`` model (stored as ``context.*``). ``weights_dtype``: ``fp16`` or
     ``bf16`` store the encoder's floating-point weights in 16 bits (half the size; loaders cast
-    them to the serving dtype); ``int8`` stores its matrices in 8 bits with a scale per row (a
-    quarter; see erc_stream.int8). The small head file stays fp32.
+    them to the serving dtype); ``int8`` stores its matrices in 8 bits with a scale per block of
+    32 values, those with outliers in fp16 (see erc_stream.int8). The small head file stays fp32.
     """
     if weights_dtype not in STORAGE_DTYPES:
         raise ArtifactError(f"weights_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {weights_dtype!r}")

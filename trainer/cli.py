@@ -328,7 +328,7 @@ def repack(
     out_store: Path | None = typer.Option(None, help="store to publish into (default: the same store)"),
     out_version: str | None = typer.Option(None, help="name of the repacked version (default: VERSION-fp16)"),
     weights_dtype: str = typer.Option(
-        "fp16", help="fp16, bf16 or int8 (a scale per row): how the encoder weights are stored"
+        "fp16", help="fp16, bf16 or int8 (a scale per 32 values): how the encoder weights are stored"
     ),
     max_drop_points: float = typer.Option(0.1, help="keep it only if dev weighted F1 drops at most this many points"),
     data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR"),

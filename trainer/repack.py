@@ -1,7 +1,7 @@
 """Repack a published version with its encoder weights in 16 or 8 bits, and measure what that costs.
 
 The version is republished through the same atomic, checksummed publish path with
-``weights_dtype`` fp16 or bf16 (about half the bytes) or int8 (a quarter: erc_stream.int8),
+``weights_dtype`` fp16 or bf16 (about half the bytes) or 8 bits (erc_stream.int8),
 then both versions are scored on the
 dev split with fp32 serving. The repacked version is kept only when its dev weighted F1 is
 within ``max_drop_points`` of the original's; otherwise it is removed and the caller is told.
