@@ -35,6 +35,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "BEST_FILE",
     "CONFIG_FILE",
+    "STAGE2_REPS_FILE",
     "Progress",
     "capture_rng",
     "restore_rng",
@@ -47,6 +48,7 @@ __all__ = [
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
 CONFIG_FILE = "config.json"
+STAGE2_REPS_FILE = "stage2_representations.pt"  # a window run's stage-2 inputs, kept for a resume
 
 
 @dataclass

@@ -24,6 +24,7 @@ the other ranks wait at a barrier.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -60,6 +61,7 @@ from trainer.calibration import calibrate, reliability_diagram
 from trainer.checkpoint import (
     BEST_FILE,
     CHECKPOINT_FILE,
+    STAGE2_REPS_FILE,
     Progress,
     capture_rng,
     load_file,
@@ -234,15 +236,19 @@ class TrainingInterrupted(ErcError):
 class StopFlag:
     """Set from a signal handler or a test; training checks it between optimizer steps."""
 
-    def __init__(self, after_steps: int | None = None) -> None:
+    def __init__(self, after_steps: int | None = None, after_stage2_epochs: int | None = None) -> None:
         self._set = False
         self.after_steps = after_steps  # for tests: stop once this many steps are done
+        self.after_stage2_epochs = after_stage2_epochs  # for tests: stop in stage 2 after this many epochs
 
     def set(self) -> None:
         self._set = True
 
     def should_stop(self, global_step: int) -> bool:
         return self._set or (self.after_steps is not None and global_step >= self.after_steps)
+
+    def should_stop_stage2(self, epoch: int) -> bool:
+        return self._set or (self.after_stage2_epochs is not None and epoch >= self.after_stage2_epochs)
 
 
 @dataclass(frozen=True)
@@ -358,7 +364,8 @@ def fit(cfg: TrainConfig, *, progress: bool = True, stop: StopFlag | None = None
         ckpt = load_file(run.run_dir / CHECKPOINT_FILE) if has_ckpt else None
         if resume and ckpt is None:
             log.warning("no checkpoint in %s yet: starting the run from its beginning", run.run_dir)
-        progress_state = _stage1(run, ckpt, progress=progress, stop=stop or StopFlag())
+        stop = stop or StopFlag()
+        progress_state = _stage1(run, ckpt, progress=progress, stop=stop)
         result = None
         if ctx.is_main:  # best epoch, stage 2, final evaluation and publish: rank 0 alone
             stage1_anchors = _load_best(run, progress_state)
@@ -376,6 +383,8 @@ def fit(cfg: TrainConfig, *, progress: bool = True, stop: StopFlag | None = None
                     progress,
                     turn=(run.predictor(stage1_anchors), run.turn) if run.turn is not None else None,
                     frozen=run.frozen,
+                    run_dir=run.run_dir,
+                    stop=stop,
                 )
             result = _publish(run, progress_state, final_anchors, stage2_info, t_start, progress)
         barrier(ctx, "rank 0's stage 2 and publish")
@@ -848,15 +857,23 @@ def _publish(
     return FitResult(version=version, path=path, metrics=dev_metrics, wall_s=wall_s, best_epoch=state.best_epoch)
 
 
-def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neutral, progress, turn=None, frozen=None):
+def _adapt_anchors(
+    cfg, model, builder, train_ex, dev_ex, anchors0, labels, neutral, progress, turn=None, frozen=None,
+    run_dir: Path | None = None, stop: StopFlag | None = None,
+):  # fmt: skip
     """Stage 2: frozen encoder; fit anchors on cached representations, pick the best on dev.
 
     ``turn``: (TurnPredictor, TurnSplits) of a turn run, whose representations come from cached
     turn vectors and the context model rather than from window prompts. ``frozen``: a
     --freeze-layers run's cache, from which the training representations are computed (the top
-    layers only).
+    layers only). ``run_dir``: where a window run keeps the train and dev representations
+    (STAGE2_REPS_FILE; encoding all of train again is most of stage 2's time, 15-20 minutes for a
+    110M encoder on a 2-core CPU), so that a run stopped in stage 2 resumes without it. ``stop``: checked once the
+    representations are kept and after every anchor epoch; stage 2 then starts over on resume,
+    which gives the same anchors (its only randomness is a generator seeded from the config).
     """
     device = anchors0.device
+    reps_file = run_dir / STAGE2_REPS_FILE if run_dir is not None and turn is None else None
 
     def reps_of(examples, desc, cache=None):  # cache: the frozen-layer output of these examples
         out = []
@@ -884,8 +901,17 @@ def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neut
         train_r = turn_representations(predictor, splits.train, cfg.eval_batch_size).to(device)  # (N, D)
         dev_r = turn_representations(predictor, splits.dev, cfg.eval_batch_size).to(device)
     else:
-        train_r = reps_of(train_ex, "stage 2: train representations", frozen)
-        dev_r = reps_of(dev_ex, "stage 2: dev representations")
+        fingerprint = _reps_fingerprint(model, train_ex, dev_ex) if reps_file is not None else ""
+        kept = _read_stage2_reps(reps_file, fingerprint, device)
+        if kept is not None:
+            train_r, dev_r = kept
+            log.info("stage 2: train and dev representations read from %s", reps_file)
+        else:
+            train_r = reps_of(train_ex, "stage 2: train representations", frozen)
+            dev_r = reps_of(dev_ex, "stage 2: dev representations")
+            if reps_file is not None:
+                save_atomic({"fingerprint": fingerprint, "train": train_r.cpu(), "dev": dev_r.cpu()}, reps_file)
+    _stop_in_stage2(stop, 0, run_dir, reps_file)
     train_y = torch.tensor([y for _, y in train_ex], device=device)
     dev_y = [y for _, y in dev_ex]
     anchors = nn.Parameter(anchors0.detach().clone())
@@ -914,6 +940,7 @@ def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neut
         bar.set_postfix(loss=f"{loss.item():.3f}", dev_wf1=f"{f1:.4f}")
         if f1 > best_f1:
             best_f1, best_a, best_epoch = f1, anchors.detach().clone(), epoch
+        _stop_in_stage2(stop, epoch, run_dir, reps_file)
     return best_a, {
         "enabled": True,
         "epochs": cfg.stage2_epochs,
@@ -921,6 +948,39 @@ def _adapt_anchors(cfg, model, builder, train_ex, dev_ex, anchors0, labels, neut
         "dev_weighted_f1_before": round(start_f1, 4),
         "dev_weighted_f1_after": round(best_f1, 4),
     }
+
+
+def _reps_fingerprint(model: nn.Module, *example_sets) -> str:
+    """sha256 of what stage 2's representations depend on: every weight of the model and every prompt."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for examples in example_sets:
+        h.update(b"|")
+        for prompt, y in examples:
+            h.update(torch.tensor([*prompt.input_ids, -1, prompt.mask_index, y]).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_stage2_reps(path: Path | None, fingerprint: str, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The kept (train, dev) representations if ``path`` holds them for this model and these prompts."""
+    if path is None or not path.is_file():
+        return None
+    kept = load_file(path)
+    if kept.get("fingerprint") != fingerprint:
+        log.info("stage 2: %s was made by other weights or prompts; encoding again", path)
+        return None
+    return kept["train"].to(device), kept["dev"].to(device)
+
+
+def _stop_in_stage2(stop: StopFlag | None, epoch: int, run_dir: Path | None, reps_file: Path | None) -> None:
+    if stop is not None and stop.should_stop_stage2(epoch):
+        kept = f"; the representations are kept in {reps_file}" if reps_file is not None else ""
+        raise TrainingInterrupted(
+            f"stopped in stage 2 after {epoch} anchor epochs (stage 2 starts over on resume{kept}); "
+            f"resume with: erc-train fit --resume {run_dir if run_dir is not None else 'RUN_DIR'}"
+        )
 
 
 def _manifest_core(cfg: TrainConfig, labels, builder: PromptBuilder, source, enc_path: Path) -> dict:

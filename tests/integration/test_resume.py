@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,9 +21,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from trainer.checkpoint import CHECKPOINT_FILE
+from trainer.checkpoint import CHECKPOINT_FILE, STAGE2_REPS_FILE, save_atomic
 from trainer.checkpoint import load_file as load_checkpoint
 from trainer.config import TrainConfig
+from trainer.datasets import load_split
 from trainer.train import StopFlag, TrainingInterrupted, fit
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -76,6 +78,28 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, uni
     differing = [k for k in resumed if resumed[k] != uninterrupted[k]]
     assert not differing, f"{len(differing)} tensors differ after resume, e.g. {differing[:3]}"
     assert digest(resumed) == digest(uninterrupted)
+
+
+@pytest.mark.parametrize("kept", ["as written", "by other weights"])
+def test_a_run_stopped_in_stage_2_resumes_without_encoding_train_again(tmp_path, uninterrupted, caplog, kept):
+    cfg = TrainConfig(**TINY, store=tmp_path / "store", run_dir=tmp_path / "run", version="stage2")
+    with pytest.raises(TrainingInterrupted, match=r"stopped in stage 2 after 1 anchor epochs .*resume with: erc-train"):
+        fit(cfg, progress=False, stop=StopFlag(after_stage2_epochs=1))
+    assert not (tmp_path / "store" / "stage2").exists(), "an interrupted run must not publish"
+    reps_file = tmp_path / "run" / STAGE2_REPS_FILE
+    reps = load_checkpoint(reps_file)
+    n_train, n_dev = (sum(len(c.utterances) for c in load_split("meld", split, DATA_DIR)[:n]) for split, n in
+                      (("train", TINY["max_train_conversations"]), ("dev", TINY["max_dev_conversations"])))  # fmt: skip
+    assert (reps["train"].shape[0], reps["dev"].shape[0]) == (n_train, n_dev)  # every train and dev utterance
+    if kept == "by other weights":
+        save_atomic({**reps, "fingerprint": "0" * 64}, reps_file)
+    with caplog.at_level(logging.INFO, logger="trainer.train"):
+        result = fit(cfg, progress=False, resume=True)
+    if kept == "as written":
+        assert f"representations read from {reps_file}" in caplog.text
+    else:
+        assert "was made by other weights or prompts; encoding again" in caplog.text
+    assert digest(weights(result.path)) == digest(uninterrupted)  # and stage 2 starting over changes nothing
 
 
 def test_a_run_resumed_in_another_precision_records_both_and_says_so(tmp_path, caplog):
