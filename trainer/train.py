@@ -61,6 +61,7 @@ from trainer.calibration import calibrate, reliability_diagram
 from trainer.checkpoint import (
     BEST_FILE,
     CHECKPOINT_FILE,
+    CONFIG_FILE,
     STAGE2_REPS_FILE,
     Progress,
     capture_rng,
@@ -359,7 +360,12 @@ def fit(cfg: TrainConfig, *, progress: bool = True, stop: StopFlag | None = None
         progress = progress and ctx.is_main
         if cfg.version is None:  # random: rank 0 draws it for everyone
             cfg = cfg.replace(version=broadcast_object(new_version_name(cfg.dataset), ctx))
-        run = _prepare(cfg, ctx, resume=resume)
+        try:
+            run = _prepare(cfg, ctx, resume=resume)
+        except Exception:
+            if not resume and ctx.is_main:
+                _forget_failed_start(run_dir_of(cfg))
+            raise
         has_ckpt = resume and (run.run_dir / CHECKPOINT_FILE).is_file()
         ckpt = load_file(run.run_dir / CHECKPOINT_FILE) if has_ckpt else None
         if resume and ckpt is None:
@@ -391,6 +397,16 @@ def fit(cfg: TrainConfig, *, progress: bool = True, stop: StopFlag | None = None
         out = broadcast_object(result, ctx)
         assert isinstance(out, FitResult)
         return out
+
+
+def _forget_failed_start(run_dir: Path) -> None:
+    """A fresh run that failed before its first checkpoint (missing data, a bad encoder path) leaves
+    no config.json behind: a queue that resumes folders holding one would retry the bad settings."""
+    if (run_dir / CHECKPOINT_FILE).exists():
+        return
+    (run_dir / CONFIG_FILE).unlink(missing_ok=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:

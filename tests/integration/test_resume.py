@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from erc_stream.errors import DataNotFoundError
 from trainer.checkpoint import CHECKPOINT_FILE, STAGE2_REPS_FILE, save_atomic
 from trainer.checkpoint import load_file as load_checkpoint
 from trainer.config import TrainConfig
@@ -116,6 +117,20 @@ def test_a_run_resumed_in_another_precision_records_both_and_says_so(tmp_path, c
     training = json.loads((result.path / "manifest.json").read_text())["training"]
     assert training["precisions"] == [{"dtype": "float32", "from_step": 0}, {"dtype": "bfloat16", "from_step": 6}]
     assert training["dtype"] == "bfloat16"
+
+
+def test_a_fresh_fit_that_fails_before_training_leaves_no_run_to_resume(tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    cfg = TrainConfig(**{**TINY, "data_dir": empty}, store=tmp_path / "store", run_dir=tmp_path / "run", version="v")
+    with pytest.raises(DataNotFoundError, match="no-data"):
+        fit(cfg, progress=False)
+    assert not (tmp_path / "run").exists()  # a queue would otherwise resume the bad settings
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(DataNotFoundError, match="no-data"):
+        fit(cfg, progress=False)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["notes.txt"]  # only what the run wrote goes
 
 
 def test_a_fresh_fit_refuses_a_run_folder_that_holds_a_run(tmp_path):
