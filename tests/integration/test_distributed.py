@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from erc_stream.artifact import read_current, verify_version
 from erc_stream.devtools.broker import free_port
 from tests.train_cli import DATA_DIR, ERC_TRAIN, cli_env, skip_without_meld
+from trainer.checkpoint import STAGE2_REPS_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -135,7 +136,12 @@ def test_erc_train_fit_nproc_per_node_2_trains_and_publishes(tiny_encoder: Path,
     training = manifest["training"]
     assert (training["processes"], training["backend"]) == (2, "gloo")
     assert training["stage2"]["enabled"] is True and [h["epoch"] for h in training["history"]] == [1]
-    assert {p.name for p in (tmp_path / "r2").iterdir()} == {"config.json", "checkpoint.pt", "best.pt"}
+    assert {p.name for p in (tmp_path / "r2").iterdir()} == {
+        "config.json",
+        "checkpoint.pt",
+        "best.pt",
+        STAGE2_REPS_FILE,
+    }
 
     one = _run([str(ERC_TRAIN), *flags, "--store", str(tmp_path / "s1"), "--run-dir", str(tmp_path / "r1")])
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-5000:]
