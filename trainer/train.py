@@ -884,9 +884,10 @@ def _adapt_anchors(
     --freeze-layers run's cache, from which the training representations are computed (the top
     layers only). ``run_dir``: where a window run keeps the train and dev representations
     (STAGE2_REPS_FILE; encoding all of train again is most of stage 2's time, 15-20 minutes for a
-    110M encoder on a 2-core CPU), so that a run stopped in stage 2 resumes without it. ``stop``: checked once the
-    representations are kept and after every anchor epoch; stage 2 then starts over on resume,
-    which gives the same anchors (its only randomness is a generator seeded from the config).
+    110M encoder on a 2-core CPU), so that a run stopped in stage 2 resumes without it.
+    ``stop``: checked once the representations are kept and after every anchor epoch; stage 2
+    then starts over on resume, which gives the same anchors (its only randomness is a generator
+    seeded from the config).
     """
     device = anchors0.device
     reps_file = run_dir / STAGE2_REPS_FILE if run_dir is not None and turn is None else None

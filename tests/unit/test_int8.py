@@ -103,7 +103,7 @@ def test_an_int8_version_is_a_third_of_fp32_and_loads_close_to_the_original(tmp_
     with safe_open(str(int8 / "encoder" / INT8_WEIGHTS_FILE), "pt") as f:
         assert f.metadata() == {"format": FORMAT}
     size = {p: (p / "encoder" / n).stat().st_size for p, n in ((fp32, "model.safetensors"), (int8, INT8_WEIGHTS_FILE))}
-    assert size[int8] < 0.33 * size[fp32]  # 1 byte a value + 4 per block of 16
+    assert size[int8] < 0.33 * size[fp32]  # 1 byte a value + 4 per block of 32; outlier matrices 2 a value
     _, reference = load_default_encoder()
     _, encoder, _, _ = load_version_files(int8)
     assert not encoder.training
