@@ -319,14 +319,36 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+DEFAULT_OUT = "bench_escalations"
+
+
+def check_out(out: str, skip_throughput: bool) -> None:
+    """Refuse an output name that is not a plain file stem, and a quality-only run over the full
+    benchmark's files (which would drop their throughput table)."""
+    if not out or Path(out).name != out or out.startswith("."):
+        raise SystemExit(f"--out takes a file name without folder, like bench_escalations_mymodel; got {out!r}")
+    if skip_throughput and out == DEFAULT_OUT:
+        raise SystemExit(
+            f"--skip-throughput would overwrite docs/benchmarks/{DEFAULT_OUT}.md without its throughput table; "
+            "give the quality-only figures their own name with --out, e.g. --out bench_escalations_mymodel"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--predictions", type=Path, default=Path("/tmp/dev_preds.jsonl"))
     parser.add_argument("--store", type=Path, default=ROOT / "models")
     parser.add_argument("--copies", type=int, default=10, help="copies of MELD dev in the throughput backlog")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true", help="quality only; needs --out")
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help="name of the docs/benchmarks/NAME.json and .md it writes (another model's figures go beside, "
+        "not over, the shipped ones)",
+    )
     args = parser.parse_args()
+    check_out(args.out, args.skip_throughput)
     if not args.predictions.is_file():
         raise SystemExit(
             f"{args.predictions} is missing; make it with: erc-train evaluate --store {args.store} "
@@ -413,7 +435,7 @@ def main() -> None:
         "machine_before": before,
         "machine_after": after,
     }
-    write_results("bench_escalations", payload, "\n".join(md))
+    write_results(args.out, payload, "\n".join(md))
 
 
 if __name__ == "__main__":

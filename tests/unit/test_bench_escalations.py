@@ -46,3 +46,13 @@ def test_even_count_median_and_nothing_called_negative(bench):
     none = bench.turn_level([[_turn(bench, "anger", "neutral", 0.9)]])
     assert none["negative_recall"] == 0.0 and none["negative_precision"] is None
     assert none["median_confidence_predicted_negative"] is None
+
+
+def test_out_name_is_checked_and_quality_only_runs_do_not_overwrite_the_full_file(bench):
+    bench.check_out("bench_escalations", skip_throughput=False)
+    bench.check_out("bench_escalations_mpnet", skip_throughput=True)
+    with pytest.raises(SystemExit, match="without its throughput table"):
+        bench.check_out("bench_escalations", skip_throughput=True)
+    for bad in ("", "docs/x", "../x", ".hidden"):
+        with pytest.raises(SystemExit, match="file name without folder"):
+            bench.check_out(bad, skip_throughput=False)
