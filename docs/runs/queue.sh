@@ -140,5 +140,4 @@ run meld-mpnet-w2 meld --architecture window --encoder mpnet-base --epochs 2 --l
 # thirds of the work, and stage 2 encodes train from the cache. Same settings otherwise.
 run meld-mpnet-w3-f4 meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --freeze-layers 4 --checkpoint-every-steps 100
 # With 4 frozen layers a step took 3.75 s (3 epochs about 2 h, with stage 2 past the session's end),
-# so the run that fits is 6 frozen layers (a step trains half the encoder).
-run meld-mpnet-w3-f6 meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --freeze-layers 6 --checkpoint-every-steps 100
+# so session 16 ran section 8's meld-mpnet-w3-f6 instead (6 frozen layers, the default lr 5e-5).
