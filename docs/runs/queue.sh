@@ -135,7 +135,7 @@ run abl1-s2-short meld "${A[@]}" --stage2-epochs 5 --stage2-lr 1e-3
 # epoch 2 already cleared its ship rule). Same settings otherwise.
 run meld-mpnet-w2 meld --architecture window --encoder mpnet-base --epochs 2 --lr 2e-5 --checkpoint-every-steps 100
 # 13. Session 16. The 3-epoch recipe measured 5.3 s a step on this session's 2-core AMD EPYC (session
-# 12's was 3.8-4.0), 2.6 h of stage 1 alone: it does not fit a 3-hour session. With the lower 4 of
+# 12's was 3.8-4.0), about 2.8 h of stage 1 alone: it does not fit a 3-hour session. With the lower 4 of
 # 12 layers frozen and their output cached (--freeze-layers), a step trains 8 layers, about two
 # thirds of the work, and stage 2 encodes train from the cache. Same settings otherwise.
 run meld-mpnet-w3-f4 meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --freeze-layers 4 --checkpoint-every-steps 100
