@@ -141,3 +141,7 @@ run meld-mpnet-w2 meld --architecture window --encoder mpnet-base --epochs 2 --l
 run meld-mpnet-w3-f4 meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --freeze-layers 4 --checkpoint-every-steps 100
 # With 4 frozen layers a step took 3.75 s (3 epochs about 2 h, with stage 2 past the session's end),
 # so session 16 ran section 8's meld-mpnet-w3-f6 instead (6 frozen layers, the default lr 5e-5).
+# 14. Session 17. A second seed of meld-mpnet-w3-f6 (section 8), for its seed spread and as a candidate
+# under a ship rule written before it started; the frozen-layer cache does not depend on the seed.
+reuse_cache meld-mpnet-w3-f6 meld-mpnet-w3-f6-s43
+run meld-mpnet-w3-f6-s43 meld --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 43
