@@ -153,8 +153,8 @@ def fit(
     ),
     distill_from: Path | None = typer.Option(
         None,
-        help="a published version folder (e.g. models/meld-main) to distill from: its calibrated predictions "
-        "on the training set become a second target (KL, weight --distill-weight)",
+        help="a published version folder (e.g. models/<the version in models/CURRENT>) to distill from: its "
+        "calibrated predictions on the training set become a second target (KL, weight --distill-weight)",
     ),
     distill_weight: float = typer.Option(_D["distill_weight"], help="weight of the distillation loss"),
     weights_dtype: str = typer.Option(
@@ -334,6 +334,7 @@ def repack(
     data_dir: Path | None = typer.Option(None, envvar="ERC_DATA_DIR"),
     make_current: bool = typer.Option(False, "--make-current/--no-make-current", help="point CURRENT at it"),
     channel: str = typer.Option("", help="with --make-current: point CURRENT.<channel> at it instead"),
+    device: str = typer.Option("cpu", help="where both versions are scored in fp32: cpu, or cuda on a GPU machine"),
 ) -> None:
     """Republish a version with 16- or 8-bit encoder weights; keep it only if dev predictions hold up."""
     _setup()
@@ -344,7 +345,7 @@ def repack(
     try:
         r = run_repack(store, version, out_store=target, out_version=name, weights_dtype=weights_dtype,
                        max_drop_points=max_drop_points, data_dir=data_dir, make_current=make_current,
-                       channel=channel)  # fmt: skip
+                       channel=channel, device=device)  # fmt: skip
     except (ErcError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     console.print(

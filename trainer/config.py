@@ -166,7 +166,7 @@ class TrainConfig:
         if self.distill_from is not None and not (Path(self.distill_from) / "manifest.json").is_file():
             raise ConfigError(
                 f"distill_from={str(self.distill_from)!r} is not a model version folder (no manifest.json); "
-                "pass a version folder of a store, e.g. models/meld-main"
+                "pass a version folder of a store, e.g. models/<the version models/CURRENT names>"
             )
         if self.descriptions is not None and not Path(self.descriptions).is_file():
             raise ConfigError(f"descriptions={str(self.descriptions)!r} does not exist; pass a JSON descriptions file")

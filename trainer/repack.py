@@ -2,9 +2,9 @@
 
 The version is republished through the same atomic, checksummed publish path with
 ``weights_dtype`` fp16 or bf16 (about half the bytes) or 8 bits (erc_stream.int8),
-then both versions are scored on the
-dev split with fp32 serving. The repacked version is kept only when its dev weighted F1 is
-within ``max_drop_points`` of the original's; otherwise it is removed and the caller is told.
+then both versions are scored on the dev split with fp32 serving (on the CPU unless ``device``
+says otherwise). The repacked version is kept only when its dev weighted F1 is within
+``max_drop_points`` of the original's; otherwise it is removed and the caller is told.
 A kept version's manifest then describes what it serves: ``metrics.dev`` is re-measured on the
 stored weights (``erc-train evaluate`` reproduces it), the original's figures stay as
 ``metrics.dev_before_repack`` and ``repacked_from`` names the source. The manifest is rewritten
@@ -61,6 +61,7 @@ def repack(
     make_current: bool = False,
     max_conversations: int | None = None,
     channel: str = "",
+    device: str = "cpu",
 ) -> RepackResult:
     src = version_path(store, version)
     manifest, encoder, tokenizer, head = load_version_files(src)
@@ -84,7 +85,7 @@ def repack(
     spec = DATASETS[dataset]
     runs = []
     for vdir in (src, path):
-        predictor = load_predictor(vdir, device="cpu", dtype="fp32")
+        predictor = load_predictor(vdir, device=device, dtype="fp32")
         res = predict_conversations(predictor, convs, batch_size=64, progress=True)
         m = compute_metrics(res.gold, res.predictions.label_ids.tolist(), predictor.labels, spec.neutral_label)
         runs.append((m, res.predictions))

@@ -73,6 +73,9 @@ run meld-window-minilm-e3-sqrtw meld --architecture window --epochs 3 --class-we
 # 3. EmoryNLP, default encoder.
 run emorynlp-window-minilm-e3 emorynlp --architecture window --epochs 3
 # 4. The base-size encoder on MELD (about 5x the default's cost per step).
+# Session 18 ran this recipe (both lines) on a lent H200 with docs/runs/gpu_mpnet.py, seeds 42-44, about
+# 4 minutes for three seeds side by side: MELD 0.6278 +- 0.0033 (seed 43 shipped as meld-mpnet-w3-s43),
+# EmoryNLP 0.4226 +- 0.0104 (not shipped); docs/results.md "Session 18". On this CPU: about 2.8 h of stage 1.
 run meld-mpnet-w3 meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100
 run emorynlp-mpnet-w3 emorynlp --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100
 # 5. mpnet-base with its lower 9 of 12 layers frozen and their output cached once per prompt

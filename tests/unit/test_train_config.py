@@ -57,7 +57,7 @@ def test_a_bad_value_names_the_field_and_the_value(field, value):
 
 
 def test_distill_from_must_be_a_version_folder(tmp_path):
-    with pytest.raises(ConfigError, match="not a model version folder .*e.g. models/meld-main"):
+    with pytest.raises(ConfigError, match="not a model version folder .*e.g. models/<the version models/CURRENT"):
         TrainConfig(distill_from=tmp_path)
     (tmp_path / "manifest.json").write_text("{}", encoding="utf-8")
     cfg = TrainConfig(distill_from=tmp_path, distill_weight=0.5)

@@ -30,7 +30,8 @@ from trainer.datasets import Conversation, Utterance
 from trainer.evaluate import predict_conversations
 
 ROOT = Path(__file__).resolve().parents[2]
-MAIN_MODEL = ROOT / "models" / "meld-main"
+# The shipped MELD model: the version models/CURRENT names.
+MAIN_MODEL = ROOT / "models" / (ROOT / "models" / "CURRENT").read_text(encoding="utf-8").strip()
 TURN = "test-turn-v1"
 WINDOW = "test-window-v1"
 
