@@ -21,7 +21,7 @@ from pathlib import Path
 
 from erc_stream.artifact import load_version_files, publish_version, version_path
 from erc_stream.errors import ArtifactError
-from erc_stream.model import load_predictor
+from erc_stream.model import load_predictor, resolve_device
 from trainer.datasets import DATASETS, load_split
 from trainer.evaluate import compute_metrics, predict_conversations
 
@@ -63,6 +63,7 @@ def repack(
     channel: str = "",
     device: str = "cpu",
 ) -> RepackResult:
+    resolve_device(device)  # a bad or missing device stops here, before anything is published
     src = version_path(store, version)
     manifest, encoder, tokenizer, head = load_version_files(src)
     kept = {k: v for k, v in manifest.items() if k not in _WRITTEN_BY_PUBLISH}

@@ -85,3 +85,18 @@ def test_int8_repack_quarters_the_encoder_and_serves_through_the_predictor(tmp_p
     assert 0.0 <= r.agreement <= 1.0 and r.max_score_diff < 0.1
     predictor = load_predictor(r.path, device="cpu", dtype="fp32")
     assert list(predictor.labels) == manifest["labels"]
+
+
+def test_a_device_that_is_not_there_stops_the_repack_before_anything_is_published(tmp_path):
+    """`--device cuda` scores on the GPU machine it was meant for; elsewhere it says so up front."""
+    import torch
+
+    from erc_stream.errors import ConfigError
+
+    publish_test_model(tmp_path / "store", "v1")
+    bad = ["tpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        with pytest.raises(ConfigError, match="device"):
+            repack(tmp_path / "store", "v1", out_store=tmp_path / "out", out_version="v1-fp16", data_dir=DATA_DIR,
+                   max_conversations=2, device=device)  # fmt: skip
+        assert not (tmp_path / "out").exists()
