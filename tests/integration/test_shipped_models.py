@@ -39,7 +39,7 @@ POINTERS = _pointers()
 
 
 def _retiring() -> list[str]:
-    """Versions listed in models/RETIRING: replaced under another name, removed by the next stop."""
+    """Versions listed in models/RETIRING: replaced under another name, to be removed by a later stop."""
     path = STORE / "RETIRING"
     if not path.is_file():
         return []
@@ -59,7 +59,7 @@ def test_the_store_serves_meld_by_default_and_every_pointer_names_a_shipped_vers
         dataset = _manifest(version)["dataset"]
         assert dataset == (channel or "meld"), f"{version} ({channel or 'CURRENT'}) was trained on {dataset}"
     # Every shipped version is served by some pointer, or is listed in models/RETIRING (a version
-    # replaced under a new name, which the next stop removes): nothing else dead weighs on the history.
+    # replaced under a new name, which a later stop removes): nothing else dead weighs on the history.
     retiring = _retiring()
     served = {v for _, v in POINTERS}
     assert not served & set(retiring), f"a pointer names a version listed in models/RETIRING: {served & set(retiring)}"
