@@ -222,7 +222,9 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
         await producer.stop()
 
 
-def throughput(convs: list[list[Turn]], copies: int, batch_bytes: int, partitions: int) -> dict[str, Any]:
+def throughput(
+    convs: list[list[Turn]], copies: int, batch_bytes: int, partitions: int, model_version: str
+) -> dict[str, Any]:
     import psutil
 
     records: list[tuple[bytes, bytes]] = []
@@ -244,7 +246,7 @@ def throughput(convs: list[list[Turn]], copies: int, batch_bytes: int, partition
                                 "emotion": t.predicted,
                                 "confidence": t.confidence,
                                 "scores": t.scores,
-                                "model_version": "meld-main",
+                                "model_version": model_version,
                                 "produced_at": now,
                                 "ts": None,
                             }
@@ -358,7 +360,10 @@ def main() -> None:
     convs, model = load_turns(args.predictions, args.store)
     q = quality(convs)
     turns = turn_level(convs)
-    runs = [] if args.skip_throughput else [throughput(convs, args.copies, b, args.partitions) for b in (1, 16384)]
+    runs = [
+        throughput(convs, args.copies, b, args.partitions, model["version"])
+        for b in (() if args.skip_throughput else (1, 16384))
+    ]
     after = machine_info()
 
     rows = [
