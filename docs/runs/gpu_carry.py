@@ -77,6 +77,21 @@ def pack(encoder: Path, out: Path, parts: int) -> None:
           f"sha256 {digest[:16]}")  # fmt: skip
 
 
+def read_header(blob: bytes, source: Path) -> tuple[dict, int]:
+    """A pack's header (index, sizes, small files) and where its data starts; the first piece holds it."""
+    if not blob.startswith(MAGIC):
+        raise SystemExit(f"{source} is not a gpu_carry pack")
+    (n,) = struct.unpack("<Q", blob[8:16])
+    return json.loads(blob[16 : 16 + n]), 16 + n
+
+
+def write_small_files(head: dict, dest: Path) -> None:
+    """The encoder's config and tokenizer files carried in a pack's header."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, hexdata in head["files"].items():
+        (dest / name).write_bytes(bytes.fromhex(hexdata))
+
+
 def unpack(parts_dir: Path, dest: Path) -> None:
     import numpy as np
     import torch
@@ -90,11 +105,7 @@ def unpack(parts_dir: Path, dest: Path) -> None:
     got = hashlib.sha256(blob).hexdigest()
     if want is not None and want != got:
         raise SystemExit(f"pieces in {parts_dir} do not add up: sha256 {got[:16]}, expected {want[:16]}")
-    if not blob.startswith(MAGIC):
-        raise SystemExit(f"{parts[0]} is not a gpu_carry pack")
-    (n,) = struct.unpack("<Q", blob[8:16])
-    head = json.loads(blob[16 : 16 + n])
-    at = 16 + n
+    head, at = read_header(blob, parts[0])
     hi = np.frombuffer(lzma.decompress(blob[at : at + head["hi_xz"]]), dtype=np.uint8)
     at += head["hi_xz"]
     lo = np.frombuffer(blob[at : at + head["lo"]], dtype=np.uint8)
@@ -109,10 +120,8 @@ def unpack(parts_dir: Path, dest: Path) -> None:
             continue
         weights[item["name"]] = values[pos : pos + item["n"]].reshape(item["shape"]).float().contiguous()
         pos += item["n"]
-    dest.mkdir(parents=True, exist_ok=True)
+    write_small_files(head, dest)
     save_file(weights, str(dest / "model.safetensors"))
-    for name, hexdata in head["files"].items():
-        (dest / name).write_bytes(bytes.fromhex(hexdata))
     print(f"unpacked {len(weights)} tensors into {dest} (fp32 from bf16; sha256 of the pack {got[:16]})")
 
 

@@ -87,19 +87,14 @@ def recv() -> None:
 
 def _random_encoder() -> Path:
     """An encoder folder of the carried config and tokenizer with random weights (for `smoke`)."""
-    import struct
-
+    from gpu_carry import read_header, write_small_files  # beside this script
     from transformers import AutoConfig, AutoModel
 
     dest = W / "random-encoder"
     if (dest / "model.safetensors").is_file():
         return dest
-    blob = (W / "parts" / "encoder.part1").read_bytes()
-    (n,) = struct.unpack("<Q", blob[8:16])
-    files = json.loads(blob[16 : 16 + n])["files"]
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, hexdata in files.items():
-        (dest / name).write_bytes(bytes.fromhex(hexdata))
+    part1 = W / "parts" / "encoder.part1"
+    write_small_files(read_header(part1.read_bytes(), part1)[0], dest)
     AutoModel.from_config(AutoConfig.from_pretrained(dest)).save_pretrained(dest)
     return dest
 

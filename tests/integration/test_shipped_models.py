@@ -60,12 +60,12 @@ def test_the_store_serves_meld_by_default_and_every_pointer_names_a_shipped_vers
         assert dataset == (channel or "meld"), f"{version} ({channel or 'CURRENT'}) was trained on {dataset}"
     # Every shipped version is served by some pointer, or is listed in models/RETIRING (a version
     # replaced under a new name, which a later stop removes): nothing else dead weighs on the history.
-    retiring = _retiring()
+    retiring = set(_retiring())
     served = {v for _, v in POINTERS}
-    assert not served & set(retiring), f"a pointer names a version listed in models/RETIRING: {served & set(retiring)}"
-    missing = set(retiring) - set(versions)
+    assert not served & retiring, f"a pointer names a version listed in models/RETIRING: {served & retiring}"
+    missing = retiring - set(versions)
     assert not missing, f"models/RETIRING names versions not in models/: {missing}"
-    assert sorted(served | set(retiring)) == versions, f"versions no pointer names: {set(versions) - served}"
+    assert sorted(served | retiring) == versions, f"versions no pointer names: {set(versions) - served}"
 
 
 @pytest.mark.parametrize("version", list_versions(STORE))

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from erc_stream.artifact import (
     load_version_files,
     manifest_architecture,
+    read_current,
     read_manifest,
     sha256_file,
     validate_manifest,
@@ -30,8 +31,7 @@ from trainer.datasets import Conversation, Utterance
 from trainer.evaluate import predict_conversations
 
 ROOT = Path(__file__).resolve().parents[2]
-# The shipped MELD model: the version models/CURRENT names.
-MAIN_MODEL = ROOT / "models" / (ROOT / "models" / "CURRENT").read_text(encoding="utf-8").strip()
+MAIN_MODEL = ROOT / "models" / str(read_current(ROOT / "models"))  # the shipped MELD model
 TURN = "test-turn-v1"
 WINDOW = "test-window-v1"
 
