@@ -149,3 +149,16 @@ run meld-mpnet-w3-f4 meld --architecture window --encoder mpnet-base --epochs 3 
 # Session 17: final dev weighted F1 0.6209, macro 0.4821 (fear 0.333, disgust 0.200); not shipped (results.md).
 reuse_cache meld-mpnet-w3-f6 meld-mpnet-w3-f6-s43
 run meld-mpnet-w3-f6-s43 meld --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 43
+# 15. Session 19. Section 11's four lever rows (never run: the CPU went to mpnet-base), and the full
+# row again in bf16 so that the ablation table has one precision on a CPU with native bf16 (its two
+# full rows of session 9 trained in fp32). Two queues side by side, one thread each:
+#   OMP_NUM_THREADS=1 bash docs/runs/queue.sh '^abl1-(anon|l2-03|full-bf16)$'
+#   OMP_NUM_THREADS=1 bash docs/runs/queue.sh '^abl1-(eacl-lr|s2-short)$'
+run abl1-full-bf16 meld "${A[@]}" --dtype bf16
+# 16. Session 19. Two of issue 11's levers on EmoryNLP at the shipped model's own budget and seed
+# (emorynlp-window-minilm-e3-s44: MiniLM, 3 epochs, seed 44, bf16 on a CPU with native bf16, dev
+# 0.3928): speakers shown as "speaker 1, 2, ..." and class-weighted cross-entropy (sqrt of inverse
+# frequency; peaceful and powerful are found almost never). Measurements for the GPU recipe; by the
+# rule written before they started (results.md, "Session 19") neither ships.
+run emorynlp-window-minilm-e3-s44-anon emorynlp --architecture window --epochs 3 --seed 44 --checkpoint-every-steps 100 --speakers anonymous
+run emorynlp-window-minilm-e3-s44-sqrtw emorynlp --architecture window --epochs 3 --seed 44 --checkpoint-every-steps 100 --class-weighting sqrt_inverse
