@@ -30,6 +30,7 @@ from trainer.config import DEFAULTS
 ABLATION = [
     ("full", "EACL, full method (descriptions-file anchors, SupCon + angle + CE, stage 2)", "after"),
     ("full-s43", "the full method again, seed 43 (seed noise)", "after"),
+    ("full-bf16", "the full method again, seed 42, trained in bf16 (session 19)", "after"),
     ("no-angle", "without the angle loss (λ2 = 0)", "after"),
     ("full", "without stage 2 (stage-1 anchors of the full run)", "before"),
     ("no-ce", "without cross-entropy (λ1 = 1)", "after"),
