@@ -64,9 +64,12 @@ run meld-turn-minilm-e3-k8-b32 meld --architecture turn --epochs 3 --context-tur
 # window model's calibrated predictions on the training set (KL, weight 1), what reading the past
 # turns' text adds. Three seeds. These ran in session 6 with the session-3 meld-main as teacher
 # (seed 42, dev 0.5881; git 9c03a32 has it); session 10 replaced models/meld-main with seed 44.
-run meld-turn-minilm-e3-k8-kd meld --architecture turn --epochs 3 --context-turns 8 --distill-from models/meld-main
-run meld-turn-minilm-e3-k8-kd-s43 meld --architecture turn --epochs 3 --context-turns 8 --distill-from models/meld-main --seed 43
-run meld-turn-minilm-e3-k8-kd-s44 meld --architecture turn --epochs 3 --context-turns 8 --distill-from models/meld-main --seed 44
+# models/meld-main is no longer in the store (session 19); to run these again, restore that teacher
+# first: mkdir -p $RUNS/teacher && git archive 9c03a32 models/meld-main | tar -x -C $RUNS/teacher
+KD_TEACHER=${KD_TEACHER:-$RUNS/teacher/models/meld-main}
+run meld-turn-minilm-e3-k8-kd meld --architecture turn --epochs 3 --context-turns 8 --distill-from "$KD_TEACHER"
+run meld-turn-minilm-e3-k8-kd-s43 meld --architecture turn --epochs 3 --context-turns 8 --distill-from "$KD_TEACHER" --seed 43
+run meld-turn-minilm-e3-k8-kd-s44 meld --architecture turn --epochs 3 --context-turns 8 --distill-from "$KD_TEACHER" --seed 44
 run meld-window-minilm-e3 meld --architecture window --epochs 3
 # 2. Rare classes: the same window run with class-weighted cross-entropy.
 run meld-window-minilm-e3-sqrtw meld --architecture window --epochs 3 --class-weighting sqrt_inverse
