@@ -165,3 +165,7 @@ run abl1-full-bf16 meld "${A[@]}" --dtype bf16
 # rule written before they started (results.md, "Session 19") neither ships.
 run emorynlp-window-minilm-e3-s44-anon emorynlp --architecture window --epochs 3 --seed 44 --checkpoint-every-steps 100 --speakers anonymous
 run emorynlp-window-minilm-e3-s44-sqrtw emorynlp --architecture window --epochs 3 --seed 44 --checkpoint-every-steps 100 --class-weighting sqrt_inverse
+# 17. Session 20. No GPU lent again: session 18's note says the 6-frozen-layer mpnet-base recipe
+# (section 8's meld-mpnet-w3-f6, on MELD 0.6202 +- 0.0010 over two seeds) fits a session on this CPU,
+# so it goes on EmoryNLP, seed 42, under the ship rule written before it started (results.md "Session 20").
+run emorynlp-mpnet-w3-f6 emorynlp --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16
