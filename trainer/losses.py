@@ -209,7 +209,9 @@ def stage1_loss(
     return total, dict(zip(("loss", "sup", "angle", "ce"), values, strict=True))
 
 
-def anchor_adaptation_loss(reps: Tensor, labels: Tensor, anchors: Tensor, temperature: float) -> Tensor:
+def anchor_adaptation_loss(
+    reps: Tensor, labels: Tensor, anchors: Tensor, temperature: float, class_weights: Tensor | None = None
+) -> Tensor:
     """Stage-2 loss: cross-entropy of ``cos(r, a_c) / tau`` with the encoder frozen.
 
     ``reps`` is detached here, so only the anchors receive a gradient even if the caller
@@ -220,13 +222,15 @@ def anchor_adaptation_loss(reps: Tensor, labels: Tensor, anchors: Tensor, temper
         labels: (B,) integer labels in [0, C).
         anchors: (C, D) emotion anchors being adapted.
         temperature: tau > 0.
+        class_weights: (C,) weights per gold class, as in stage 1's cross-entropy (rare classes up),
+            or None for the plain mean; with weights the mean is weighted (PyTorch's convention).
 
     Returns:
         Scalar float32 loss (mean over the batch).
     """
     _check_temperature(temperature)
     _check_batch(reps, labels, anchors)
-    return F.cross_entropy(cosine_logits(reps.detach(), anchors, temperature), labels.long())
+    return F.cross_entropy(cosine_logits(reps.detach(), anchors, temperature), labels.long(), weight=class_weights)
 
 
 TRIPLET_MINING = ("batch_hard", "semi_hard")

@@ -887,7 +887,8 @@ def _adapt_anchors(
     110M encoder on a 2-core CPU), so that a run stopped in stage 2 resumes without it.
     ``stop``: checked once the representations are kept and after every anchor epoch; stage 2
     then starts over on resume, which gives the same anchors (its only randomness is a generator
-    seeded from the config).
+    seeded from the config). A class-weighted run (``cfg.class_weighting``) weights this
+    cross-entropy as it weighted stage 1's.
     """
     device = anchors0.device
     reps_file = run_dir / STAGE2_REPS_FILE if run_dir is not None and turn is None else None
@@ -931,6 +932,11 @@ def _adapt_anchors(
     _stop_in_stage2(stop, 0, run_dir, reps_file)
     train_y = torch.tensor([y for _, y in train_ex], device=device)
     dev_y = [y for _, y in dev_ex]
+    # The class weights of stage 1's cross-entropy: without them stage 2 pulls the anchors back
+    # towards the frequent classes (session 21: a class-weighted mpnet-base run's rare classes).
+    class_weights = _class_weights(cfg, train_ex, len(labels))
+    if class_weights is not None:
+        class_weights = class_weights.to(device)
     anchors = nn.Parameter(anchors0.detach().clone())
     opt = torch.optim.Adam([anchors], lr=cfg.stage2_lr)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -949,7 +955,7 @@ def _adapt_anchors(
         perm = torch.randperm(len(train_r), generator=gen).to(device)
         for i in range(0, len(perm), 256):
             idx = perm[i : i + 256]
-            loss = anchor_adaptation_loss(train_r[idx], train_y[idx], anchors, cfg.temperature)
+            loss = anchor_adaptation_loss(train_r[idx], train_y[idx], anchors, cfg.temperature, class_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -964,6 +970,7 @@ def _adapt_anchors(
         "best_epoch": best_epoch,
         "dev_weighted_f1_before": round(start_f1, 4),
         "dev_weighted_f1_after": round(best_f1, 4),
+        **({"class_weighting": cfg.class_weighting} if class_weights is not None else {}),
     }
 
 

@@ -321,6 +321,18 @@ def test_anchor_adaptation_loss_hand_cross_entropy() -> None:
     assert anchors.grad is not None and anchors.grad.abs().sum() > 0
 
 
+def test_anchor_adaptation_loss_class_weights_weight_the_mean() -> None:
+    reps, labels, anchors = _stage1_example()
+    # The two terms of the test above, u0 (label 0) and u1 (label 1), weighted 3 and 1:
+    # PyTorch's weighted mean is (3 * l0 + 1 * l1) / (3 + 1).
+    l0, l1 = math.log(math.exp(2) + math.e) - 2, math.log(1 + math.exp(2 * H)) - 2 * H
+    loss = anchor_adaptation_loss(reps, labels, anchors, 0.5, torch.tensor([3.0, 1.0]))
+    assert loss.item() == pytest.approx((3 * l0 + l1) / 4, rel=1e-6)
+    # Equal weights are the plain mean again.
+    same = anchor_adaptation_loss(reps, labels, anchors, 0.5, torch.tensor([2.0, 2.0]))
+    assert same.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
 # --- argument validation -------------------------------------------------------------------------
 
 
