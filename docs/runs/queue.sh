@@ -175,3 +175,6 @@ run emorynlp-mpnet-w3-f6 emorynlp --architecture window --encoder mpnet-base --e
 # which on MiniLM (section 16) lifted peaceful 0.055 -> 0.179 and powerful 0.024 -> 0.103 for 0.4
 # points of weighted F1. Judged by the rule written before it started (results.md "Session 21").
 run emorynlp-mpnet-w3-f6-sqrtw emorynlp --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --class-weighting sqrt_inverse
+# Session 21: final dev weighted F1 0.4138 (8-bit 0.4130), macro 0.3164, peaceful 0.088, powerful 0.000;
+# with stage 2 weighted as well (b70c65b; same stage 1, resumed from a hard-linked copy of the run
+# folder): 0.3993, macro 0.3161, powerful 0.090. Neither shipped (results.md "Session 21").

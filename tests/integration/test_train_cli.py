@@ -188,6 +188,21 @@ def test_anonymous_speakers_reach_the_manifest_and_the_loaded_model(tmp_path):
     assert {k: m[k] for k in HEADLINE} == manifest["metrics"]["dev"]
 
 
+def test_class_weighting_reaches_stage_2(tmp_path, fitted):
+    """`--class-weighting` weights stage 2's anchor cross-entropy too (session 21: with the weights
+    in stage 1 only, stage 2 pulled the anchors back towards the frequent classes); the manifest's
+    stage-2 record says so, and an unweighted run's does not."""
+    store = tmp_path / "store"
+    proc = erc_train("fit", "--dataset", "meld", "--class-weighting", "inverse", "--epochs", "0",
+                     "--stage2-epochs", "2", "--max-train-conversations", "3", "--max-dev-conversations", "2",
+                     "--context-turns", "1", "--store", str(store), *PIN)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stage2 = json.loads((only_version(store) / "manifest.json").read_text())["training"]["stage2"]
+    assert stage2["enabled"] and stage2["epochs"] == 2
+    assert stage2["class_weighting"] == "inverse"
+    assert "class_weighting" not in fitted[3]["training"]["stage2"]
+
+
 def test_bad_speakers_flag_names_the_valid_ones(tmp_path):
     proc = erc_train("fit", "--dataset", "meld", "--speakers", "pseudonyms", "--store", str(tmp_path / "s"))
     assert proc.returncode != 0
