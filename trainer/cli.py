@@ -100,7 +100,8 @@ def fit(
     lambda2: float = typer.Option(_D["lambda2"], help="weight of the anchor-angle loss"),
     temperature: float = typer.Option(_D["temperature"], help="tau of the cosine logits"),
     class_weighting: str = typer.Option(
-        _D["class_weighting"], help="cross-entropy class weights (stages 1 and 2): none, inverse or sqrt_inverse (rare classes up)"
+        _D["class_weighting"],
+        help="cross-entropy class weights in stages 1 and 2: none, inverse or sqrt_inverse (rare classes up)",
     ),
     stage2: bool = typer.Option(_D["stage2"], "--stage2/--no-stage2", help="anchor adaptation after stage 1"),
     stage2_epochs: int = typer.Option(_D["stage2_epochs"], help="anchor-adaptation epochs"),
