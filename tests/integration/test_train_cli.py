@@ -189,9 +189,8 @@ def test_anonymous_speakers_reach_the_manifest_and_the_loaded_model(tmp_path):
 
 
 def test_class_weighting_reaches_stage_2(tmp_path, fitted):
-    """`--class-weighting` weights stage 2's anchor cross-entropy too (session 21: with the weights
-    in stage 1 only, stage 2 pulled the anchors back towards the frequent classes); the manifest's
-    stage-2 record says so, and an unweighted run's does not."""
+    """A class-weighted run's manifest says its stage 2 was weighted too, an unweighted run's does
+    not (that the weights move the anchors: tests/unit/test_stage2_weights.py)."""
     store = tmp_path / "store"
     proc = erc_train("fit", "--dataset", "meld", "--class-weighting", "inverse", "--epochs", "0",
                      "--stage2-epochs", "2", "--max-train-conversations", "3", "--max-dev-conversations", "2",
