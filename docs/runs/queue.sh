@@ -178,3 +178,8 @@ run emorynlp-mpnet-w3-f6-sqrtw emorynlp --architecture window --encoder mpnet-ba
 # Session 21: final dev weighted F1 0.4138 (8-bit 0.4130), macro 0.3164, peaceful 0.088, powerful 0.000;
 # with stage 2 weighted as well (b70c65b; same stage 1, resumed from a hard-linked copy of the run
 # folder): 0.3993, macro 0.3161, powerful 0.090. Neither shipped (results.md "Session 21").
+# 19. Session 22. No GPU lent. A second seed of the shipped EmoryNLP recipe (section 17), for its seed
+# spread and as a candidate under the rule written before it started (results.md "Session 22"). The
+# frozen-layer cache depends on neither the seed nor the class weights: section 18's is reused.
+reuse_cache emorynlp-mpnet-w3-f6-sqrtw emorynlp-mpnet-w3-f6-s43
+run emorynlp-mpnet-w3-f6-s43 emorynlp --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 43
