@@ -183,3 +183,6 @@ run emorynlp-mpnet-w3-f6-sqrtw emorynlp --architecture window --encoder mpnet-ba
 # frozen-layer cache depends on neither the seed nor the class weights: section 18's is reused.
 reuse_cache emorynlp-mpnet-w3-f6-sqrtw emorynlp-mpnet-w3-f6-s43
 run emorynlp-mpnet-w3-f6-s43 emorynlp --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 43
+# Session 22: seed 43 ended at dev weighted F1 0.4162 (fp16), macro 0.3205; not shipped. A third seed:
+reuse_cache emorynlp-mpnet-w3-f6-sqrtw emorynlp-mpnet-w3-f6-s44
+run emorynlp-mpnet-w3-f6-s44 emorynlp --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 44
