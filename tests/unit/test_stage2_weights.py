@@ -31,12 +31,15 @@ def _split(n_frequent: int, n_rare: int, seed: int) -> tuple[list[tuple[Prompt, 
     return examples, reps
 
 
+TRAIN = _split(90, 10, seed=0)
+DEV = _split(90, 10, seed=1)
+
+
 def _stage2(tmp_path, class_weighting: str) -> tuple[torch.Tensor, dict]:
     cfg = TrainConfig(store=tmp_path / "s", run_dir=tmp_path / "r", class_weighting=class_weighting,
                       stage2_epochs=30, stage2_lr=0.05)  # fmt: skip
     model = nn.Linear(2, 2)  # stands in for the frozen encoder's weights in the representations' fingerprint
-    train_ex, train_r = _split(90, 10, seed=0)
-    dev_ex, dev_r = _split(90, 10, seed=1)
+    (train_ex, train_r), (dev_ex, dev_r) = TRAIN, DEV
     run_dir = tmp_path / class_weighting
     run_dir.mkdir()
     fingerprint = _reps_fingerprint(model, train_ex, dev_ex)
@@ -52,7 +55,7 @@ def test_class_weights_reach_stage_2(tmp_path):
     assert "class_weighting" not in plain_info
     assert weighted_info["class_weighting"] == "inverse"
     # Rare class up: with the weights, more training utterances are nearer the rare anchor.
-    _, train_r = _split(90, 10, seed=0)
+    _, train_r = TRAIN
 
     def rare_calls(anchors: torch.Tensor) -> int:
         return int(cosine_logits(train_r, anchors, 0.1).argmax(1).sum())
