@@ -9,6 +9,7 @@ its predictions mean nothing, but every byte goes through the real artifact code
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from pathlib import Path
@@ -72,9 +73,16 @@ def publish_test_model(
     make_current: bool = True,
     channel: str = "",
     weights_dtype: str = "fp32",
+    encoder_shift: float = 0.0,
 ) -> Path:
-    """Publish an untrained version (real encoder, seeded random head and anchors); returns its folder."""
+    """Publish an untrained version (real encoder, seeded random head and anchors); returns its folder.
+    ``encoder_shift`` is added to every floating-point encoder weight (versions with distinct encoders)."""
     tokenizer, encoder = load_default_encoder()
+    if encoder_shift:  # a shifted copy: the cached encoder is shared
+        encoder = copy.deepcopy(encoder)
+        with torch.no_grad():
+            for p in encoder.parameters():
+                p.add_(encoder_shift)
     labels = list(labels)
     head_state, anchors = random_head(encoder.config.hidden_size, len(labels), seed=seed)
     enc_path = default_encoder_path()

@@ -158,6 +158,11 @@ def fit(
         "calibrated predictions on the training set become a second target (KL, weight --distill-weight)",
     ),
     distill_weight: float = typer.Option(_D["distill_weight"], help="weight of the distillation loss"),
+    init_from: list[Path] = typer.Option(
+        [],
+        help="start from a published version folder's encoder and head (repeat it: their mean, a weight "
+        "average of runs of one encoder); with --epochs 0 only stage 2 runs, adapting the anchors to them",
+    ),
     weights_dtype: str = typer.Option(
         _D["weights_dtype"], help="store the published encoder in fp32, fp16, bf16 or int8 (see erc-train repack)"
     ),
@@ -183,6 +188,7 @@ def fit(
     from trainer.train import fit as run_fit
 
     settings = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
+    settings["init_from"] = tuple(init_from)
     try:
         if resume is not None:
             cfg = TrainConfig.from_json(read_run_config(resume)).replace(run_dir=resume)

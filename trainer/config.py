@@ -90,6 +90,8 @@ class TrainConfig:
     # Knowledge distillation: a published version folder whose predictions the student also learns
     distill_from: Path | None = None  # None: no teacher
     distill_weight: float = 1.0  # weight of KL(teacher || student) added to the stage-1 loss
+    # Starting weights: the mean of these published version folders' encoder and head (trainer/init_weights.py)
+    init_from: tuple[Path, ...] = ()  # empty: the encoder's pretrained weights and a fresh head
     # Checkpoints (resume with `erc-train fit --resume RUN_DIR`)
     run_dir: Path | None = None  # None: var/runs/<version>
     checkpoint_every_steps: int = 200  # 0: only at the end of each epoch
@@ -168,6 +170,14 @@ class TrainConfig:
                 f"distill_from={str(self.distill_from)!r} is not a model version folder (no manifest.json); "
                 "pass a version folder of a store, e.g. models/<the version models/CURRENT names>"
             )
+        for path in self.init_from:
+            if not (Path(path) / "manifest.json").is_file():
+                raise ConfigError(
+                    f"init_from={str(path)!r} is not a model version folder (no manifest.json); pass version "
+                    "folders of a store, e.g. models/<the version models/CURRENT names>"
+                )
+        if self.init_from and self.architecture != "window":
+            raise ConfigError("TrainConfig.init_from starts a window model; a turn model trains from its encoder")
         if self.descriptions is not None and not Path(self.descriptions).is_file():
             raise ConfigError(f"descriptions={str(self.descriptions)!r} does not exist; pass a JSON descriptions file")
 
@@ -194,7 +204,7 @@ class TrainConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            out[f.name] = str(v) if isinstance(v, Path) else v
+            out[f.name] = str(v) if isinstance(v, Path) else [str(p) for p in v] if f.name == "init_from" else v
         return out
 
     @classmethod
@@ -205,6 +215,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"run config has settings this version does not know: {', '.join(unknown)}")
         values: dict[str, Any] = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in data.items()}
+        if "init_from" in values:
+            values["init_from"] = tuple(Path(p) for p in values["init_from"])
         return cls(**values)
 
 

@@ -87,6 +87,7 @@ from trainer.distributed import (
 )
 from trainer.evaluate import build_examples, compute_metrics, predict_examples, write_report
 from trainer.frozen import FrozenPrefix, pad_hidden
+from trainer.init_weights import init_from_versions
 from trainer.losses import anchor_adaptation_loss, cosine_logits, distillation_loss, stage1_loss, triplet_loss
 from trainer.turn import TurnData, TurnSplits, TurnStage1Net, predict_turn_data, turn_representations
 
@@ -301,6 +302,7 @@ class _Run:
     dev_groups: list[str] = field(default_factory=list)  # conversation id of each dev utterance, dev_ex order
     teacher: torch.Tensor | None = None  # (N_train, C) teacher probabilities in train_ex order (--distill-from)
     frozen: _Frozen | None = None  # --freeze-layers: the split encoder and each train prompt's cached output
+    init_from: list[dict] = field(default_factory=list)  # --init-from: the versions whose mean started the run
 
     def predictor(self, anchors: torch.Tensor) -> Predictor | TurnPredictor:
         """The shared inference path on the live weights, for dev evaluation."""
@@ -438,6 +440,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     head = ProjectionHead(
         encoder.config.hidden_size, cfg.proj_dim, **({} if cfg.dropout is None else {"dropout": cfg.dropout})
     )
+    init_records = init_from_versions(encoder, head, cfg.init_from) if cfg.init_from else []
     anchor_enc = _AnchorEncoder(encoder, head, tokenizer, source.texts, external)
     model, train_ex, dev_ex, turn = _build_model(cfg, ctx, encoder, head, builder, labels, train_convs, dev_convs)
     model.to(device)
@@ -488,6 +491,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         dev_groups=[conv.id for conv in dev_convs for _ in conv.utterances],
         teacher=teacher,
         frozen=frozen,
+        init_from=init_records,
     )
 
 
@@ -840,6 +844,7 @@ def _publish(
         "best_epoch": state.best_epoch,
         "history": state.history,
         "stage2": stage2_info,
+        **({"init_from": run.init_from} if run.init_from else {}),
         "wall_s": round(wall_s, 1),
         "train_utterances": len(run.train_ex),
         "dev_utterances": len(run.dev_ex),

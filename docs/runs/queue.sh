@@ -188,3 +188,8 @@ reuse_cache emorynlp-mpnet-w3-f6-sqrtw emorynlp-mpnet-w3-f6-s44
 run emorynlp-mpnet-w3-f6-s44 emorynlp --architecture window --encoder mpnet-base --epochs 3 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 44
 # Session 22: seed 44 ended at 0.4006, macro 0.2940 (stage 2 kept the stage-1 anchors); not shipped.
 # The recipe over seeds 42-44: 0.4110 +- 0.0090 (results.md "Session 22").
+# 20. Session 23. No GPU lent. `fit --init-from` (new): the mean of the three seeds of the shipped
+# EmoryNLP recipe (sections 17 and 19; seed 42 is the shipped 8-bit emorynlp-main), no stage-1 epoch,
+# stage 2 adapts the anchors to the averaged weights. Judged by the rule written before it started
+# (results.md "Session 23").
+run emorynlp-mpnet-soup3 emorynlp --architecture window --encoder mpnet-base --epochs 0 --weights-dtype fp16 --init-from models/emorynlp-main --init-from "$STORE/emorynlp-mpnet-w3-f6-s43" --init-from "$STORE/emorynlp-mpnet-w3-f6-s44"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ def test_every_setting_has_a_flag_with_the_same_default():
         expected = f.default
         if isinstance(expected, Path):
             default = Path(default)  # click keeps path defaults as given
+        if isinstance(expected, tuple):
+            default = tuple(default)  # a repeatable flag's default is a list
         assert default == expected, f"--{name.replace('_', '-')} defaults to {default!r}, TrainConfig to {expected!r}"
 
 
@@ -64,3 +67,19 @@ def test_distill_from_must_be_a_version_folder(tmp_path):
     assert TrainConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ConfigError, match="TrainConfig.distill_weight has an invalid value: -1.0"):
         TrainConfig(distill_from=tmp_path, distill_weight=-1.0)
+
+
+def test_init_from_takes_version_folders_and_survives_the_run_config(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "manifest.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"init_from='{b}' is not a model version folder"):
+        TrainConfig(init_from=(a, b))
+    (b / "manifest.json").write_text("{}", encoding="utf-8")
+    cfg = TrainConfig(init_from=(a, b), epochs=0)
+    data = json.loads(json.dumps(cfg.to_json()))  # as the run folder keeps it
+    assert data["init_from"] == [str(a), str(b)]
+    assert TrainConfig.from_json(data) == cfg
+    with pytest.raises(ConfigError, match="init_from starts a window model"):
+        TrainConfig(init_from=(a,), architecture="turn")
