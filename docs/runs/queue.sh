@@ -193,3 +193,6 @@ run emorynlp-mpnet-w3-f6-s44 emorynlp --architecture window --encoder mpnet-base
 # stage 2 adapts the anchors to the averaged weights. Judged by the rule written before it started
 # (results.md "Session 23").
 run emorynlp-mpnet-soup3 emorynlp --architecture window --encoder mpnet-base --epochs 0 --weights-dtype fp16 --init-from models/emorynlp-main --init-from "$STORE/emorynlp-mpnet-w3-f6-s43" --init-from "$STORE/emorynlp-mpnet-w3-f6-s44"
+# Session 23: the mean ended at dev weighted F1 0.4148, macro 0.3083; not shipped. Second candidate:
+# the shipped model one more epoch (a warm start), under the same rule (results.md "Session 23").
+run emorynlp-mpnet-main-e4 emorynlp --architecture window --encoder mpnet-base --epochs 1 --lr 2e-5 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --init-from models/emorynlp-main
