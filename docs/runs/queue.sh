@@ -196,3 +196,5 @@ run emorynlp-mpnet-soup3 emorynlp --architecture window --encoder mpnet-base --e
 # Session 23: the mean ended at dev weighted F1 0.4148, macro 0.3083; not shipped. Second candidate:
 # the shipped model one more epoch (a warm start), under the same rule (results.md "Session 23").
 run emorynlp-mpnet-main-e4 emorynlp --architecture window --encoder mpnet-base --epochs 1 --lr 2e-5 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --init-from models/emorynlp-main
+# Session 23: the warm start ended at 0.4130, macro 0.3183; not shipped. The same lever on seed 43:
+run emorynlp-mpnet-s43-e4 emorynlp --architecture window --encoder mpnet-base --epochs 1 --lr 2e-5 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --init-from "$STORE/emorynlp-mpnet-w3-f6-s43"
