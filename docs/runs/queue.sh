@@ -198,3 +198,5 @@ run emorynlp-mpnet-soup3 emorynlp --architecture window --encoder mpnet-base --e
 run emorynlp-mpnet-main-e4 emorynlp --architecture window --encoder mpnet-base --epochs 1 --lr 2e-5 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --init-from models/emorynlp-main
 # Session 23: the warm start ended at 0.4130, macro 0.3183; not shipped. The same lever on seed 43:
 run emorynlp-mpnet-s43-e4 emorynlp --architecture window --encoder mpnet-base --epochs 1 --lr 2e-5 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --init-from "$STORE/emorynlp-mpnet-w3-f6-s43"
+# Session 23: seed 43 one more epoch ended at 0.4253 (fp16; 8-bit 0.4271, macro 0.3325): shipped as
+# models/emorynlp-mpnet-s43-e4 (CURRENT.emorynlp); emorynlp-main in models/RETIRING.
