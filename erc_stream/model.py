@@ -51,6 +51,7 @@ __all__ = [
     "load_predictor",
     "resolve_device",
     "resolve_dtype",
+    "strip_prefix",
 ]
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ class Predictor(_LoadedVersion[EmotionModel]):
         dt = resolve_dtype(dtype, dev)
         anchors = head_tensors["anchors"]
         head = ProjectionHead(encoder.config.hidden_size, anchors.shape[1])
-        head.load_state_dict({k[len("head.") :]: v for k, v in head_tensors.items() if k.startswith("head.")})
+        head.load_state_dict(strip_prefix(head_tensors, "head."))
         model = EmotionModel(encoder, head, anchors).eval()
         # Weights are cast once: casting per call (autocast) costs time on every batch.
         model.to(device=dev, dtype=dt)
@@ -358,8 +359,8 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
         head = ProjectionHead(encoder.config.hidden_size, anchors.shape[1])
         context = ContextModel(settings)
         try:
-            head.load_state_dict(_prefixed(head_tensors, "head."))
-            context.load_state_dict(_prefixed(head_tensors, "context."))
+            head.load_state_dict(strip_prefix(head_tensors, "head."))
+            context.load_state_dict(strip_prefix(head_tensors, "context."))
         except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
             raise ArtifactError(f"{name}: head.safetensors does not match its manifest: {exc}") from exc
         model = TurnEmotionModel(encoder, context, head, anchors).eval()
@@ -446,5 +447,7 @@ def load_predictor(
     return Predictor.load(version_dir, device=device, dtype=dtype, verify=verify)
 
 
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with ``prefix``, under their names without it (e.g. the head's
+    state dict from an artifact's head file, whose names start with ``head.``)."""
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

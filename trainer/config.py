@@ -23,6 +23,7 @@ QUICK_OVERRIDES = dict(epochs=1, stage2_epochs=2, max_train_conversations=80, ma
 # none = 1, inverse = N / (C n_c), sqrt_inverse = sqrt(N / (C n_c)).
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
 _PATH_FIELDS = ("data_dir", "store", "descriptions", "run_dir", "distill_from")
+_PATH_TUPLE_FIELDS = ("init_from",)  # kept as a list of strings in the run config
 # window: each prompt holds the last k turns as text (EACL); turn: each turn is encoded once and a
 # context transformer reads the window's cached turn vectors (trainer/turn.py).
 ARCHITECTURES = ("window", "turn")
@@ -204,7 +205,9 @@ class TrainConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            out[f.name] = str(v) if isinstance(v, Path) else [str(p) for p in v] if f.name == "init_from" else v
+            if f.name in _PATH_TUPLE_FIELDS:
+                v = [str(p) for p in v]
+            out[f.name] = str(v) if isinstance(v, Path) else v
         return out
 
     @classmethod
@@ -215,8 +218,9 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"run config has settings this version does not know: {', '.join(unknown)}")
         values: dict[str, Any] = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in data.items()}
-        if "init_from" in values:
-            values["init_from"] = tuple(Path(p) for p in values["init_from"])
+        for k in _PATH_TUPLE_FIELDS:
+            if k in values:
+                values[k] = tuple(Path(p) for p in values[k])
         return cls(**values)
 
 

@@ -15,7 +15,6 @@ anchors are not read (stage 1 builds them from the anchor texts, stage 2 adapts 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from erc_stream.artifact import load_version_files, manifest_architecture, read_manifest
+from erc_stream.artifact import load_version_files, manifest_architecture, read_manifest, sha256_file
 from erc_stream.errors import ArtifactError, ConfigError
+from erc_stream.model import strip_prefix
 
 __all__ = ["init_from_versions"]
 
@@ -53,7 +53,7 @@ def init_from_versions(encoder: nn.Module, head: nn.Module, versions: Sequence[P
             _, enc, _, head_tensors = load_version_files(path)
         except ArtifactError as exc:
             raise ConfigError(f"--init-from {path}: {exc}") from exc
-        head_state = {k[len("head.") :]: v for k, v in head_tensors.items() if k.startswith("head.")}
+        head_state = strip_prefix(head_tensors, "head.")
         _add(enc_sum, enc.state_dict(), enc_target, path, "encoder")
         _add(head_sum, head_state, head_target, path, "projection head")
         dev = manifest.get("metrics", {}).get("dev", {})
@@ -61,7 +61,7 @@ def init_from_versions(encoder: nn.Module, head: nn.Module, versions: Sequence[P
             {
                 "version": manifest.get("version"),
                 "path": str(path),
-                "manifest_sha256": hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest(),
+                "manifest_sha256": sha256_file(path / "manifest.json"),
                 "dev_weighted_f1": dev.get("weighted_f1"),
             }
         )

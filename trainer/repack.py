@@ -21,7 +21,7 @@ from pathlib import Path
 
 from erc_stream.artifact import load_version_files, publish_version, version_path
 from erc_stream.errors import ArtifactError
-from erc_stream.model import load_predictor, resolve_device
+from erc_stream.model import load_predictor, resolve_device, strip_prefix
 from trainer.datasets import DATASETS, load_split
 from trainer.evaluate import compute_metrics, predict_conversations
 
@@ -73,7 +73,7 @@ def repack(
         version=out_version,
         encoder=encoder,
         tokenizer=tokenizer,
-        head_state={k[len("head.") :]: v for k, v in head.items() if k.startswith("head.")},
+        head_state=strip_prefix(head, "head."),
         anchors=head["anchors"],
         manifest=kept,
         report_dir=src / "report",

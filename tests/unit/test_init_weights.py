@@ -13,7 +13,13 @@ from transformers import AutoConfig, AutoModel
 
 from erc_stream.errors import ConfigError
 from erc_stream.model import ProjectionHead, default_encoder_path
-from tests.fixtures_model import TEST_PROJ_DIM, load_default_encoder, publish_test_model, publish_test_turn_model
+from tests.fixtures_model import (
+    TEST_PROJ_DIM,
+    load_default_encoder,
+    publish_test_model,
+    publish_test_turn_model,
+    random_head,
+)
 from trainer.init_weights import init_from_versions
 
 
@@ -38,8 +44,6 @@ def fresh(proj_dim: int = TEST_PROJ_DIM):
 
 
 def stored_head(seed: int) -> dict[str, torch.Tensor]:
-    from tests.fixtures_model import random_head
-
     return random_head(load_default_encoder()[1].config.hidden_size, 7, seed=seed)[0]
 
 
