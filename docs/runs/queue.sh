@@ -205,3 +205,7 @@ run emorynlp-mpnet-s43-e4 emorynlp --architecture window --encoder mpnet-base --
 # layers frozen, lr 1e-5 (half its recipe's peak). Judged by the rule written before it started
 # (results.md "Session 24").
 run meld-mpnet-w3-s43-e4 meld --architecture window --encoder mpnet-base --epochs 1 --lr 1e-5 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 43 --init-from models/meld-mpnet-w3-s43
+# Session 24: final dev weighted F1 0.6191, macro 0.5117 (stage 1 0.6124; the shipped model's own
+# stage 1 was 0.6170 at epoch 3); not shipped (results.md "Session 24"). Second candidate: the served
+# EmoryNLP model (section 20's emorynlp-mpnet-s43-e4, 8-bit) one more epoch at lr 1e-5, same rule.
+run emorynlp-mpnet-s43-e5 emorynlp --architecture window --encoder mpnet-base --epochs 1 --lr 1e-5 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 43 --init-from models/emorynlp-mpnet-s43-e4
