@@ -200,8 +200,8 @@ run emorynlp-mpnet-main-e4 emorynlp --architecture window --encoder mpnet-base -
 run emorynlp-mpnet-s43-e4 emorynlp --architecture window --encoder mpnet-base --epochs 1 --lr 2e-5 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --init-from "$STORE/emorynlp-mpnet-w3-f6-s43"
 # Session 23: seed 43 one more epoch ended at 0.4253 (fp16; 8-bit 0.4271, macro 0.3325): shipped as
 # models/emorynlp-mpnet-s43-e4 (CURRENT.emorynlp); emorynlp-main in models/RETIRING.
-# Session 24: models/emorynlp-main removed (git 0182716 holds it); the two lines above that read it
-# need a checkout of that commit (`git worktree add`) to run again.
+# Session 24: models/emorynlp-main removed (git 0182716 holds it); section 20's two runs that read it
+# (soup3, main-e4) need a checkout of that commit (`git worktree add`) to run again.
 # 21. Session 24. No GPU lent. The shipped MELD model (meld-mpnet-w3-s43, 3 epochs on the H200,
 # stage-1 dev still rising at epoch 3) one more epoch on this CPU with `fit --init-from`, the lower 6
 # layers frozen, lr 1e-5 (half its recipe's peak). Judged by the rule written before it started
