@@ -211,3 +211,8 @@ run meld-mpnet-w3-s43-e4 meld --architecture window --encoder mpnet-base --epoch
 # stage 1 was 0.6170 at epoch 3); not shipped (results.md "Session 24"). Second candidate: the served
 # EmoryNLP model (section 20's emorynlp-mpnet-s43-e4, 8-bit) one more epoch at lr 1e-5, same rule.
 run emorynlp-mpnet-s43-e5 emorynlp --architecture window --encoder mpnet-base --epochs 1 --lr 1e-5 --freeze-layers 6 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 43 --init-from models/emorynlp-mpnet-s43-e4
+# 22. Session 25. No GPU lent; this machine is an Intel Xeon with amx_bf16 (bf16 autocast 1.5x fp32
+# on MiniLM; mpnet-base every layer 5.4 utterances/s on 40 EmoryNLP scenes). Session 18's every-layer
+# recipe (gpu_mpnet.py RECIPE: 3 epochs, lr 2e-5, every layer) on EmoryNLP, seed 43, on this CPU
+# (about 70 minutes of stage 1 here). Judged by the rule written before it started (results.md "Session 25").
+run emorynlp-mpnet-w3-s43 emorynlp --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 43
