@@ -216,10 +216,14 @@ def main() -> None:
         "",
     ]
     if "fp32" in by and "bf16" in by:
+        from erc_stream.model import resolve_dtype
+
         ratio = by["bf16"]["measured_s"] / by["bf16"]["samples"] / (by["fp32"]["measured_s"] / by["fp32"]["samples"])
+        verdict = f"{ratio:.1f}x slower" if ratio > 1 else f"{1 / ratio:.1f}x faster"
+        auto = "bf16" if resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
         lines += [
-            f"bf16 autocast is **{ratio:.1f}x {'slower' if ratio > 1 else 'faster'}** than fp32 per sample "
-            f"on this CPU (native bf16: {info['cpu_native_bf16']}); `dtype=auto` trains in fp32 here.",
+            f"bf16 autocast is **{verdict}** than fp32 per sample on this CPU (native bf16: "
+            f"{info['cpu_native_bf16']}); `dtype=auto` trains in {auto} here.",
             "",
         ]
     write_results(args.name, payload, "\n".join(lines), args.out_dir)

@@ -216,3 +216,5 @@ run emorynlp-mpnet-s43-e5 emorynlp --architecture window --encoder mpnet-base --
 # recipe (gpu_mpnet.py RECIPE: 3 epochs, lr 2e-5, every layer) on EmoryNLP, seed 43, on this CPU
 # (about 70 minutes of stage 1 here). Judged by the rule written before it started (results.md "Session 25").
 run emorynlp-mpnet-w3-s43 emorynlp --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 43
+# Session 25: best stage-1 epoch 1 (0.4001); final dev weighted F1 0.4087, macro 0.2967 (GPU seed 43 of
+# session 18: 0.4346); not shipped (results.md "Session 25").
