@@ -218,3 +218,8 @@ run emorynlp-mpnet-s43-e5 emorynlp --architecture window --encoder mpnet-base --
 run emorynlp-mpnet-w3-s43 emorynlp --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 43
 # Session 25: best stage-1 epoch 1 (0.4001); final dev weighted F1 0.4087, macro 0.2967 (GPU seed 43 of
 # session 18: 0.4346); not shipped (results.md "Session 25").
+# 23. Session 26. No GPU lent; the same AMX Intel Xeon as session 25 (its run folders still here).
+# Session 18's every-layer MELD recipe (gpu_mpnet.py RECIPE: 3 epochs, lr 2e-5, every layer; three
+# GPU seeds 0.6278 +- 0.0033, seed 43 shipped as meld-mpnet-w3-s43) on this CPU, a new seed (45):
+# about 1.5 hours of stage 1 here. Judged by the rule written before it started (results.md "Session 26").
+run meld-mpnet-w3-s45 meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 45
