@@ -223,3 +223,5 @@ run emorynlp-mpnet-w3-s43 emorynlp --architecture window --encoder mpnet-base --
 # GPU seeds 0.6278 +- 0.0033, seed 43 shipped as meld-mpnet-w3-s43) on this CPU, a new seed (45):
 # about 1.5 hours of stage 1 here. Judged by the rule written before it started (results.md "Session 26").
 run meld-mpnet-w3-s45 meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 45
+# Session 26: final dev weighted F1 0.6365, macro 0.5209 (8-bit repack 0.6365, 0.5209; best stage-1
+# epoch 3, 0.6192): shipped as models/meld-mpnet-w3-s45 (CURRENT); meld-mpnet-w3-s43 in RETIRING.
