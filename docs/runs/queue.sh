@@ -225,3 +225,9 @@ run emorynlp-mpnet-w3-s43 emorynlp --architecture window --encoder mpnet-base --
 run meld-mpnet-w3-s45 meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 45
 # Session 26: final dev weighted F1 0.6365, macro 0.5209 (8-bit repack 0.6365, 0.5209; best stage-1
 # epoch 3, 0.6192): shipped as models/meld-mpnet-w3-s45 (CURRENT); meld-mpnet-w3-s43 in RETIRING.
+# 24. Session 27. No GPU lent; the same AMX Intel Xeon as sessions 25-26 (restarted: no run folders).
+# The weight average (section 20's lever, `fit --init-from` twice, `--epochs 0`: stage 2 only) of the
+# two every-layer MELD fits in models/: meld-mpnet-w3-s43 (H200, 8-bit) and meld-mpnet-w3-s45 (this
+# CPU, 8-bit), both dequantized. About 20 minutes here. Judged by the rule written before it started
+# (results.md "Session 27").
+run meld-mpnet-soup-s43-s45 meld --architecture window --encoder mpnet-base --epochs 0 --weights-dtype fp16 --init-from models/meld-mpnet-w3-s43 --init-from models/meld-mpnet-w3-s45
