@@ -120,30 +120,48 @@ def _git_commit() -> str | None:
 
 
 def _cpu_seconds() -> dict | None:
-    """CPU seconds so far: the whole machine's busy and total time (/proc/stat), and this process's
-    own (with its children that have been waited for). None where /proc/stat cannot be read."""
-    try:
-        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
+    """CPU seconds so far: the whole machine's busy (steal included), stolen and total time (/proc/stat),
+    and this process's own (with its children that have been waited for). None where /proc/stat cannot
+    be read."""
+    from erc_stream.hoststat import read_cpu_ticks
+
+    ticks = read_cpu_ticks()
+    if ticks is None:
         return None
-    hz = os.sysconf("SC_CLK_TCK")
-    idle = ticks[3] + ticks[4]  # idle + iowait; the rest (user nice system irq softirq steal) is busy
+    machine = ticks.seconds()
     own = os.times()
     return {
-        "machine_busy_s": round((sum(ticks) - idle) / hz, 2),
-        "machine_total_s": round(sum(ticks) / hz, 2),
+        "machine_busy_s": round(machine["busy_s"], 2),
+        "machine_steal_s": round(machine["steal_s"], 2),
+        "machine_total_s": round(machine["total_s"], 2),
         "own_s": round(own.user + own.system + own.children_user + own.children_system, 2),
     }
 
 
 def others_cpu_share(before: dict, after: dict) -> float | None:
-    """The share of all CPUs that other processes used between two machine_info() calls (0-1)."""
+    """The share of all CPUs that other processes used between two machine_info() calls (0-1). Time the
+    hypervisor withheld (steal) is not counted as theirs: host_steal_share says it."""
     a, b = before.get("cpu_seconds"), after.get("cpu_seconds")
     if not a or not b or b["machine_total_s"] <= a["machine_total_s"]:
         return None
     busy = b["machine_busy_s"] - a["machine_busy_s"]
+    steal = b.get("machine_steal_s", 0.0) - a.get("machine_steal_s", 0.0)
     own = b["own_s"] - a["own_s"]
-    return min(1.0, max(0.0, (busy - own) / (b["machine_total_s"] - a["machine_total_s"])))
+    return min(1.0, max(0.0, (busy - steal - own) / (b["machine_total_s"] - a["machine_total_s"])))
+
+
+def host_steal_share(before: dict, after: dict) -> float | None:
+    """The share of the CPU time this machine asked for between two machine_info() calls that the
+    hypervisor withheld (steal; erc_stream/hoststat.py). None without /proc/stat."""
+    from erc_stream.hoststat import steal_share
+
+    a, b = before.get("cpu_seconds"), after.get("cpu_seconds")
+    if not a or not b or "machine_steal_s" not in a or "machine_steal_s" not in b:
+        return None
+    return steal_share(
+        round((b["machine_busy_s"] - a["machine_busy_s"]) * 100),
+        round((b["machine_steal_s"] - a["machine_steal_s"]) * 100),
+    )
 
 
 def machine_info() -> dict:
@@ -302,11 +320,15 @@ def machine_md(before: dict, after: dict) -> str:
     children included, is subtracted). The load average does not: it lags by minutes, so it is
     high after any earlier job, and after the run it counts the benchmark's own threads.
     """
-    share = others_cpu_share(before, after)
+    share, steal = others_cpu_share(before, after), host_steal_share(before, after)
     if share is not None:
         others = f" Other processes used {share:.0%} of the CPUs during the run."
         loaded = share > OTHERS_SHARE_UNDER_LOAD
         why = f"other processes used {share:.0%} of the CPUs during the run"
+        if steal is not None:
+            others += f" The hypervisor withheld {steal:.0%} of the CPU time the machine asked for (steal)."
+            if steal > OTHERS_SHARE_UNDER_LOAD:
+                loaded, why = True, f"{why}, and the hypervisor withheld {steal:.0%} of the CPU time asked for"
     else:  # no /proc/stat: the load average before the run is all there is
         others, loaded = "", before["loadavg_1_5_15"][0] > 0.5 * (before["logical_cpus"] or 1)
         why = f"1-minute load average {before['loadavg_1_5_15'][0]} before the run"

@@ -60,6 +60,10 @@ class Progress:
     batches: list[list[int]] | None = None  # this epoch's batch order (indices into the train examples)
     global_step: int = 0
     epoch_train_s: float = 0.0  # training seconds spent in this epoch so far
+    # The whole machine's CPU ticks during this epoch's training steps (/proc/stat; erc_stream/hoststat.py):
+    # busy (steal included) and steal, the time a hypervisor withheld. Both stay 0 where /proc/stat is absent.
+    epoch_cpu_busy_ticks: int = 0
+    epoch_cpu_steal_ticks: int = 0
     running: dict[str, float] = field(default_factory=dict)  # smoothed loss parts, for the log and history
     history: list[dict[str, Any]] = field(default_factory=list)
     best_f1: float = -1.0

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from erc_stream.artifact import new_version_name, publish_version
 from erc_stream.context import ContextModel, ContextSettings
 from erc_stream.errors import ConfigError, ErcError
+from erc_stream.hoststat import read_cpu_ticks, steal_share
 from erc_stream.model import (
     EmotionModel,
     Predictions,
@@ -94,6 +95,10 @@ from trainer.turn import TurnData, TurnSplits, TurnStage1Net, predict_turn_data,
 __all__ = ["fit", "FitResult", "StopFlag", "TrainingInterrupted", "run_dir_of"]
 
 log = logging.getLogger(__name__)
+
+# An epoch whose training steps lost at least this share of the CPU time they asked for to the hypervisor
+# (steal) is flagged in the log: its utterances/s are not a figure of the code (erc_stream/hoststat.py).
+STEAL_WARN_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -687,20 +692,26 @@ def _train_epoch(
     )
     seen = sum(run.utterances(b) for b in state.batches[: state.batch_pos])
     for batch_idx in todo:
-        t0 = time.perf_counter()
+        ticks0, t0 = read_cpu_ticks(), time.perf_counter()
         parts = _train_step(run, optim, shard_batch(batch_idx, run.dist.rank, run.dist.world_size))
         state.epoch_train_s += time.perf_counter() - t0
+        ticks1 = read_cpu_ticks()
+        if ticks0 is not None and ticks1 is not None:
+            state.epoch_cpu_busy_ticks += ticks1.busy - ticks0.busy
+            state.epoch_cpu_steal_ticks += ticks1.steal - ticks0.steal
         state.batch_pos += 1
         state.global_step += 1
         seen += run.utterances(batch_idx)
         for k, v in parts.items():
             state.running[k] = 0.9 * state.running.get(k, v) + 0.1 * v
         bar.update(1)
+        steal = steal_share(state.epoch_cpu_busy_ticks, state.epoch_cpu_steal_ticks)
         bar.set_postfix(
             loss=f"{state.running['loss']:.3f}",
             ce=f"{state.running['ce']:.3f}",
             sup=f"{state.running['sup']:.3f}",
             utt_s=f"{seen / max(state.epoch_train_s, 1e-9):.1f}",
+            **({"steal": f"{steal:.0%}"} if steal is not None else {}),
         )
         every = cfg.checkpoint_every_steps
         if every and state.global_step % every == 0:
@@ -774,6 +785,7 @@ def _end_epoch(run: _Run, state: Progress, *, progress: bool) -> None:
     barrier(run.dist, f"rank 0's dev evaluation of epoch {state.epoch}")
     state.epoch += 1
     state.batch_pos, state.batches, state.epoch_train_s, state.running = 0, None, 0.0, {}
+    state.epoch_cpu_busy_ticks = state.epoch_cpu_steal_ticks = 0
 
 
 def _evaluate_epoch(run: _Run, state: Progress, *, progress: bool) -> None:
@@ -785,17 +797,27 @@ def _evaluate_epoch(run: _Run, state: Progress, *, progress: bool) -> None:
     m = run.dev_metrics(anchors_now, progress)
     n_train = sum(run.utterances(b) for b in state.batches or [])
     utt_s = n_train / max(state.epoch_train_s, 1e-9)
+    steal = steal_share(state.epoch_cpu_busy_ticks, state.epoch_cpu_steal_ticks)
     state.history.append(
         {
             "epoch": state.epoch,
             "train_s": round(state.epoch_train_s, 1),
             "utt_per_s": round(utt_s, 2),
+            "cpu_steal": None if steal is None else round(steal, 4),
             "dev_weighted_f1": m["weighted_f1"],
             "dev_macro_f1": m["macro_f1"],
             **{f"loss_{k}": round(v, 4) for k, v in state.running.items()},
         }
     )
     log.info("epoch %d: dev weighted F1 %.4f (%.1f utt/s)", state.epoch, m["weighted_f1"], utt_s)
+    if steal is not None and steal >= STEAL_WARN_SHARE:
+        log.warning(
+            "epoch %d: the hypervisor withheld %.0f%% of the CPU time this machine asked for during training "
+            "(steal in /proc/stat): its %.1f utt/s measure the host as much as this code",
+            state.epoch,
+            100 * steal,
+            utt_s,
+        )
     if progress:
         tqdm.write(
             f"epoch {state.epoch}: dev weighted F1 {m['weighted_f1']:.4f}  macro F1 {m['macro_f1']:.4f}  "

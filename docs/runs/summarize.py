@@ -110,9 +110,12 @@ def _main_model(m: dict) -> None:
     print("| class | dev F1 | support |\n|---|---|---|")
     for label, f1 in d["per_class_f1"].items():
         print(f"| {label} | {f1:.4f} | {d['support'][label]} |")
-    print("\n| epoch | train utt/s | dev weighted F1 | dev macro F1 |\n|---|---|---|---|")
+    print("\n| epoch | train utt/s | CPU steal | dev weighted F1 | dev macro F1 |\n|---|---|---|---|---|")
     for h in t["history"]:
-        print(f"| {h['epoch']} | {h['utt_per_s']} | {h['dev_weighted_f1']:.4f} | {h['dev_macro_f1']:.4f} |")
+        steal = h.get("cpu_steal")  # absent before session 27, None without /proc/stat
+        steal_txt = "" if steal is None else f"{steal:.1%}"
+        f1 = f"{h['dev_weighted_f1']:.4f} | {h['dev_macro_f1']:.4f}"
+        print(f"| {h['epoch']} | {h['utt_per_s']} | {steal_txt} | {f1} |")
     print()
 
 

@@ -194,3 +194,50 @@ def test_a_balanced_window_run_resumes_mid_epoch_to_the_same_weights(tmp_path):
     resumed = fit(cfg, progress=False, resume=True)
     assert digest(weights(resumed.path)) == digest(weights(first.path))
     assert manifest["metrics"] == json.loads((resumed.path / "manifest.json").read_text())["metrics"]
+
+
+class _StealingHost:
+    """/proc/stat as a VM under a busy host shows it: every reading, 100 more busy ticks, of which
+    ``share`` were withheld by the hypervisor (steal). The real file cannot be made to steal on demand."""
+
+    def __init__(self, share: float) -> None:
+        self.share, self.calls, self.busy, self.steal = share, 0, 0, 0
+
+    def __call__(self):
+        from erc_stream.hoststat import CpuTicks
+
+        self.calls += 1
+        self.busy += 100
+        self.steal += round(100 * self.share)
+        return CpuTicks(busy=self.busy, steal=self.steal, total=self.busy + 50 * self.calls)
+
+
+def test_each_epoch_records_the_cpu_time_the_hypervisor_withheld_across_a_resume(tmp_path, caplog, monkeypatch):
+    """The share of the training steps' CPU time lost to steal is kept in the checkpoint, so a stopped
+    and resumed epoch reports it over all its steps; an epoch over 5% is flagged in the log."""
+    host = _StealingHost(0.5)
+    monkeypatch.setattr("trainer.train.read_cpu_ticks", host)
+    cfg = TrainConfig(**TINY, store=tmp_path / "store", run_dir=tmp_path / "run", version="stolen")
+    with pytest.raises(TrainingInterrupted):
+        fit(cfg, progress=False, stop=StopFlag(after_steps=6))
+    # two readings around each of the 6 steps, and only the ticks inside the steps count (600 of 1,100)
+    assert host.calls == 12
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)["progress"]["epoch_cpu_steal_ticks"] == 300
+    host.share = 0.1  # the host calmed down while the run was stopped
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        result = fit(cfg, progress=False, resume=True)
+    history = json.loads((result.path / "manifest.json").read_text())["training"]["history"]
+    per_epoch = (6 + (host.calls - 12) // 2) // 2  # the two epochs have the same number of steps
+    # epoch 1: 6 steps at 50% before the stop, the rest at 10% after it; a resume that lost the
+    # checkpointed ticks would report 10%
+    assert history[0]["cpu_steal"] == pytest.approx((6 * 50 + (per_epoch - 6) * 10) / (per_epoch * 100), abs=1e-4)
+    assert history[1]["cpu_steal"] == pytest.approx(0.1)
+    assert "epoch 1: the hypervisor withheld 3" in caplog.text and "epoch 2: the hypervisor withheld 10%" in caplog.text
+
+
+def test_on_this_machine_the_epoch_records_a_steal_share_from_proc_stat(tmp_path):
+    if not Path("/proc/stat").is_file():
+        pytest.skip("no /proc/stat here: the trainer records cpu_steal as null")
+    cfg = TrainConfig(**{**TINY, "epochs": 1}, store=tmp_path / "store", run_dir=tmp_path / "run", version="host")
+    history = json.loads((fit(cfg, progress=False).path / "manifest.json").read_text())["training"]["history"]
+    assert isinstance(history[0]["cpu_steal"], float) and 0.0 <= history[0]["cpu_steal"] <= 1.0
