@@ -158,10 +158,7 @@ def host_steal_share(before: dict, after: dict) -> float | None:
     a, b = before.get("cpu_seconds"), after.get("cpu_seconds")
     if not a or not b or "machine_steal_s" not in a or "machine_steal_s" not in b:
         return None
-    return steal_share(
-        round((b["machine_busy_s"] - a["machine_busy_s"]) * 100),
-        round((b["machine_steal_s"] - a["machine_steal_s"]) * 100),
-    )
+    return steal_share(b["machine_busy_s"] - a["machine_busy_s"], b["machine_steal_s"] - a["machine_steal_s"])
 
 
 def machine_info() -> dict:

@@ -3,8 +3,8 @@
 On a virtual machine the hypervisor may give the physical cores to other guests; the time this
 guest wanted to run and could not is counted as *steal*. A training epoch or a benchmark that ran
 while a large share of its CPU time was withheld measures the host as much as the code: session 27
-saw a MiniLM fit on this project's 2-core VM fall from 16 to 11 utterances/s within one epoch while
-steal rose from under 1% to about 30% of the CPU time asked for. Linux only; elsewhere every reader
+saw a MiniLM fit on this project's 2-core VM fall from 16 to 9-11 utterances/s within one epoch while
+steal rose from under 1% to 18-23% of the machine's CPU time. Linux only; elsewhere every reader
 here returns None.
 """
 
@@ -47,9 +47,9 @@ def read_cpu_ticks(path: Path = PROC_STAT) -> CpuTicks | None:
     return CpuTicks(busy=sum(ticks) - idle, steal=ticks[7], total=sum(ticks))
 
 
-def steal_share(busy_ticks: int, steal_ticks: int) -> float | None:
-    """The share of the CPU time asked for (busy, steal included) that the hypervisor withheld; None
-    when nothing was asked for."""
-    if busy_ticks <= 0:
+def steal_share(busy: float, steal: float) -> float | None:
+    """The share of the CPU time asked for (busy, steal included) that the hypervisor withheld, both in
+    one unit (ticks or seconds); None when nothing was asked for."""
+    if busy <= 0:
         return None
-    return min(1.0, max(0.0, steal_ticks / busy_ticks))
+    return min(1.0, max(0.0, steal / busy))

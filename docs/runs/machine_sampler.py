@@ -1,9 +1,10 @@
 """Sample what the host does to this machine while a long run goes: one JSON line every INTERVAL s.
 
-Each line: the whole machine's share of user, system, idle and steal time since the previous line
-(/proc/stat; steal = time the hypervisor withheld), and the time of a fixed one-thread matmul loop
-(bf16 256x256 x200, fp32 x100; a few tens of milliseconds, so the sampler costs the run well under
-1% of a core). Written in session 27 beside a MiniLM fit; `docs/runs/steal_look.py` lines the two up.
+Each line: the whole machine's share of busy and steal time since the previous line (/proc/stat
+through erc_stream/hoststat.py; steal = time the hypervisor withheld, part of busy), and the time of
+a fixed one-thread matmul loop (bf16 256x256 x200, fp32 x100; a few tens of milliseconds, so the
+sampler costs the run well under 1% of a core). Written in session 27 beside a MiniLM fit;
+`docs/runs/steal_look.py` lines the two up.
 
     nohup python docs/runs/machine_sampler.py 30 /root/erc-runs/sampler.jsonl > /dev/null 2>&1 &
 """
@@ -17,6 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from erc_stream.hoststat import read_cpu_ticks  # noqa: E402
 
 
 def timed_mm(a: torch.Tensor, b: torch.Tensor, n: int) -> float:
@@ -35,33 +40,27 @@ def main() -> None:
     a32, b32 = torch.randn(256, 256), torch.randn(256, 256)
     a16, b16 = a32.bfloat16(), b32.bfloat16()
     timed_mm(a16, b16, 50), timed_mm(a32, b32, 50)  # warm-up
-    try:
-        raw_prev = _raw()
-    except (OSError, ValueError) as e:
-        sys.exit(f"cannot read /proc/stat on this machine ({e}): nothing to sample")
+    prev = read_cpu_ticks()
+    if prev is None:
+        sys.exit("cannot read /proc/stat on this machine: nothing to sample")
     with a.out.open("a") as out:
         while True:
             t_bf16, t_fp32 = timed_mm(a16, b16, 200), timed_mm(a32, b32, 100)
-            raw = _raw()
-            d = [c - p for c, p in zip(raw, raw_prev, strict=True)]
-            raw_prev, total = raw, sum(d) or 1
+            now = read_cpu_ticks()
+            if now is None:
+                sys.exit("/proc/stat became unreadable: sampling stopped")
+            total = (now.total - prev.total) or 1
             row = {
                 "t": time.time(),
                 "bf16_ms": round(t_bf16 * 1e3, 2),
                 "fp32_ms": round(t_fp32 * 1e3, 2),
-                "user": round(d[0] / total, 3),
-                "system": round(d[2] / total, 3),
-                "idle": round((d[3] + d[4]) / total, 3),
-                "steal": round(d[7] / total, 4),
+                "busy": round((now.busy - prev.busy) / total, 3),
+                "steal": round((now.steal - prev.steal) / total, 4),
             }
+            prev = now
             out.write(json.dumps(row) + "\n")
             out.flush()
             time.sleep(a.interval)
-
-
-def _raw() -> list[int]:
-    """The first eight columns of /proc/stat's cpu line: user nice system idle iowait irq softirq steal."""
-    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ both from the same machine and run:
 - the fit's log (tqdm lines: ``stage 1 epoch k/N ... [mm:ss<...] ... utt_s=R``), started at
   START (the process's start time, e.g. from ``ps -o lstart``);
 - the sampler's JSON lines (``docs/runs/machine_sampler.py``): every INTERVAL seconds the whole
-  machine's share of user and steal time since the previous line.
+  machine's share of busy and steal time since the previous line.
 
 Each progress bar's elapsed time is laid end to end from START, so the epoch windows are placed
 to within the gaps between bars (model loading, anchor texts: tens of seconds in all), which is
@@ -49,7 +49,7 @@ def bars(log: Path) -> list[dict]:
 
 
 def steal_over(samples: list[dict], t0: float, t1: float) -> tuple[float | None, int]:
-    """Mean steal and user share of the sampler lines that fall in [t0, t1] (each covers the interval before it)."""
+    """Mean steal of the sampler lines that fall in [t0, t1] (each covers the interval before it), and their count."""
     inside = [s for s in samples if t0 < s["t"] <= t1]
     if not inside:
         return None, 0
