@@ -92,7 +92,13 @@ def offsets(dump: Path, manifest: Path) -> None:
     plain = compute_metrics(gold.tolist(), logits.argmax(1).tolist(), labels)
     print(line("no offsets", plain, labels))
     full = fit_offsets(gold, logits, labels, neutral)
-    print(line("offsets fitted on all of dev (in sample)", compute_metrics(gold.tolist(), (logits + full).argmax(1).tolist(), labels), labels))
+    print(
+        line(
+            "offsets fitted on all of dev (in sample)",
+            compute_metrics(gold.tolist(), (logits + full).argmax(1).tolist(), labels),
+            labels,
+        )
+    )
     fold = folds_of(conv)
     oof = np.empty_like(gold)
     fitted = []
@@ -101,14 +107,24 @@ def offsets(dump: Path, manifest: Path) -> None:
         b = fit_offsets(gold[tr], logits[tr], labels, neutral)
         fitted.append(b)
         oof[te] = (logits[te] + b).argmax(1)
-    print(line(f"offsets out of fold ({FOLDS} folds by conversation, pooled)", compute_metrics(gold.tolist(), oof.tolist(), labels), labels))
+    print(
+        line(
+            f"offsets out of fold ({FOLDS} folds by conversation, pooled)",
+            compute_metrics(gold.tolist(), oof.tolist(), labels),
+            labels,
+        )
+    )
     print()
     print("offsets fitted on all of dev: " + ", ".join(f"{lab} {v:+.2f}" for lab, v in zip(labels, full, strict=True)))
     for k, b in enumerate(fitted):
-        per_fold = compute_metrics(gold[fold == k].tolist(), logits[fold == k].argmax(1).tolist(), labels)["weighted_f1"]
+        per_fold = compute_metrics(gold[fold == k].tolist(), logits[fold == k].argmax(1).tolist(), labels)[
+            "weighted_f1"
+        ]
         moved = compute_metrics(gold[fold == k].tolist(), oof[fold == k].tolist(), labels)["weighted_f1"]
-        print(f"fold {k}: {int((fold == k).sum())} utterances, wF1 {per_fold:.4f} -> {moved:.4f}; offsets "
-              + ", ".join(f"{lab} {v:+.2f}" for lab, v in zip(labels, b, strict=True)))
+        print(
+            f"fold {k}: {int((fold == k).sum())} utterances, wF1 {per_fold:.4f} -> {moved:.4f}; offsets "
+            + ", ".join(f"{lab} {v:+.2f}" for lab, v in zip(labels, b, strict=True))
+        )
 
 
 def ensemble(pairs: list[tuple[Path, Path]]) -> None:
@@ -126,7 +142,11 @@ def ensemble(pairs: list[tuple[Path, Path]]) -> None:
         probs.append(p)
         print(line(d.stem, compute_metrics(gold.tolist(), p.argmax(1).tolist(), labels), labels))
     mean = np.mean(probs, axis=0)
-    print(line("mean of calibrated probabilities", compute_metrics(gold.tolist(), mean.argmax(1).tolist(), labels), labels))
+    print(
+        line(
+            "mean of calibrated probabilities", compute_metrics(gold.tolist(), mean.argmax(1).tolist(), labels), labels
+        )
+    )
 
 
 def main(argv: list[str]) -> None:
