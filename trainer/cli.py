@@ -63,6 +63,30 @@ def print_metrics(m: dict, title: str) -> None:
     Console().print(cm)
 
 
+def print_alerts(table: dict[str, list[dict]]) -> None:
+    """Precision / recall of ``emotion == E and confidence >= t`` per label (trainer/alerts.py)."""
+    first = next(iter(table.values()))
+    t = Table(
+        title="alerting on one emotion: emotion == E and confidence >= t",
+        caption="each cell: precision % / recall %, alerts",
+    )
+    t.add_column("label")
+    t.add_column("support", justify="right")
+    for row in first:
+        t.add_column("any" if row["threshold"] == 0 else f">= {row['threshold']:.1f}", justify="right")
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.0f}"
+
+    for label, rows in table.items():
+        t.add_row(
+            label,
+            str(rows[0]["support"]),
+            *[f"{pct(r['precision'])} / {pct(r['recall'])}, {r['alerts']}" for r in rows],
+        )
+    Console(width=max(Console().width, 100)).print(t)
+
+
 # TrainConfig's defaults: the CLI's defaults are the config's, never a second copy.
 _D = DEFAULTS
 
@@ -273,6 +297,7 @@ def evaluate(
     _setup()
     from erc_stream.artifact import current_file, read_current, version_path
     from erc_stream.model import load_predictor
+    from trainer.alerts import alert_table, plot_alert_curves
     from trainer.calibration import expected_calibration_error
     from trainer.datasets import DATASETS, load_split
     from trainer.evaluate import compute_metrics, predict_conversations, write_report
@@ -297,9 +322,19 @@ def evaluate(
         m = compute_metrics(res.gold, res.predictions.label_ids.tolist(), predictor.labels, DATASETS[ds].neutral_label)
         # Calibration of the confidence this version serves (its fitted temperature, or tau).
         correct = (res.predictions.label_ids == np.asarray(res.gold)).astype(np.float64)
-        m["ece"] = round(expected_calibration_error(res.predictions.confidence.max(axis=1), correct), 4)
+        top = res.predictions.confidence.max(axis=1)  # the served confidence: the predicted label's
+        m["ece"] = round(expected_calibration_error(top, correct), 4)
+        m["alerts"] = alert_table(res.gold, res.predictions.label_ids, top, predictor.labels)
         out = out or Path("reports") / version / split
         write_report(out, {split: m}, predictor.labels, title=f"{ds} {version}")
+        plot_alert_curves(
+            out / f"alerts_{split}.png",
+            res.gold,
+            res.predictions.label_ids,
+            top,
+            predictor.labels,
+            f"{ds} {version} {split}",
+        )
         # Anchors before/after training are a fact of the training run: its heatmap is in the artifact.
         trained = version_path(store, version) / "report" / "anchors_cosine.png"
         if trained.is_file():
@@ -307,8 +342,8 @@ def evaluate(
         if predictions:
             predictions.parent.mkdir(parents=True, exist_ok=True)
             with open(predictions, "w", encoding="utf-8") as f:
-                for (cid, i), g, lid, sc in zip(
-                    res.keys, res.gold, res.predictions.label_ids, res.predictions.scores, strict=True
+                for (cid, i), g, lid, conf, sc in zip(
+                    res.keys, res.gold, res.predictions.label_ids, top, res.predictions.scores, strict=True
                 ):
                     f.write(
                         json.dumps(
@@ -317,6 +352,7 @@ def evaluate(
                                 "index": i,
                                 "gold": predictor.labels[g],
                                 "emotion": predictor.labels[int(lid)],
+                                "confidence": round(float(conf), 6),
                                 "scores": [round(float(s), 6) for s in sc],
                             }
                         )
@@ -325,6 +361,7 @@ def evaluate(
     except (ErcError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     print_metrics(m, f"{ds} {split}: {version}")
+    print_alerts(m["alerts"])
     console.print(f"report written to {out}")
 
 

@@ -159,6 +159,16 @@ def test_evaluate_reproduces_the_published_dev_metrics(fitted, tmp_path):
     assert all(len(r["scores"]) == 7 for r in rows)
     correct = sum(r["emotion"] == r["gold"] for r in rows)
     assert correct / len(rows) == pytest.approx(m["accuracy"], abs=1e-12)
+    # Alerting on one emotion: the table in metrics.json counts what the predictions file shows.
+    assert (out / "alerts_dev.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "alerting on one emotion" in proc.stdout
+    assert set(m["alerts"]) == set(MELD_LABELS)
+    for label, table in m["alerts"].items():
+        for row in table:
+            fired = [r for r in rows if r["emotion"] == label and r["confidence"] >= row["threshold"]]
+            assert row["alerts"] == len(fired)
+            assert row["correct"] == sum(r["gold"] == label for r in fired)
+            assert row["support"] == m["support"][label]
 
 
 def test_anonymous_speakers_reach_the_manifest_and_the_loaded_model(tmp_path):
