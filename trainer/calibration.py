@@ -22,7 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Calibration", "fit_temperature", "expected_calibration_error", "calibrate", "reliability_diagram"]
+__all__ = [
+    "Calibration",
+    "calibrate",
+    "expected_calibration_error",
+    "fit_temperature",
+    "reliability_diagram",
+    "top_confidence",
+]
 
 N_BINS = 15
 
@@ -44,7 +51,8 @@ def fit_temperature(scores: np.ndarray, gold: Sequence[int] | np.ndarray, init: 
     return float(log_t.detach().exp())
 
 
-def _confidence(scores: np.ndarray, temperature: float) -> np.ndarray:
+def top_confidence(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """The confidence an event carries: the top label's softmax probability over cosine / temperature."""
     z = np.asarray(scores, dtype=np.float64) / temperature  # (N, C)
     z -= z.max(axis=1, keepdims=True)
     p = np.exp(z)
@@ -111,16 +119,16 @@ def calibrate(scores: np.ndarray, gold: Sequence[int], groups: Sequence[str], ta
         train, test = fold != k, fold == k
         if train.any() and test.any():
             t_k = fit_temperature(scores[train], y[train], init=tau)
-            cross_conf[test] = _confidence(scores[test], t_k)
+            cross_conf[test] = top_confidence(scores[test], t_k)
         else:  # a dev split of one conversation: nothing to cross-fit with
-            cross_conf[test] = _confidence(scores[test], tau)
+            cross_conf[test] = top_confidence(scores[test], tau)
     t_all = fit_temperature(scores, y, init=tau)
     return Calibration(
         temperature=t_all,
         training_temperature=tau,
-        ece_before=expected_calibration_error(_confidence(scores, tau), correct),
+        ece_before=expected_calibration_error(top_confidence(scores, tau), correct),
         ece_after=expected_calibration_error(cross_conf, correct),
-        ece_after_in_sample=expected_calibration_error(_confidence(scores, t_all), correct),
+        ece_after_in_sample=expected_calibration_error(top_confidence(scores, t_all), correct),
         n=len(y),
     )
 
@@ -145,7 +153,7 @@ def reliability_diagram(path: Path, scores: np.ndarray, gold: Sequence[int], cal
     ]
     width = 1.0 / N_BINS
     for ax, t, title in runs:
-        stats = _bins(_confidence(scores, t), correct, N_BINS)
+        stats = _bins(top_confidence(scores, t), correct, N_BINS)
         lefts = np.arange(N_BINS) * width
         acc = [a if n else 0.0 for _, a, n in stats]
         ax.bar(lefts, acc, width=width, align="edge", edgecolor="black", color="#4c72b0", label="accuracy")

@@ -57,8 +57,9 @@ from erc_stream.model import (
     resolve_dtype,
 )
 from erc_stream.prompt import Prompt, PromptBuilder, pad_batch
+from trainer.alerts import plot_alert_curves
 from trainer.anchors import LLMSettings, describe_emotions, embed_descriptions
-from trainer.calibration import calibrate, reliability_diagram
+from trainer.calibration import calibrate, reliability_diagram, top_confidence
 from trainer.checkpoint import (
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -883,6 +884,16 @@ def _publish(
             title=f"{cfg.dataset} {version}",
         )
         reliability_diagram(report / "reliability.png", dev_pred.scores, dev_gold, calibration)
+        # What alerting on one emotion buys, with the confidence this version will serve.
+        served = top_confidence(dev_pred.scores, manifest["calibration"]["temperature"])
+        plot_alert_curves(
+            report / "alerts_dev.png",
+            dev_gold,
+            dev_pred.scores.argmax(axis=1),
+            served,
+            run.labels,
+            f"{cfg.dataset} {version} dev",
+        )
         path = publish_version(
             cfg.store,
             version=version,

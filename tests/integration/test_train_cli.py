@@ -120,9 +120,16 @@ def test_fit_every_file_checksum_matches(fitted):
 def test_fit_report(fitted):
     _, _, vdir, m = fitted
     report = vdir / "report"
-    for name in ("metrics.json", "confusion_dev.png", "anchors_cosine.png", "training_curve.png", "reliability.png"):
+    for name in (
+        "metrics.json",
+        "confusion_dev.png",
+        "anchors_cosine.png",
+        "training_curve.png",
+        "reliability.png",
+        "alerts_dev.png",
+    ):
         assert (report / name).is_file(), name
-    for name in ("confusion_dev.png", "anchors_cosine.png", "reliability.png"):
+    for name in ("confusion_dev.png", "anchors_cosine.png", "reliability.png", "alerts_dev.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     payload = json.loads((report / "metrics.json").read_text())
     assert payload["splits"]["dev"]["weighted_f1"] == m["metrics"]["dev"]["weighted_f1"]
