@@ -52,6 +52,7 @@ from erc_stream.model import (
     ProjectionHead,
     TurnEmotionModel,
     TurnPredictor,
+    confidence_temperature,
     configure_cuda_attention,
     resolve_device,
     resolve_dtype,
@@ -885,11 +886,11 @@ def _publish(
         )
         reliability_diagram(report / "reliability.png", dev_pred.scores, dev_gold, calibration)
         # What alerting on one emotion buys, with the confidence this version will serve.
-        served = top_confidence(dev_pred.scores, manifest["calibration"]["temperature"])
+        served = top_confidence(dev_pred.scores, confidence_temperature(manifest))
         plot_alert_curves(
             report / "alerts_dev.png",
             dev_gold,
-            dev_pred.scores.argmax(axis=1),
+            dev_pred.label_ids,
             served,
             run.labels,
             f"{cfg.dataset} {version} dev",

@@ -21,8 +21,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from erc_stream.model import confidence_temperature  # noqa: E402
 from trainer.evaluate import compute_metrics  # noqa: E402
 
 GRID = np.round(np.arange(-2.0, 2.0001, 0.05), 2)  # offsets tried for each class, in logit units
@@ -35,7 +37,7 @@ def load(dump: Path, manifest: Path) -> tuple[list[str], list[str], np.ndarray, 
     """(labels, conversation id per row, gold ids, logits = cosine / T, T)."""
     man = json.loads(manifest.read_text())
     labels = list(man["labels"])
-    temp = float(man["calibration"]["temperature"])
+    temp = confidence_temperature(man)
     rows = [json.loads(line) for line in dump.read_text().splitlines() if line.strip()]
     rows.sort(key=lambda r: (str(r["conversation_id"]), int(r["index"])))
     conv = [str(r["conversation_id"]) for r in rows]
@@ -137,8 +139,7 @@ def ensemble(pairs: list[tuple[Path, Path]]) -> None:
     print("|" + "---|" * (3 + len(labels)))
     probs = []
     for (d, _), (_, _, _, logits, _) in zip(pairs, loaded, strict=True):
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
+        p = softmax(logits, axis=1)
         probs.append(p)
         print(line(d.stem, compute_metrics(gold.tolist(), p.argmax(1).tolist(), labels), labels))
     mean = np.mean(probs, axis=0)
