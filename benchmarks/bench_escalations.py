@@ -1,6 +1,9 @@
-"""Escalations: quality on MELD dev (predicted vs gold emotions) and events/s of the real app.
+"""Escalations: quality on a dataset's dev split (predicted vs gold emotions) and events/s of the real app.
 
-Quality. Each MELD dev conversation becomes two streams of emotion events: one with the emotions
+The model is the store's CURRENT version unless --version or --channel names another (e.g.
+--channel emorynlp); its manifest says which dataset's dev split the predictions are of.
+
+Quality. Each dev conversation becomes two streams of emotion events: one with the emotions
 the served model predicted (confidence = softmax(scores / temperature), as the worker computes
 it) and one with the gold labels (confidence 1). The pure rules (:class:`Escalator`, the same
 code the app runs) are applied to both; escalations from the gold stream are the reference.
@@ -39,23 +42,25 @@ import tempfile
 import time
 import urllib.request
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 from _common import ROOT, command_line, machine_info, md_table, write_results
 
-from erc_stream.artifact import read_current, version_path
+from erc_stream.artifact import current_file, read_current, version_path
 from erc_stream.devtools.broker import LocalBroker, create_topics, free_port
+from erc_stream.errors import ConfigError
 from erc_stream.escalations.messages import EmotionEvent
-from erc_stream.escalations.rules import RULE_NAMES, RulesConfig, rules_from_mapping
+from erc_stream.escalations.rules import RULE_NAMES, RulesConfig, load_rules
 from erc_stream.escalations.state import Escalator
 from erc_stream.events import SourceRef
 from erc_stream.model import confidence_temperature
 from trainer.datasets import load_split
 
 TOLERANCE_TURNS = 2
+DATASET_NAMES = {"meld": "MELD", "emorynlp": "EmoryNLP", "dailydialog": "DailyDialog", "iemocap": "IEMOCAP"}
 CLI = Path(sys.executable).parent / "erc-stream"
 
 
@@ -70,28 +75,49 @@ class Turn:
     scores: dict[str, float]
 
 
-def load_turns(predictions: Path, store: Path) -> tuple[list[list[Turn]], dict[str, Any]]:
-    version = read_current(store)
-    if not version:
-        raise SystemExit(f"no CURRENT version in {store}")
+def pick_version(store: Path, version: str | None, channel: str) -> str:
+    """--version as given, else the channel's pointer (CURRENT, CURRENT.<channel>)."""
+    picked = version or read_current(store, channel)
+    if not picked:
+        raise SystemExit(f"no {current_file(channel)} version in {store}; name one with --version")
+    if not (version_path(store, picked) / "manifest.json").is_file():
+        raise SystemExit(f"{store} has no version {picked!r} (no {picked}/manifest.json)")
+    return picked
+
+
+def load_turns(predictions: Path, store: Path, version: str) -> tuple[list[list[Turn]], dict[str, Any]]:
     manifest = orjson.loads((version_path(store, version) / "manifest.json").read_bytes())
     labels: list[str] = manifest["labels"]
+    dataset: str = manifest["dataset"]
     temperature = confidence_temperature(manifest)  # the fitted one when calibrated, as the worker uses
-    speakers = {c.id: [u.speaker for u in c.utterances] for c in load_split("meld", "dev")}
+    speakers = {c.id: [u.speaker for u in c.utterances] for c in load_split(dataset, "dev")}
+    remake = (
+        f"make them with: erc-train evaluate --store {store} --version {version} --split dev "
+        f"--predictions {predictions}"
+    )
     convs: dict[str, list[Turn]] = defaultdict(list)
-    for line in predictions.read_text().splitlines():
+    for n, line in enumerate(predictions.read_text().splitlines(), 1):
         row = orjson.loads(line)
+        conv = row["conversation_id"]
+        if conv not in speakers or row["index"] >= len(speakers[conv]):
+            raise SystemExit(
+                f"{predictions}:{n}: turn {conv}:{row['index']} is not in {dataset} dev, the dataset of {version}; "
+                f"the predictions are of another dataset or model: {remake}"
+            )
+        if row["emotion"] not in labels or row["gold"] not in labels or len(row["scores"]) != len(labels):
+            raise SystemExit(f"{predictions}:{n}: labels or scores do not match {version}'s labels {labels}: {remake}")
         scores = dict(zip(labels, row["scores"], strict=True))
         z = [s / temperature for s in row["scores"]]
         top = max(z)
         probs = [math.exp(v - top) for v in z]
         confidence = probs[labels.index(row["emotion"])] / sum(probs)
-        conv = row["conversation_id"]
         convs[conv].append(
             Turn(conv, row["index"], speakers[conv][row["index"]], row["gold"], row["emotion"], confidence, scores)
         )
     ordered = [sorted(turns, key=lambda t: t.index) for turns in convs.values()]
-    return ordered, {"version": version, "labels": labels, "temperature": temperature}
+    if not ordered:
+        raise SystemExit(f"{predictions} holds no predictions: {remake}")
+    return ordered, {"version": version, "dataset": dataset, "labels": labels, "temperature": temperature}
 
 
 def _event(t: Turn, gold: bool, conv_id: str | None = None) -> EmotionEvent:
@@ -162,22 +188,60 @@ def score(pred: dict[str, list[tuple[str, int]]], gold: dict[str, list[tuple[str
     }
 
 
-def quality(convs: list[list[Turn]]) -> dict[str, dict[str, Any]]:
+def check_labels(rules: RulesConfig, labels: list[str], version: str) -> None:
+    """Refuse rules under which no label of the model is negative: every rule would stay silent."""
+    if not set(rules.negative_emotions) & set(labels):
+        raise SystemExit(
+            f"no emotion in the rules' emotions.negative {list(rules.negative_emotions)} is a label of {version} "
+            f"({labels}); add its negative labels to the rules file"
+        )
+
+
+def alone(rules: RulesConfig, rule: str) -> RulesConfig:
+    """``rules`` with only ``rule`` enabled, every other setting kept."""
+    return replace(rules, **{r: replace(getattr(rules, r), enabled=r == rule) for r in RULE_NAMES})
+
+
+def quality(convs: list[list[Turn]], rules: RulesConfig | None = None) -> dict[str, dict[str, Any]]:
+    """Per rule run alone, and for ``rules`` as given ("all rules"); default: the packaged rules."""
+    rules = RulesConfig() if rules is None else rules
     results: dict[str, dict[str, Any]] = {}
     for rule in RULE_NAMES:
-        alone = rules_from_mapping({"rules": {r: {"enabled": r == rule} for r in RULE_NAMES}})
-        results[rule] = score(openings(convs, alone, gold=False), openings(convs, alone, gold=True))
-    results["all rules"] = score(openings(convs, RulesConfig(), False), openings(convs, RulesConfig(), True))
+        one = alone(rules, rule)
+        results[rule] = score(openings(convs, one, gold=False), openings(convs, one, gold=True))
+    results["all rules"] = score(openings(convs, rules, False), openings(convs, rules, True))
     return results
 
 
-def turn_level(convs: list[list[Turn]], negative: tuple[str, ...] = RulesConfig().negative_emotions) -> dict[str, Any]:
-    """Negative-turn recall and precision of the predictions, and their median confidence."""
+CONFIDENCE_STEPS = (0.2, 0.3, 0.4, 0.5)
+
+
+def turn_level(
+    convs: list[list[Turn]],
+    negative: tuple[str, ...] = RulesConfig().negative_emotions,
+    steps: tuple[float, ...] = CONFIDENCE_STEPS,
+) -> dict[str, Any]:
+    """Negative-turn recall and precision of the predictions, their median confidence, and the same
+    counts when only the turns called negative at a confidence of at least each step count (what a
+    rule's min_confidence keeps)."""
     turns = [t for c in convs for t in c]
     gold = [t for t in turns if t.gold in negative]
     called = [t for t in turns if t.predicted in negative]
     hits = sum(t.gold in negative for t in called)
     median = statistics.median(t.confidence for t in called) if called else None
+    by_step = []
+    for step in steps:
+        kept = [t for t in called if t.confidence >= step]
+        kept_hits = sum(t.gold in negative for t in kept)
+        by_step.append(
+            {
+                "min_confidence": step,
+                "predicted": len(kept),
+                "hits": kept_hits,
+                "recall": _ratio(kept_hits, len(gold)),
+                "precision": _ratio(kept_hits, len(kept)),
+            }
+        )
     return {
         "negative_gold": len(gold),
         "negative_predicted": len(called),
@@ -185,6 +249,7 @@ def turn_level(convs: list[list[Turn]], negative: tuple[str, ...] = RulesConfig(
         "negative_recall": _ratio(hits, len(gold)),
         "negative_precision": _ratio(hits, len(called)),
         "median_confidence_predicted_negative": median,
+        "by_min_confidence": by_step,
     }
 
 
@@ -223,7 +288,12 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
 
 
 def throughput(
-    convs: list[list[Turn]], copies: int, batch_bytes: int, partitions: int, model_version: str
+    convs: list[list[Turn]],
+    copies: int,
+    batch_bytes: int,
+    partitions: int,
+    model_version: str,
+    rules_file: Path | None = None,
 ) -> dict[str, Any]:
     import psutil
 
@@ -278,6 +348,8 @@ def throughput(
                 "ERC_LOG_LEVEL": "WARNING",
             }
         )
+        if rules_file is not None:
+            env["ERC_ESCALATIONS_RULES_FILE"] = str(rules_file.resolve())
         log = open(Path(tmp) / "app.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen([str(CLI), "escalations"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -340,8 +412,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--predictions", type=Path, default=Path("/tmp/dev_preds.jsonl"))
     parser.add_argument("--store", type=Path, default=ROOT / "models")
-    parser.add_argument("--copies", type=int, default=10, help="copies of MELD dev in the throughput backlog")
+    parser.add_argument("--version", default=None, help="the model the predictions are of (default: --channel's)")
+    parser.add_argument(
+        "--channel", default="", help="without --version: the version CURRENT.<channel> names (e.g. emorynlp)"
+    )
+    parser.add_argument("--copies", type=int, default=10, help="copies of the dev split in the throughput backlog")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--rules-file",
+        type=Path,
+        default=None,
+        help="escalation rules to measure (YAML, as erc-stream escalations --rules-file); default: the packaged ones",
+    )
     parser.add_argument("--skip-throughput", action="store_true", help="quality only; needs --out")
     parser.add_argument(
         "--out",
@@ -351,17 +433,24 @@ def main() -> None:
     )
     args = parser.parse_args()
     check_out(args.out, args.skip_throughput)
+    try:
+        rules = load_rules(args.rules_file)
+    except ConfigError as exc:
+        raise SystemExit(f"--rules-file: {exc}") from None
+    version = pick_version(args.store, args.version, args.channel)
     if not args.predictions.is_file():
         raise SystemExit(
             f"{args.predictions} is missing; make it with: erc-train evaluate --store {args.store} "
-            f"--split dev --predictions {args.predictions}"
+            f"--version {version} --split dev --predictions {args.predictions}"
         )
     before = machine_info()
-    convs, model = load_turns(args.predictions, args.store)
-    q = quality(convs)
-    turns = turn_level(convs)
+    convs, model = load_turns(args.predictions, args.store, version)
+    dataset = DATASET_NAMES.get(model["dataset"], model["dataset"])
+    check_labels(rules, model["labels"], version)
+    q = quality(convs, rules)
+    turns = turn_level(convs, rules.negative_emotions)
     runs = [
-        throughput(convs, args.copies, b, args.partitions, model["version"])
+        throughput(convs, args.copies, b, args.partitions, model["version"], args.rules_file)
         for b in (() if args.skip_throughput else (1, 16384))
     ]
     after = machine_info()
@@ -378,12 +467,15 @@ def main() -> None:
         ]
         for name, r in q.items()
     ]
+    rules_name = (
+        "default rules (erc_stream/escalations/rules.yaml)" if args.rules_file is None else f"rules {args.rules_file}"
+    )
     md = [
-        "# Escalations: quality on MELD dev and throughput of the app",
+        f"# Escalations: quality on {dataset} dev" + ("" if args.skip_throughput else " and throughput of the app"),
         "",
         f"Command: `{command_line()}`. Model `{model['version']}` (temperature {model['temperature']}), "
-        f"{len(convs)} MELD dev conversations, {sum(len(c) for c in convs)} turns; default rules "
-        f"(erc_stream/escalations/rules.yaml). Escalation-level matches allow +-{TOLERANCE_TURNS} turns.",
+        f"{len(convs)} {dataset} dev conversations, {sum(len(c) for c in convs)} turns; {rules_name}. "
+        f"Escalation-level matches allow +-{TOLERANCE_TURNS} turns.",
         "",
         md_table(
             [
@@ -406,7 +498,16 @@ def main() -> None:
             if turns["median_confidence_predicted_negative"] is None
             else f"{turns['median_confidence_predicted_negative']:.2f}"
         )
-        + " (negative = the rules' negative emotions).",
+        + " (negative = the rules' negative emotions). Keeping only the turns called negative at a confidence "
+        "of at least t, as a rule's min_confidence does:",
+        "",
+        md_table(
+            ["t", "turns called negative", "of them gold negative", "precision", "recall"],
+            [
+                [f"{r['min_confidence']:g}", r["predicted"], r["hits"], _pct(r["precision"]), _pct(r["recall"])]
+                for r in turns["by_min_confidence"]
+            ],
+        ),
     ]
     if runs:
         md += [
@@ -434,6 +535,7 @@ def main() -> None:
     ]
     payload = {
         "model": model,
+        "rules_file": None if args.rules_file is None else str(args.rules_file),
         "quality": q,
         "turns": turns,
         "throughput": runs,

@@ -190,8 +190,8 @@ class RulesConfig:
         """What one turn adds to the intensity: 1 for a negative turn at ``intensity.min_confidence``, else 0.
 
         A 0/1 value rather than the confidence itself: model confidences are not calibrated (the
-        shipped MELD model's median on negative turns is 0.47), so a confidence-weighted intensity
-        would make the threshold mean something different for every model.
+        MELD model shipped when this was chosen had a median of 0.47 on negative turns), so a
+        confidence-weighted intensity would make the threshold mean something different for every model.
         """
         return 1.0 if self.is_negative(turn, self.intensity_min_confidence) else 0.0
 
