@@ -7,8 +7,12 @@ says otherwise). The repacked version is kept only when its dev weighted F1 is w
 ``max_drop_points`` of the original's; otherwise it is removed and the caller is told.
 A kept version's manifest then describes what it serves: ``metrics.dev`` is re-measured on the
 stored weights (``erc-train evaluate`` reproduces it), the original's figures stay as
-``metrics.dev_before_repack`` and ``repacked_from`` names the source. The manifest is rewritten
-atomically before any pointer names the version.
+``metrics.dev_before_repack`` and ``repacked_from`` names the source. A calibrated source has its
+confidence temperature refitted on the stored weights' dev scores the same way the fit did
+(``trainer.calibration.calibrate``): ``calibration`` then holds the temperature the version serves
+and the ECEs of its own weights, the source's stays as ``calibration_before_repack``, and the
+report's reliability diagram and alert curves are redrawn from the stored weights (with their
+checksums). The manifest is rewritten atomically before any pointer names the version.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from erc_stream.artifact import load_version_files, publish_version, version_path
+from erc_stream.artifact import load_version_files, publish_version, sha256_file, version_path
 from erc_stream.errors import ArtifactError
 from erc_stream.model import load_predictor, resolve_device, strip_prefix
+from trainer.alerts import plot_alert_curves
+from trainer.calibration import calibrate, reliability_diagram, top_confidence
 from trainer.datasets import DATASETS, load_split
-from trainer.evaluate import compute_metrics, predict_conversations
+from trainer.evaluate import ConversationPredictions, compute_metrics, predict_conversations
 
 __all__ = ["RepackResult", "repack"]
 
@@ -89,8 +96,9 @@ def repack(
         predictor = load_predictor(vdir, device=device, dtype="fp32")
         res = predict_conversations(predictor, convs, batch_size=64, progress=True)
         m = compute_metrics(res.gold, res.predictions.label_ids.tolist(), predictor.labels, spec.neutral_label)
-        runs.append((m, res.predictions))
-    (m_a, pa), (m_b, pb) = runs
+        runs.append((m, res))
+    (m_a, res_a), (m_b, res_b) = runs
+    pa, pb = res_a.predictions, res_b.predictions
     f1_a, f1_b = m_a["weighted_f1"], m_b["weighted_f1"]
     result = RepackResult(
         path=path,
@@ -108,7 +116,7 @@ def repack(
             f"({f1_a:.4f} -> {f1_b:.4f}), more than {max_drop_points}; the repacked version was removed"
         )
     if max_conversations is None:  # figures of the whole dev split: the ones the manifest reports
-        _record_repack(path, m_b, source=version, weights_dtype=weights_dtype, agreement=result.agreement)
+        _record_repack(path, m_b, res_b, source=version, weights_dtype=weights_dtype, agreement=result.agreement)
     if make_current:
         from erc_stream.artifact import set_current
 
@@ -116,8 +124,17 @@ def repack(
     return result
 
 
-def _record_repack(path: Path, dev_metrics: dict, *, source: str, weights_dtype: str, agreement: float) -> None:
-    """Rewrite the repacked version's manifest with the dev metrics of its own weights (atomically)."""
+def _record_repack(
+    path: Path,
+    dev_metrics: dict,
+    dev: ConversationPredictions,
+    *,
+    source: str,
+    weights_dtype: str,
+    agreement: float,
+) -> None:
+    """Rewrite the repacked version's manifest with the dev figures of its own weights (atomically);
+    a calibrated version also gets its temperature refitted and its report's plots redrawn."""
     manifest_path = path / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     metrics = manifest.setdefault("metrics", {})
@@ -125,8 +142,35 @@ def _record_repack(path: Path, dev_metrics: dict, *, source: str, weights_dtype:
         metrics["dev_before_repack"] = metrics["dev"]
     metrics["dev"] = dev_metrics
     manifest["repacked_from"] = {"version": source, "weights_dtype": weights_dtype, "dev_same_emotion": agreement}
+    if "calibration" in manifest:
+        _recalibrate(path, manifest, dev)
     tmp = manifest_path.with_name(".manifest.json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, manifest_path)
+
+
+def _recalibrate(path: Path, manifest: dict, dev: ConversationPredictions) -> None:
+    """Refit the confidence temperature on the stored weights' dev scores; redraw the report's plots
+    that depend on it and update their checksums in ``manifest`` (which the caller writes)."""
+    scores = dev.predictions.scores
+    cal = calibrate(scores, dev.gold, [conv for conv, _ in dev.keys], float(manifest["temperature"]))
+    manifest["calibration_before_repack"] = manifest["calibration"]
+    manifest["calibration"] = cal.to_manifest()
+    files: dict[str, str] = manifest["files"]
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = {"report/reliability.png": Path(tmp) / "reliability.png"}
+        reliability_diagram(fresh["report/reliability.png"], scores, dev.gold, cal)
+        if "report/alerts_dev.png" in files:  # reports from before the alert curves have none
+            fresh["report/alerts_dev.png"] = Path(tmp) / "alerts_dev.png"
+            served = top_confidence(scores, cal.temperature)
+            title = f"{manifest['dataset']} {manifest['version']} dev"
+            plot_alert_curves(
+                fresh["report/alerts_dev.png"], dev.gold, dev.predictions.label_ids, served, manifest["labels"], title
+            )
+        for rel, drawn in fresh.items():
+            target = path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(drawn, target)
+            files[rel] = sha256_file(target)
