@@ -396,11 +396,17 @@ def _pct(x: float | None) -> str:
 DEFAULT_OUT = "bench_escalations"
 
 
-def check_out(out: str, skip_throughput: bool) -> None:
-    """Refuse an output name that is not a plain file stem, and a quality-only run over the full
-    benchmark's files (which would drop their throughput table)."""
+def check_out(out: str, skip_throughput: bool, rules_file: Path | None = None) -> None:
+    """Refuse an output name that is not a plain file stem, a quality-only run over the full
+    benchmark's files (which would drop their throughput table), and other rules' figures over the
+    packaged rules' ones."""
     if not out or Path(out).name != out or out.startswith("."):
         raise SystemExit(f"--out takes a file name without folder, like bench_escalations_mymodel; got {out!r}")
+    if rules_file is not None and out == DEFAULT_OUT:
+        raise SystemExit(
+            f"--rules-file would overwrite docs/benchmarks/{DEFAULT_OUT}.md (the packaged rules' figures); "
+            "give your rules' figures their own name with --out, e.g. --out bench_escalations_my_rules"
+        )
     if skip_throughput and out == DEFAULT_OUT:
         raise SystemExit(
             f"--skip-throughput would overwrite docs/benchmarks/{DEFAULT_OUT}.md without its throughput table; "
@@ -432,7 +438,7 @@ def main() -> None:
         "not over, the shipped ones)",
     )
     args = parser.parse_args()
-    check_out(args.out, args.skip_throughput)
+    check_out(args.out, args.skip_throughput, args.rules_file)
     try:
         rules = load_rules(args.rules_file)
     except ConfigError as exc:

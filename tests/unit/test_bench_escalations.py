@@ -69,6 +69,9 @@ def test_out_name_is_checked_and_quality_only_runs_do_not_overwrite_the_full_fil
     bench.check_out("bench_escalations_mpnet", skip_throughput=True)
     with pytest.raises(SystemExit, match="without its throughput table"):
         bench.check_out("bench_escalations", skip_throughput=True)
+    bench.check_out("bench_escalations_my_rules", skip_throughput=False, rules_file=Path("my.yaml"))
+    with pytest.raises(SystemExit, match="the packaged rules' figures"):
+        bench.check_out("bench_escalations", skip_throughput=False, rules_file=Path("my.yaml"))
     for bad in ("", "docs/x", "../x", ".hidden"):
         with pytest.raises(SystemExit, match="file name without folder"):
             bench.check_out(bad, skip_throughput=False)
