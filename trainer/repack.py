@@ -26,7 +26,7 @@ from pathlib import Path
 
 from erc_stream.artifact import load_version_files, publish_version, sha256_file, version_path
 from erc_stream.errors import ArtifactError
-from erc_stream.model import load_predictor, resolve_device, strip_prefix
+from erc_stream.model import confidence_temperature, load_predictor, resolve_device, strip_prefix
 from trainer.alerts import plot_alert_curves
 from trainer.calibration import calibrate, reliability_diagram, top_confidence
 from trainer.datasets import DATASETS, load_split
@@ -164,7 +164,7 @@ def _recalibrate(path: Path, manifest: dict, dev: ConversationPredictions) -> No
         reliability_diagram(fresh["report/reliability.png"], scores, dev.gold, cal)
         if "report/alerts_dev.png" in files:  # reports from before the alert curves have none
             fresh["report/alerts_dev.png"] = Path(tmp) / "alerts_dev.png"
-            served = top_confidence(scores, cal.temperature)
+            served = top_confidence(scores, confidence_temperature(manifest))  # as the version will serve it
             title = f"{manifest['dataset']} {manifest['version']} dev"
             plot_alert_curves(
                 fresh["report/alerts_dev.png"], dev.gold, dev.predictions.label_ids, served, manifest["labels"], title
