@@ -6,6 +6,14 @@ them. Here one scalar T is fitted on dev by minimising the negative log-likeliho
 labels (Guo et al., 2017, "On Calibration of Modern Neural Networks"). The argmax, and so every
 prediction and F1 figure, is unchanged.
 
+T is kept within [T_MIN, T_MAX]. A dev split the model gets entirely right pushes the unbounded
+fit towards T = 0 (every confidence 1), one it gets entirely wrong towards infinity (every
+confidence 1/C); with cosine scores in [-1, 1], 0.01 already makes the confidence of a clear
+winner 1 and 2 makes every confidence nearly uniform. The negative log-likelihood is convex in
+1/T, so the bound nearest the unbounded optimum is the best T within the bounds. A fit that ends
+at a bound is flagged (``at_bound``), with a warning to show: dev is too small or too one-sided to
+calibrate on.
+
 The expected calibration error (ECE) is reported with 15 equal-width confidence bins. Fitting
 and measuring on the same dev utterances flatters the result, so the "after" figure is
 cross-fitted: T is fitted on one half of the dev conversations and measured on the other, both
@@ -14,6 +22,7 @@ ways round; the shipped T is the one fitted on all of dev.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +41,11 @@ __all__ = [
 ]
 
 N_BINS = 15
+T_MIN, T_MAX = 0.01, 2.0
 
 
 def fit_temperature(scores: np.ndarray, gold: Sequence[int] | np.ndarray, init: float = 0.1) -> float:
-    """The T > 0 that minimises NLL of ``softmax(scores / T)``; scores (N, C) are cosines."""
+    """The T in [T_MIN, T_MAX] that minimises NLL of ``softmax(scores / T)``; scores (N, C) are cosines."""
     s = torch.as_tensor(np.asarray(scores), dtype=torch.float64)  # (N, C)
     y = torch.as_tensor(np.asarray(gold), dtype=torch.long)  # (N,)
     log_t = torch.tensor(float(np.log(init)), dtype=torch.float64, requires_grad=True)
@@ -48,7 +58,10 @@ def fit_temperature(scores: np.ndarray, gold: Sequence[int] | np.ndarray, init: 
         return loss
 
     opt.step(closure)
-    return float(log_t.detach().exp())
+    t = float(log_t.detach().exp())
+    if math.isnan(t):  # not seen; the bounds below would pass it through
+        t = init
+    return min(max(t, T_MIN), T_MAX)
 
 
 def top_confidence(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -85,6 +98,24 @@ class Calibration:
     ece_after_in_sample: float  # T fitted and measured on all of dev
     n: int
 
+    @property
+    def at_bound(self) -> bool:
+        """The fit ended at T_MIN or T_MAX: dev did not pin the temperature down."""
+        return self.temperature in (T_MIN, T_MAX)
+
+    @property
+    def warning(self) -> str | None:
+        """What to tell whoever published the version when the fit ended at a bound."""
+        if not self.at_bound:
+            return None
+        sharp = self.temperature == T_MIN
+        return (
+            f"the confidence temperature ended at its bound {self.temperature:g} (fitted on {self.n} dev "
+            f"utterances, nearly all predicted {'right' if sharp else 'wrong'}): dev is too small or too one-sided "
+            f"to calibrate on, so confidences will be near {'1' if sharp else 'uniform'}; calibrate on a larger "
+            "dev split"
+        )
+
     def to_manifest(self) -> dict:
         return {
             "method": "temperature scaling (NLL on dev)",
@@ -96,6 +127,7 @@ class Calibration:
             "ece_after_in_sample": round(self.ece_after_in_sample, 4),
             "fitted_on": "dev",
             "utterances": self.n,
+            "at_bound": self.at_bound,
         }
 
 

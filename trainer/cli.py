@@ -405,6 +405,9 @@ def repack(
             f"{after['temperature']}; dev ECE {after['ece_before']:.4f} with tau, {after['ece_after']:.4f} "
             f"cross-fitted (was {before.get('ece_after')}); report plots redrawn"
         )
+        if after.get("at_bound"):
+            console.print(f"[yellow]warning:[/] the refitted temperature ended at its bound {after['temperature']}: "
+                          "dev is too small or too one-sided to calibrate on")  # fmt: skip
     console.print(f"published {r.path}")
 
 

@@ -850,6 +850,8 @@ def _publish(
     calibration = calibrate(dev_pred.scores, dev_gold, run.dev_groups, cfg.temperature)
     log.info("confidence temperature %.4f (tau %g): dev ECE %.4f -> %.4f", calibration.temperature, cfg.temperature,
              calibration.ece_before, calibration.ece_after)  # fmt: skip
+    if calibration.warning:
+        log.warning("%s", calibration.warning)
     wall_s = time.perf_counter() - t_start
     version = str(cfg.version)
     manifest = _manifest_core(cfg, run.labels, run.builder, run.source, run.enc_path)

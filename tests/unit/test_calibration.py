@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from erc_stream.model import confidence_temperature
-from trainer.calibration import calibrate, expected_calibration_error, fit_temperature, reliability_diagram
+from trainer.calibration import (
+    T_MAX,
+    T_MIN,
+    calibrate,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_diagram,
+)
 
 
 def test_ece_by_hand():
@@ -42,6 +49,7 @@ def test_calibrate_lowers_ece_of_overconfident_scores_and_keeps_predictions(tmp_
     assert cal.temperature == pytest.approx(0.5, rel=0.1)
     m = cal.to_manifest()
     assert m["temperature"] == round(cal.temperature, 6) and m["fitted_on"] == "dev" and m["utterances"] == n
+    assert m["at_bound"] is False and cal.warning is None
     reliability_diagram(tmp_path / "reliability.png", scores, gold, cal)
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -49,3 +57,20 @@ def test_calibrate_lowers_ece_of_overconfident_scores_and_keeps_predictions(tmp_
 def test_the_predictor_uses_the_fitted_temperature_when_the_artifact_has_one():
     assert confidence_temperature({"temperature": 0.1}) == 0.1
     assert confidence_temperature({"temperature": 0.1, "calibration": {"temperature": 0.37}}) == 0.37
+
+
+def test_a_dev_split_that_cannot_pin_the_temperature_down_ends_at_a_bound_and_says_so():
+    """All right: the unbounded fit runs towards T = 0 (it reached about 1e-4 before the bounds);
+    all wrong: towards infinity (about 2e6). Either way the temperature stops at a bound, is flagged,
+    and the warning says what to do."""
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.2, 0.8, size=(20, 4))
+    groups = [f"c{i % 4}" for i in range(20)]
+    right = calibrate(scores, scores.argmax(axis=1), groups, tau=0.1)
+    assert right.temperature == T_MIN and right.at_bound and right.to_manifest()["at_bound"] is True
+    assert "nearly all predicted right" in right.warning and "near 1;" in right.warning
+    assert "fitted on 20 dev utterances" in right.warning
+    wrong = calibrate(scores, scores.argmin(axis=1), groups, tau=0.1)
+    assert wrong.temperature == T_MAX and wrong.at_bound
+    assert "nearly all predicted wrong" in wrong.warning and "near uniform" in wrong.warning
+    assert fit_temperature(scores, scores.argmax(axis=1)) == T_MIN
