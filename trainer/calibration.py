@@ -9,7 +9,7 @@ prediction and F1 figure, is unchanged.
 T is kept within [T_MIN, T_MAX]. A dev split the model gets entirely right pushes the unbounded
 fit towards T = 0 (every confidence 1), one it gets entirely wrong towards infinity (every
 confidence 1/C); with cosine scores in [-1, 1], 0.01 already makes the confidence of a clear
-winner 1 and 2 makes every confidence nearly uniform. The negative log-likelihood is convex in
+winner 1, and at 2 no confidence exceeds e / (e + C - 1) (0.31 for 7 labels). The negative log-likelihood is convex in
 1/T, so the bound nearest the unbounded optimum is the best T within the bounds. A fit that ends
 at a bound is flagged (``at_bound``), with a warning to show: dev is too small or too one-sided to
 calibrate on.
@@ -112,7 +112,7 @@ class Calibration:
         return (
             f"the confidence temperature ended at its bound {self.temperature:g} (fitted on {self.n} dev "
             f"utterances, nearly all predicted {'right' if sharp else 'wrong'}): dev is too small or too one-sided "
-            f"to calibrate on, so confidences will be near {'1' if sharp else 'uniform'}; calibrate on a larger "
+            f"to calibrate on, so confidences will be {'near 1' if sharp else 'flat'}; calibrate on a larger "
             "dev split"
         )
 
