@@ -34,6 +34,7 @@ import torch.nn.functional as F
 __all__ = [
     "Calibration",
     "calibrate",
+    "draw_confidence_report",
     "expected_calibration_error",
     "fit_temperature",
     "reliability_diagram",
@@ -203,3 +204,27 @@ def reliability_diagram(path: Path, scores: np.ndarray, gold: Sequence[int], cal
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def draw_confidence_report(
+    report: Path,
+    scores: np.ndarray,
+    gold: Sequence[int],
+    label_ids: np.ndarray,
+    cal: Calibration,
+    labels: Sequence[str],
+    title: str,
+    *,
+    alerts: bool = True,
+) -> list[str]:
+    """The report's plots that depend on the served confidence, drawn into ``report``:
+    ``reliability.png`` and (with ``alerts``) ``alerts_dev.png``, the latter with the temperature as
+    the manifest serves it. Returns the file names drawn."""
+    from trainer.alerts import plot_alert_curves
+
+    reliability_diagram(report / "reliability.png", scores, gold, cal)
+    if not alerts:
+        return ["reliability.png"]
+    served = top_confidence(scores, cal.to_manifest()["temperature"])
+    plot_alert_curves(report / "alerts_dev.png", gold, label_ids, served, labels, title)
+    return ["reliability.png", "alerts_dev.png"]

@@ -397,17 +397,15 @@ def repack(
         f"{r.weighted_f1_before:.4f} -> {r.weighted_f1_after:.4f} ({-r.drop_points:+.2f} points); "
         f"same emotion on {100 * r.agreement:.2f}% of dev utterances; largest score difference {r.max_score_diff:.2e}"
     )
-    manifest = json.loads((r.path / "manifest.json").read_text(encoding="utf-8"))
-    if "calibration_before_repack" in manifest:
-        before, after = manifest["calibration_before_repack"], manifest["calibration"]
+    if r.calibration is not None:
+        before, after = r.calibration_before or {}, r.calibration.to_manifest()
         console.print(
             f"confidence temperature refitted on the stored weights: {before.get('temperature')} -> "
             f"{after['temperature']}; dev ECE {after['ece_before']:.4f} with tau, {after['ece_after']:.4f} "
             f"cross-fitted (was {before.get('ece_after')}); report plots redrawn"
         )
-        if after.get("at_bound"):
-            console.print(f"[yellow]warning:[/] the refitted temperature ended at its bound {after['temperature']}: "
-                          "dev is too small or too one-sided to calibrate on")  # fmt: skip
+        if r.calibration.warning:
+            console.print(f"[yellow]warning:[/] {r.calibration.warning}")
     console.print(f"published {r.path}")
 
 

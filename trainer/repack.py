@@ -21,14 +21,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from erc_stream.artifact import load_version_files, publish_version, sha256_file, version_path
 from erc_stream.errors import ArtifactError
-from erc_stream.model import confidence_temperature, load_predictor, resolve_device, strip_prefix
-from trainer.alerts import plot_alert_curves
-from trainer.calibration import calibrate, reliability_diagram, top_confidence
+from erc_stream.model import load_predictor, resolve_device, strip_prefix
+from trainer.calibration import Calibration, calibrate, draw_confidence_report
 from trainer.datasets import DATASETS, load_split
 from trainer.evaluate import ConversationPredictions, compute_metrics, predict_conversations
 
@@ -46,6 +45,8 @@ class RepackResult:
     weighted_f1_after: float
     agreement: float  # share of dev utterances with the same predicted emotion
     max_score_diff: float  # largest |cosine| difference over every dev utterance and emotion
+    calibration: Calibration | None = None  # refitted on the stored weights (a calibrated source, whole dev)
+    calibration_before: dict | None = None  # the source's, as its manifest had it
 
     @property
     def drop_points(self) -> float:
@@ -116,7 +117,9 @@ def repack(
             f"({f1_a:.4f} -> {f1_b:.4f}), more than {max_drop_points}; the repacked version was removed"
         )
     if max_conversations is None:  # figures of the whole dev split: the ones the manifest reports
-        _record_repack(path, m_b, res_b, source=version, weights_dtype=weights_dtype, agreement=result.agreement)
+        cal = _record_repack(path, m_b, res_b, source=version, weights_dtype=weights_dtype, agreement=result.agreement)
+        if cal is not None:
+            result = replace(result, calibration=cal, calibration_before=manifest["calibration"])
     if make_current:
         from erc_stream.artifact import set_current
 
@@ -132,9 +135,10 @@ def _record_repack(
     source: str,
     weights_dtype: str,
     agreement: float,
-) -> None:
+) -> Calibration | None:
     """Rewrite the repacked version's manifest with the dev figures of its own weights (atomically);
-    a calibrated version also gets its temperature refitted and its report's plots redrawn."""
+    a calibrated version also gets its temperature refitted and its report's plots redrawn (the
+    refitted calibration is returned)."""
     manifest_path = path / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     metrics = manifest.setdefault("metrics", {})
@@ -142,16 +146,16 @@ def _record_repack(
         metrics["dev_before_repack"] = metrics["dev"]
     metrics["dev"] = dev_metrics
     manifest["repacked_from"] = {"version": source, "weights_dtype": weights_dtype, "dev_same_emotion": agreement}
-    if "calibration" in manifest:
-        _recalibrate(path, manifest, dev)
+    cal = _recalibrate(path, manifest, dev) if "calibration" in manifest else None
     tmp = manifest_path.with_name(".manifest.json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, manifest_path)
+    return cal
 
 
-def _recalibrate(path: Path, manifest: dict, dev: ConversationPredictions) -> None:
+def _recalibrate(path: Path, manifest: dict, dev: ConversationPredictions) -> Calibration:
     """Refit the confidence temperature on the stored weights' dev scores; redraw the report's plots
     that depend on it and update their checksums in ``manifest`` (which the caller writes)."""
     scores = dev.predictions.scores
@@ -160,17 +164,19 @@ def _recalibrate(path: Path, manifest: dict, dev: ConversationPredictions) -> No
     manifest["calibration"] = cal.to_manifest()
     files: dict[str, str] = manifest["files"]
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = {"report/reliability.png": Path(tmp) / "reliability.png"}
-        reliability_diagram(fresh["report/reliability.png"], scores, dev.gold, cal)
-        if "report/alerts_dev.png" in files:  # reports from before the alert curves have none
-            fresh["report/alerts_dev.png"] = Path(tmp) / "alerts_dev.png"
-            served = top_confidence(scores, confidence_temperature(manifest))  # as the version will serve it
-            title = f"{manifest['dataset']} {manifest['version']} dev"
-            plot_alert_curves(
-                fresh["report/alerts_dev.png"], dev.gold, dev.predictions.label_ids, served, manifest["labels"], title
-            )
-        for rel, drawn in fresh.items():
-            target = path / rel
+        drawn = draw_confidence_report(
+            Path(tmp),
+            scores,
+            dev.gold,
+            dev.predictions.label_ids,
+            cal,
+            manifest["labels"],
+            f"{manifest['dataset']} {manifest['version']} dev",
+            alerts="report/alerts_dev.png" in files,  # reports from before the alert curves have none
+        )
+        for name in drawn:
+            target = path / "report" / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(drawn, target)
-            files[rel] = sha256_file(target)
+            shutil.copyfile(Path(tmp) / name, target)
+            files[f"report/{name}"] = sha256_file(target)
+    return cal

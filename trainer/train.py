@@ -52,15 +52,13 @@ from erc_stream.model import (
     ProjectionHead,
     TurnEmotionModel,
     TurnPredictor,
-    confidence_temperature,
     configure_cuda_attention,
     resolve_device,
     resolve_dtype,
 )
 from erc_stream.prompt import Prompt, PromptBuilder, pad_batch
-from trainer.alerts import plot_alert_curves
 from trainer.anchors import LLMSettings, describe_emotions, embed_descriptions
-from trainer.calibration import calibrate, reliability_diagram, top_confidence
+from trainer.calibration import calibrate, draw_confidence_report
 from trainer.checkpoint import (
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -886,17 +884,9 @@ def _publish(
             history=state.history,
             title=f"{cfg.dataset} {version}",
         )
-        reliability_diagram(report / "reliability.png", dev_pred.scores, dev_gold, calibration)
-        # What alerting on one emotion buys, with the confidence this version will serve.
-        served = top_confidence(dev_pred.scores, confidence_temperature(manifest))
-        plot_alert_curves(
-            report / "alerts_dev.png",
-            dev_gold,
-            dev_pred.label_ids,
-            served,
-            run.labels,
-            f"{cfg.dataset} {version} dev",
-        )
+        # The reliability diagram, and what alerting on one emotion buys with the confidence this version serves.
+        draw_confidence_report(report, dev_pred.scores, dev_gold, dev_pred.label_ids, calibration, run.labels,
+                               f"{cfg.dataset} {version} dev")  # fmt: skip
         path = publish_version(
             cfg.store,
             version=version,
