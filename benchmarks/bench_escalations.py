@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import signal
 import statistics
@@ -46,6 +45,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 from _common import ROOT, command_line, machine_info, md_table, write_results
 
@@ -57,6 +57,7 @@ from erc_stream.escalations.rules import RULE_NAMES, RulesConfig, load_rules
 from erc_stream.escalations.state import Escalator
 from erc_stream.events import SourceRef
 from erc_stream.model import confidence_temperature
+from trainer.calibration import top_confidence
 from trainer.datasets import load_split
 
 TOLERANCE_TURNS = 2
@@ -107,10 +108,8 @@ def load_turns(predictions: Path, store: Path, version: str) -> tuple[list[list[
         if row["emotion"] not in labels or row["gold"] not in labels or len(row["scores"]) != len(labels):
             raise SystemExit(f"{predictions}:{n}: labels or scores do not match {version}'s labels {labels}: {remake}")
         scores = dict(zip(labels, row["scores"], strict=True))
-        z = [s / temperature for s in row["scores"]]
-        top = max(z)
-        probs = [math.exp(v - top) for v in z]
-        confidence = probs[labels.index(row["emotion"])] / sum(probs)
+        # The emotion is the top label (the worker's argmax), so its confidence is the event's.
+        confidence = float(top_confidence(np.array([row["scores"]]), temperature)[0])
         convs[conv].append(
             Turn(conv, row["index"], speakers[conv][row["index"]], row["gold"], row["emotion"], confidence, scores)
         )
