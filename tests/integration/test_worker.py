@@ -39,6 +39,7 @@ from tests.integration.worker_harness import (
     check_scores,
     committed_offsets,
     http_get,
+    kill_mid_stream_then_restart,
     make_topics,
     meld_dev,
     metric_value,
@@ -46,6 +47,7 @@ from tests.integration.worker_harness import (
     produce,
     produce_raw,
     turn_records,
+    wait_committed,
     worker_config,
 )
 
@@ -485,40 +487,9 @@ def test_sigkill_mid_stream_then_restart(broker, topic_factory, store, predictor
     max_in_flight = 16
     settings = {"max_batch_size": 4, "max_in_flight": max_in_flight}
 
-    async def scenario():
-        async with OutputReader(broker.bootstrap, topics) as reader:
-            metas = await produce(broker.bootstrap, topics.input, phase_a)
-            ends = {p: max(m.offset for m in metas if m.partition == p) + 1 for p in range(topics.partitions)}
-            w1 = WorkerProcess(broker.bootstrap, topics, store, group, tmp_path / "w1.log", **settings)
-            try:
-                await w1.wait_ready()
-                await reader.wait_for_ids([r.event_id for r in phase_a], timeout_s=120)
-                # Everything so far is committed before the in-flight records arrive.
-                deadline = time.monotonic() + 30
-                while await committed_offsets(broker.bootstrap, group, topics.input, topics.partitions) != ends:
-                    assert time.monotonic() < deadline, "phase A offsets never committed"
-                    await asyncio.sleep(0.2)
-                await produce(broker.bootstrap, topics.input, in_flight)
-                in_flight_ids = {r.event_id for r in in_flight}
-                await reader.wait_for(lambda: bool(in_flight_ids & reader.event_ids()), timeout_s=60)
-                w1.signal(signal.SIGKILL)
-                assert await w1.wait_exit(10) == -signal.SIGKILL
-            finally:
-                w1.close()
-            seen_before_kill = len(reader.events)
-            await produce(broker.bootstrap, topics.input, phase_b)
-            w2 = WorkerProcess(broker.bootstrap, topics, store, group, tmp_path / "w2.log", **settings)
-            try:
-                everything = phase_a + in_flight + phase_b
-                await reader.wait_for_ids([r.event_id for r in everything], timeout_s=150)
-                await reader.settle(1.5)
-            finally:
-                w2.signal(signal.SIGTERM)
-                await w2.wait_exit(30)
-                w2.close()
-            return reader, ends, seen_before_kill
-
-    reader, ends, seen_before_kill = asyncio.run(scenario())
+    reader, seen_before_kill = kill_mid_stream_then_restart(
+        broker.bootstrap, topics, store, group, tmp_path, (phase_a, in_flight, phase_b), wait_s=150, **settings
+    )
     everything = phase_a + in_flight + phase_b
     counts = reader.id_counts()
     missing = [r.event_id for r in everything if counts[r.event_id] == 0]
@@ -548,12 +519,6 @@ def test_idle_partitions_keep_their_committed_offsets_across_sigkills(broker, to
     group = _group()
     settings = {"max_batch_size": 4, "max_in_flight": 16}
 
-    async def wait_committed(want: dict[int, int]) -> None:
-        deadline = time.monotonic() + 30
-        while (got := await committed_offsets(broker.bootstrap, group, topics.input, topics.partitions)) != want:
-            assert time.monotonic() < deadline, f"committed {got}, want {want}"
-            await asyncio.sleep(0.2)
-
     async def scenario():
         async with OutputReader(broker.bootstrap, topics) as reader:
             metas = await produce(broker.bootstrap, topics.input, earlier)
@@ -569,7 +534,7 @@ def test_idle_partitions_keep_their_committed_offsets_across_sigkills(broker, to
             try:
                 await w.wait_ready()
                 await reader.wait_for_ids([r.event_id for r in earlier], timeout_s=120)
-                await wait_committed(ends)
+                await wait_committed(broker.bootstrap, group, topics.input, ends)
                 await asyncio.sleep(2.0)  # idle
                 w.signal(signal.SIGKILL)
                 assert await w.wait_exit(10) == -signal.SIGKILL

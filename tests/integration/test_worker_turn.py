@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 import uuid
 from pathlib import Path
@@ -27,10 +26,9 @@ from erc_stream.worker import Worker
 from tests.fixtures_model import publish_test_model, publish_test_turn_model
 from tests.integration.worker_harness import (
     OutputReader,
-    WorkerProcess,
     check_scores,
-    committed_offsets,
     http_get,
+    kill_mid_stream_then_restart,
     make_topics,
     meld_dev,
     metric_value,
@@ -110,38 +108,9 @@ def test_sigkill_mid_stream_then_restart_equals_offline(broker, topic_factory, s
     group = _group()
     settings = {"max_batch_size": 4, "max_in_flight": 16}
 
-    async def scenario():
-        async with OutputReader(broker.bootstrap, topics) as reader:
-            metas = await produce(broker.bootstrap, topics.input, phase_a)
-            ends = {p: max(m.offset for m in metas if m.partition == p) + 1 for p in range(topics.partitions)}
-            w1 = WorkerProcess(broker.bootstrap, topics, store, group, tmp_path / "w1.log", **settings)
-            try:
-                await w1.wait_ready()
-                await reader.wait_for_ids([r.event_id for r in phase_a], timeout_s=120)
-                deadline = time.monotonic() + 30
-                while await committed_offsets(broker.bootstrap, group, topics.input, topics.partitions) != ends:
-                    assert time.monotonic() < deadline, "phase A offsets never committed"
-                    await asyncio.sleep(0.2)
-                await produce(broker.bootstrap, topics.input, in_flight)
-                ids = {r.event_id for r in in_flight}
-                await reader.wait_for(lambda: bool(ids & reader.event_ids()), timeout_s=60)
-                w1.signal(signal.SIGKILL)
-                assert await w1.wait_exit(10) == -signal.SIGKILL
-            finally:
-                w1.close()
-            seen_before_kill = len(reader.events)
-            await produce(broker.bootstrap, topics.input, phase_b)
-            w2 = WorkerProcess(broker.bootstrap, topics, store, group, tmp_path / "w2.log", **settings)
-            try:
-                await reader.wait_for_ids([r.event_id for r in phase_a + in_flight + phase_b], timeout_s=180)
-                await reader.settle(1.5)
-            finally:
-                w2.signal(signal.SIGTERM)
-                await w2.wait_exit(30)
-                w2.close()
-            return reader, seen_before_kill
-
-    reader, seen_before_kill = asyncio.run(scenario())
+    reader, seen_before_kill = kill_mid_stream_then_restart(
+        broker.bootstrap, topics, store, group, tmp_path, (phase_a, in_flight, phase_b), **settings
+    )
     everything = phase_a + in_flight + phase_b
     counts = reader.id_counts()
     assert [r.event_id for r in everything if counts[r.event_id] == 0] == []

@@ -257,6 +257,69 @@ async def committed_offsets(bootstrap: str, group_id: str, topic: str, partition
         await consumer.stop()
 
 
+async def wait_committed(
+    bootstrap: str, group_id: str, topic: str, want: dict[int, int], timeout_s: float = 30
+) -> None:
+    """Until the group's committed offsets on ``topic`` are ``want`` (partition -> next offset)."""
+    deadline = time.monotonic() + timeout_s
+    while (got := await committed_offsets(bootstrap, group_id, topic, len(want))) != want:
+        assert time.monotonic() < deadline, f"committed {got}, want {want}"
+        await asyncio.sleep(0.2)
+
+
+def kill_mid_stream_then_restart(
+    bootstrap: str,
+    topics: Topics,
+    store: Path,
+    group_id: str,
+    log_dir: Path,
+    phases: tuple[Sequence[TurnRecord], Sequence[TurnRecord], Sequence[TurnRecord]],
+    *,
+    wait_s: float = 180,
+    **settings: object,
+) -> tuple[OutputReader, int]:
+    """A worker SIGKILLed mid-stream, then a second one of the same group; returns the output reader
+    (every event of both) and how many events were out before the kill.
+
+    ``phases`` = (a, in_flight, b): worker 1 answers a and commits its offsets; in_flight is
+    produced and worker 1 is killed as soon as one of its events is out (the rest of in_flight is
+    uncommitted, in its batches); b is produced and worker 2 runs until every turn of the three has
+    an event. Only in_flight's turns may come out twice.
+    """
+    phase_a, in_flight, phase_b = phases
+
+    async def scenario() -> tuple[OutputReader, int]:
+        async with OutputReader(bootstrap, topics) as reader:
+            metas = await produce(bootstrap, topics.input, phase_a)
+            ends = {p: max(m.offset for m in metas if m.partition == p) + 1 for p in range(topics.partitions)}
+            w1 = WorkerProcess(bootstrap, topics, store, group_id, log_dir / "w1.log", **settings)
+            try:
+                await w1.wait_ready()
+                await reader.wait_for_ids([r.event_id for r in phase_a], timeout_s=120)
+                # Everything so far is committed before the in-flight records arrive.
+                await wait_committed(bootstrap, group_id, topics.input, ends)
+                await produce(bootstrap, topics.input, in_flight)
+                ids = {r.event_id for r in in_flight}
+                await reader.wait_for(lambda: bool(ids & reader.event_ids()), timeout_s=60)
+                w1.signal(signal.SIGKILL)
+                assert await w1.wait_exit(10) == -signal.SIGKILL
+            finally:
+                w1.close()
+            seen_before_kill = len(reader.events)
+            await produce(bootstrap, topics.input, phase_b)
+            w2 = WorkerProcess(bootstrap, topics, store, group_id, log_dir / "w2.log", **settings)
+            try:
+                await reader.wait_for_ids([r.event_id for r in [*phase_a, *in_flight, *phase_b]], timeout_s=wait_s)
+                await reader.settle(1.5)
+            finally:
+                w2.signal(signal.SIGTERM)
+                await w2.wait_exit(30)
+                w2.close()
+            return reader, seen_before_kill
+
+    return asyncio.run(scenario())
+
+
 # ---------------------------------------------------------------- HTTP and metrics
 
 
