@@ -203,55 +203,65 @@ def resolve_model(store: Path | None) -> Path:
         raise SystemExit(
             f"model store {store} has no CURRENT version; publish one with `erc-train fit --store {store}`"
         )
-    return _publish_bench_model(BENCH_STORE)
+    return publish_bench_model(BENCH_STORE)
 
 
-def _publish_bench_model(store: Path) -> Path:
+WINDOW_BENCH_VERSION = "bench-untrained-v1"
+TURN_BENCH_VERSION = "bench-untrained-turn-v1"
+
+
+def publish_bench_model(store: Path, architecture: str = "window") -> Path:
+    """An untrained version with the training defaults and the packaged encoder: same shapes and
+    prompts as a trained one, so the same work. ``window`` becomes the store's CURRENT; ``turn``
+    (k=5, 2 context layers) is published beside it once and not made current."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from erc_stream.artifact import publish_version
+    from erc_stream.artifact import publish_version, untrained_manifest, version_path
+    from erc_stream.context import ContextModel, ContextSettings
     from erc_stream.model import ProjectionHead, default_encoder_path
     from trainer.config import TrainConfig
     from trainer.datasets import DATASETS
 
-    cfg = TrainConfig()
+    turn = architecture == "turn"
+    version = TURN_BENCH_VERSION if turn else WINDOW_BENCH_VERSION
+    if turn and (store / version).is_dir():
+        return version_path(store, version)
+    cfg = TrainConfig(architecture=architecture)
     path = default_encoder_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     encoder = AutoModel.from_pretrained(path, local_files_only=True).eval()
     labels = list(DATASETS["meld"].labels)
+    hidden = encoder.config.hidden_size
+    settings = ContextSettings(hidden_size=hidden, context_turns=cfg.context_turns, layers=cfg.context_layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        head = ProjectionHead(encoder.config.hidden_size, cfg.proj_dim)
+        head = ProjectionHead(hidden, cfg.proj_dim)
+        context = ContextModel(settings) if turn else None
         anchors = torch.randn(len(labels), cfg.proj_dim)  # (C, D)
-    manifest = {
-        "dataset": "meld",
-        "labels": labels,
-        "prompt": {
-            "template": cfg.template,
-            "context_turns": cfg.context_turns,
-            "max_length": cfg.max_length,
-            "normalization": "erc_stream.prompt.normalize_text v1",
-        },
-        "temperature": cfg.temperature,
-        "encoder": {"id": path.parent.name, "source": str(path)},
-        "head": {"proj_dim": cfg.proj_dim, "activation": "gelu"},
-        "anchors": {
-            "mode": "random",
-            "seed": 0,
-            "descriptions": {label: label for label in labels},
-            "note": "untrained benchmark model (benchmarks/_common.py): times the work, predicts nothing useful",
-        },
-        "metrics": {},
-    }
+    manifest = untrained_manifest(
+        dataset="meld",
+        labels=labels,
+        template=cfg.prompt_template,
+        context_turns=cfg.context_turns,
+        max_length=cfg.max_length,
+        temperature=cfg.temperature,
+        encoder_path=path,
+        proj_dim=cfg.proj_dim,
+        seed=0,
+        note="untrained benchmark model (benchmarks/_common.py): times the work, predicts nothing useful",
+        context_model=settings.to_manifest() if turn else None,
+    )
     return publish_version(
         store,
-        version="bench-untrained-v1",
+        version=version,
         encoder=encoder,
         tokenizer=tokenizer,
         head_state=head.state_dict(),
         anchors=anchors,
         manifest=manifest,
+        context_state=context.state_dict() if context is not None else None,
+        make_current=not turn,
     )
 
 

@@ -39,76 +39,14 @@ import torch
 from _common import (
     BENCH_STORE,
     DOCS_DIR,
-    _publish_bench_model,
     command_line,
     machine_info,
     machine_md,
     md_table,
+    publish_bench_model,
     resolve_model,
     write_results,
 )
-
-TURN_BENCH_VERSION = "bench-untrained-turn-v1"
-
-
-def publish_turn_bench_model(store: Path) -> Path:
-    """An untrained turn version with the training defaults (k=5, 2 context layers) and the packaged encoder."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from erc_stream.artifact import publish_version, version_path
-    from erc_stream.context import ContextModel, ContextSettings
-    from erc_stream.model import ProjectionHead, default_encoder_path
-    from trainer.config import TrainConfig
-    from trainer.datasets import DATASETS
-
-    if (store / TURN_BENCH_VERSION).is_dir():
-        return version_path(store, TURN_BENCH_VERSION)
-    cfg = TrainConfig(architecture="turn")
-    path = default_encoder_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    encoder = AutoModel.from_pretrained(path, local_files_only=True).eval()
-    labels = list(DATASETS["meld"].labels)
-    settings = ContextSettings(
-        hidden_size=encoder.config.hidden_size, context_turns=cfg.context_turns, layers=cfg.context_layers
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        head = ProjectionHead(encoder.config.hidden_size, cfg.proj_dim)
-        context = ContextModel(settings)
-        anchors = torch.randn(len(labels), cfg.proj_dim)  # (C, D)
-    manifest = {
-        "dataset": "meld",
-        "architecture": "turn",
-        "labels": labels,
-        "prompt": {
-            "template": cfg.prompt_template,
-            "context_turns": cfg.context_turns,
-            "max_length": cfg.max_length,
-            "normalization": "erc_stream.prompt.normalize_text v1",
-        },
-        "context_model": settings.to_manifest(),
-        "temperature": cfg.temperature,
-        "encoder": {"id": path.parent.name, "source": str(path)},
-        "head": {"proj_dim": cfg.proj_dim, "activation": "gelu"},
-        "anchors": {
-            "mode": "random",
-            "seed": 0,
-            "descriptions": {label: label for label in labels},
-            "note": "untrained benchmark model (benchmarks/bench_turn.py): times the work, predicts nothing useful",
-        },
-        "metrics": {},
-    }
-    return publish_version(
-        store,
-        version=TURN_BENCH_VERSION,
-        encoder=encoder,
-        tokenizer=tokenizer,
-        head_state=head.state_dict(),
-        anchors=anchors,
-        manifest=manifest,
-        context_state=context.state_dict(),
-        make_current=False,
-    )
 
 
 def tokens_per_turn(window, turn, convs) -> dict:
@@ -353,9 +291,9 @@ def main() -> None:
     info = machine_info()
     # The untrained window model of benchmarks/_common.py (CURRENT of var/bench/store): the same encoder.
     window_dir = a.window_dir or (
-        resolve_model(BENCH_STORE) if read_current(BENCH_STORE) else _publish_bench_model(BENCH_STORE)
+        resolve_model(BENCH_STORE) if read_current(BENCH_STORE) else publish_bench_model(BENCH_STORE)
     )
-    turn_dir = a.turn_dir or publish_turn_bench_model(BENCH_STORE)
+    turn_dir = a.turn_dir or publish_bench_model(BENCH_STORE, "turn")
     window = load_predictor(window_dir, device="cpu", dtype="fp32")
     turn = load_predictor(turn_dir, device="cpu", dtype="fp32")
     assert isinstance(window, Predictor) and isinstance(turn, TurnPredictor)

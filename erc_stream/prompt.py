@@ -35,6 +35,7 @@ from erc_stream.errors import ConfigError, PromptTooLongError
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "NORMALIZATION",
     "SPEAKER_MODES",
     "TURN_TEMPLATE",
     "EncodedTurn",
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 DEFAULT_TEMPLATE = "For utterance {utterance}, {speaker} feels {mask}"
+# Written into every manifest's prompt: the text normalization (normalize_text) its prompts were built with.
+NORMALIZATION = "erc_stream.prompt.normalize_text v1"
 # The turn-once architecture encodes each turn alone: "s_t: u_t s_t feels [MASK]". The
 # utterance is already on the line, so the template does not repeat it.
 TURN_TEMPLATE = "{speaker} feels {mask}"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from erc_stream.artifact import publish_version
+from erc_stream.artifact import publish_version, untrained_manifest
 from erc_stream.context import ContextModel, ContextSettings
 from erc_stream.model import ProjectionHead, default_encoder_path
 from erc_stream.prompt import DEFAULT_TEMPLATE, TURN_TEMPLATE
@@ -86,26 +86,18 @@ def publish_test_model(
     labels = list(labels)
     head_state, anchors = random_head(encoder.config.hidden_size, len(labels), seed=seed)
     enc_path = default_encoder_path()
-    manifest = {
-        "dataset": dataset,
-        "labels": labels,
-        "prompt": {
-            "template": template,
-            "context_turns": context_turns,
-            "max_length": max_length,
-            "normalization": "erc_stream.prompt.normalize_text v1",
-        },
-        "temperature": temperature,
-        "encoder": {"id": enc_path.parent.name, "source": str(enc_path)},
-        "head": {"proj_dim": TEST_PROJ_DIM, "activation": "gelu"},
-        "anchors": {
-            "mode": "random",
-            "seed": seed,
-            "descriptions": {label: label for label in labels},
-            "note": "untrained test model from tests/fixtures_model.py",
-        },
-        "metrics": {},
-    }
+    manifest = untrained_manifest(
+        dataset=dataset,
+        labels=labels,
+        template=template,
+        context_turns=context_turns,
+        max_length=max_length,
+        temperature=temperature,
+        encoder_path=enc_path,
+        proj_dim=TEST_PROJ_DIM,
+        seed=seed,
+        note="untrained test model from tests/fixtures_model.py",
+    )
     return publish_version(
         Path(store),
         version=version,
@@ -152,28 +144,19 @@ def publish_test_turn_model(
     head_state, anchors = random_head(hidden, len(labels), seed=seed)
     settings = ContextSettings(hidden_size=hidden, context_turns=context_turns, layers=layers)
     enc_path = default_encoder_path()
-    manifest = {
-        "dataset": dataset,
-        "architecture": "turn",
-        "labels": labels,
-        "prompt": {
-            "template": TURN_TEMPLATE,
-            "context_turns": context_turns,
-            "max_length": max_length,
-            "normalization": "erc_stream.prompt.normalize_text v1",
-        },
-        "context_model": settings.to_manifest(),
-        "temperature": temperature,
-        "encoder": {"id": enc_path.parent.name, "source": str(enc_path)},
-        "head": {"proj_dim": TEST_PROJ_DIM, "activation": "gelu"},
-        "anchors": {
-            "mode": "random",
-            "seed": seed,
-            "descriptions": {label: label for label in labels},
-            "note": "untrained turn test model from tests/fixtures_model.py",
-        },
-        "metrics": {},
-    }
+    manifest = untrained_manifest(
+        dataset=dataset,
+        labels=labels,
+        template=TURN_TEMPLATE,
+        context_turns=context_turns,
+        max_length=max_length,
+        temperature=temperature,
+        encoder_path=enc_path,
+        proj_dim=TEST_PROJ_DIM,
+        seed=seed,
+        note="untrained turn test model from tests/fixtures_model.py",
+        context_model=settings.to_manifest(),
+    )
     return publish_version(
         Path(store),
         version=version,

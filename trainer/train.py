@@ -56,7 +56,7 @@ from erc_stream.model import (
     resolve_device,
     resolve_dtype,
 )
-from erc_stream.prompt import Prompt, PromptBuilder, pad_batch
+from erc_stream.prompt import NORMALIZATION, Prompt, PromptBuilder, pad_batch
 from trainer.anchors import LLMSettings, describe_emotions, embed_descriptions
 from trainer.calibration import calibrate, draw_confidence_report
 from trainer.checkpoint import (
@@ -1048,7 +1048,7 @@ def _manifest_core(cfg: TrainConfig, labels, builder: PromptBuilder, source, enc
             "speakers": builder.speakers,
             "context_turns": builder.context_turns,
             "max_length": builder.max_length,
-            "normalization": "erc_stream.prompt.normalize_text v1",
+            "normalization": NORMALIZATION,
         },
         "temperature": cfg.temperature,
         "encoder": {
