@@ -74,9 +74,11 @@ def publish_test_model(
     channel: str = "",
     weights_dtype: str = "fp32",
     encoder_shift: float = 0.0,
+    context_layers: int | None = None,
 ) -> Path:
     """Publish an untrained version (real encoder, seeded random head and anchors); returns its folder.
-    ``encoder_shift`` is added to every floating-point encoder weight (versions with distinct encoders)."""
+    ``encoder_shift`` is added to every floating-point encoder weight (versions with distinct encoders).
+    With ``context_layers`` it is a ``turn`` version with a random context model of that depth."""
     tokenizer, encoder = load_default_encoder()
     if encoder_shift:  # a shifted copy: the cached encoder is shared
         encoder = copy.deepcopy(encoder)
@@ -84,8 +86,13 @@ def publish_test_model(
             for p in encoder.parameters():
                 p.add_(encoder_shift)
     labels = list(labels)
-    head_state, anchors = random_head(encoder.config.hidden_size, len(labels), seed=seed)
-    enc_path = default_encoder_path()
+    hidden = encoder.config.hidden_size
+    head_state, anchors = random_head(hidden, len(labels), seed=seed)
+    settings = (
+        ContextSettings(hidden_size=hidden, context_turns=context_turns, layers=context_layers)
+        if context_layers is not None
+        else None
+    )
     manifest = untrained_manifest(
         dataset=dataset,
         labels=labels,
@@ -93,10 +100,11 @@ def publish_test_model(
         context_turns=context_turns,
         max_length=max_length,
         temperature=temperature,
-        encoder_path=enc_path,
+        encoder_path=default_encoder_path(),
         proj_dim=TEST_PROJ_DIM,
         seed=seed,
-        note="untrained test model from tests/fixtures_model.py",
+        note=f"untrained {'turn ' if settings else ''}test model from tests/fixtures_model.py",
+        context_model=settings.to_manifest() if settings else None,
     )
     return publish_version(
         Path(store),
@@ -109,6 +117,7 @@ def publish_test_model(
         make_current=make_current,
         channel=channel,
         weights_dtype=weights_dtype,
+        context_state=random_context(settings, seed=seed + 1) if settings else None,
     )
 
 
@@ -138,33 +147,16 @@ def publish_test_turn_model(
     make_current: bool = True,
 ) -> Path:
     """Publish an untrained ``turn`` version (real encoder, seeded random head, context model, anchors)."""
-    tokenizer, encoder = load_default_encoder()
-    labels = list(labels)
-    hidden = encoder.config.hidden_size
-    head_state, anchors = random_head(hidden, len(labels), seed=seed)
-    settings = ContextSettings(hidden_size=hidden, context_turns=context_turns, layers=layers)
-    enc_path = default_encoder_path()
-    manifest = untrained_manifest(
+    return publish_test_model(
+        store,
+        version,
+        labels,
+        context_turns,
+        max_length,
+        seed,
         dataset=dataset,
-        labels=labels,
         template=TURN_TEMPLATE,
-        context_turns=context_turns,
-        max_length=max_length,
         temperature=temperature,
-        encoder_path=enc_path,
-        proj_dim=TEST_PROJ_DIM,
-        seed=seed,
-        note="untrained turn test model from tests/fixtures_model.py",
-        context_model=settings.to_manifest(),
-    )
-    return publish_version(
-        Path(store),
-        version=version,
-        encoder=encoder,
-        tokenizer=tokenizer,
-        head_state=head_state,
-        anchors=anchors,
-        manifest=manifest,
         make_current=make_current,
-        context_state=random_context(settings, seed=seed + 1),
+        context_layers=layers,
     )
