@@ -217,8 +217,9 @@ def publish_bench_model(store: Path, architecture: str = "window") -> Path:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from erc_stream.artifact import publish_version, untrained_manifest, version_path
+    from erc_stream.artifact import publish_version, version_path
     from erc_stream.context import ContextModel, ContextSettings
+    from erc_stream.devtools.untrained import untrained_manifest
     from erc_stream.model import ProjectionHead, default_encoder_path
     from trainer.config import TrainConfig
     from trainer.datasets import DATASETS

@@ -107,9 +107,13 @@ def load_turns(predictions: Path, store: Path, version: str) -> tuple[list[list[
             )
         if row["emotion"] not in labels or row["gold"] not in labels or len(row["scores"]) != len(labels):
             raise SystemExit(f"{predictions}:{n}: labels or scores do not match {version}'s labels {labels}: {remake}")
+        if row["scores"][labels.index(row["emotion"])] < max(row["scores"]):
+            raise SystemExit(
+                f"{predictions}:{n}: emotion {row['emotion']!r} is not the top-scoring label, as the worker's "
+                f"and evaluate's always is: {remake}"
+            )
         scores = dict(zip(labels, row["scores"], strict=True))
-        # The emotion is the top label (the worker's argmax), so its confidence is the event's.
-        confidence = float(top_confidence(np.array([row["scores"]]), temperature)[0])
+        confidence = float(top_confidence(np.array([row["scores"]]), temperature)[0])  # the event's, as emitted
         convs[conv].append(
             Turn(conv, row["index"], speakers[conv][row["index"]], row["gold"], row["emotion"], confidence, scores)
         )

@@ -50,7 +50,6 @@ __all__ = [
     "set_current",
     "sha256_file",
     "STORAGE_DTYPES",
-    "untrained_manifest",
     "validate_manifest",
     "verify_version",
     "version_path",
@@ -187,55 +186,6 @@ def _file_hashes(root: Path) -> dict[str, str]:
         if p.is_file() and p.name != MANIFEST_FILE:
             out[p.relative_to(root).as_posix()] = sha256_file(p)
     return out
-
-
-def untrained_manifest(
-    *,
-    dataset: str,
-    labels: list[str],
-    template: str,
-    context_turns: int,
-    max_length: int,
-    temperature: float,
-    encoder_path: Path,
-    proj_dim: int,
-    seed: int,
-    note: str,
-    context_model: dict | None = None,
-) -> dict:
-    """The manifest of a version with a real encoder and a random head and anchors (tests and
-    benchmarks: it does the work of a trained one and predicts nothing useful). With
-    ``context_model`` (``ContextSettings.to_manifest()``) it is a ``turn`` version, else a window one.
-    """
-    from erc_stream.prompt import NORMALIZATION
-
-    manifest: dict = {"dataset": dataset}
-    if context_model is not None:
-        manifest["architecture"] = "turn"
-    manifest["labels"] = list(labels)
-    manifest["prompt"] = {
-        "template": template,
-        "context_turns": context_turns,
-        "max_length": max_length,
-        "normalization": NORMALIZATION,
-    }
-    if context_model is not None:
-        manifest["context_model"] = context_model
-    manifest.update(
-        {
-            "temperature": temperature,
-            "encoder": {"id": encoder_path.parent.name, "source": str(encoder_path)},
-            "head": {"proj_dim": proj_dim, "activation": "gelu"},
-            "anchors": {
-                "mode": "random",
-                "seed": seed,
-                "descriptions": {label: label for label in labels},
-                "note": note,
-            },
-            "metrics": {},
-        }
-    )
-    return manifest
 
 
 def publish_version(

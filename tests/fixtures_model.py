@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from erc_stream.artifact import publish_version, untrained_manifest
+from erc_stream.artifact import publish_version
 from erc_stream.context import ContextModel, ContextSettings
+from erc_stream.devtools.untrained import untrained_manifest
 from erc_stream.model import ProjectionHead, default_encoder_path
 from erc_stream.prompt import DEFAULT_TEMPLATE, TURN_TEMPLATE
 

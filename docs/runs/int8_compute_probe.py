@@ -7,9 +7,10 @@ each variant, and prints weighted/macro F1, label agreement with fp32 and the la
     PYTHONPATH=. .venv/bin/python docs/runs/int8_compute_probe.py models/meld-mpnet-w3-s45 dyn_no_ffn_down,fake_token
     PYTHONPATH=. .venv/bin/python docs/runs/int8_compute_probe.py models/meld-mpnet-w3-s45 stats,kernels
 
-Variants (applied to the encoder's nn.Linear layers; the head stays fp32):
-  dyn            torch.ao.quantization.quantize_dynamic on every Linear (per-tensor activation
-                 scale per batch, per-tensor weights): what bench_model.py times as int8
+Variants (applied to the encoder's nn.Linear layers but its unused pooler; the head stays fp32):
+  dyn            torch.ao.quantization.quantize_dynamic on every Linear of the encoder (one
+                 activation scale per batch, per-tensor weights); bench_model.py's int8 also
+                 quantizes the head (and the unused pooler)
   dyn_no_ffn_down  the same, leaving the FFN down projections (layer.N.output.dense) in fp32
   fake_token     simulated: activations rounded to int8 with a scale per token, weights with a
                  scale per output row, then an fp32 matmul (accuracy only: PyTorch has no fast CPU

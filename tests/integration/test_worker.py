@@ -487,9 +487,19 @@ def test_sigkill_mid_stream_then_restart(broker, topic_factory, store, predictor
     max_in_flight = 16
     settings = {"max_batch_size": 4, "max_in_flight": max_in_flight}
 
-    reader, seen_before_kill = kill_mid_stream_then_restart(
-        broker.bootstrap, topics, store, group, tmp_path, (phase_a, in_flight, phase_b), wait_s=150, **settings
+    run = kill_mid_stream_then_restart(
+        broker.bootstrap,
+        topics,
+        store,
+        group,
+        tmp_path,
+        phase_a=phase_a,
+        in_flight=in_flight,
+        phase_b=phase_b,
+        wait_s=150,
+        **settings,
     )
+    reader, seen_before_kill = run.reader, run.seen_before_kill
     everything = phase_a + in_flight + phase_b
     counts = reader.id_counts()
     missing = [r.event_id for r in everything if counts[r.event_id] == 0]

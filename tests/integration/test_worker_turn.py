@@ -108,9 +108,18 @@ def test_sigkill_mid_stream_then_restart_equals_offline(broker, topic_factory, s
     group = _group()
     settings = {"max_batch_size": 4, "max_in_flight": 16}
 
-    reader, seen_before_kill = kill_mid_stream_then_restart(
-        broker.bootstrap, topics, store, group, tmp_path, (phase_a, in_flight, phase_b), **settings
+    run = kill_mid_stream_then_restart(
+        broker.bootstrap,
+        topics,
+        store,
+        group,
+        tmp_path,
+        phase_a=phase_a,
+        in_flight=in_flight,
+        phase_b=phase_b,
+        **settings,
     )
+    reader, seen_before_kill = run.reader, run.seen_before_kill
     everything = phase_a + in_flight + phase_b
     counts = reader.id_counts()
     assert [r.event_id for r in everything if counts[r.event_id] == 0] == []

@@ -50,6 +50,9 @@ __all__ = [
     "offline_expected",
     "check_scores",
     "committed_offsets",
+    "wait_committed",
+    "KillRestart",
+    "kill_mid_stream_then_restart",
 ]
 
 CLI = Path(sys.executable).parent / "erc-stream"
@@ -260,11 +263,23 @@ async def committed_offsets(bootstrap: str, group_id: str, topic: str, partition
 async def wait_committed(
     bootstrap: str, group_id: str, topic: str, want: dict[int, int], timeout_s: float = 30
 ) -> None:
-    """Until the group's committed offsets on ``topic`` are ``want`` (partition -> next offset)."""
+    """Until the group's committed offset on each partition of ``want`` is ``want``'s (the next offset)."""
     deadline = time.monotonic() + timeout_s
-    while (got := await committed_offsets(bootstrap, group_id, topic, len(want))) != want:
+    while True:
+        committed = await committed_offsets(bootstrap, group_id, topic, max(want) + 1)
+        got = {p: committed[p] for p in want}
+        if got == want:
+            return
         assert time.monotonic() < deadline, f"committed {got}, want {want}"
         await asyncio.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class KillRestart:
+    """What ``kill_mid_stream_then_restart`` saw."""
+
+    reader: OutputReader  # every event of both workers
+    seen_before_kill: int  # events out before the first worker was killed
 
 
 def kill_mid_stream_then_restart(
@@ -273,22 +288,22 @@ def kill_mid_stream_then_restart(
     store: Path,
     group_id: str,
     log_dir: Path,
-    phases: tuple[Sequence[TurnRecord], Sequence[TurnRecord], Sequence[TurnRecord]],
     *,
+    phase_a: Sequence[TurnRecord],
+    in_flight: Sequence[TurnRecord],
+    phase_b: Sequence[TurnRecord],
     wait_s: float = 180,
     **settings: object,
-) -> tuple[OutputReader, int]:
-    """A worker SIGKILLed mid-stream, then a second one of the same group; returns the output reader
-    (every event of both) and how many events were out before the kill.
+) -> KillRestart:
+    """A worker SIGKILLed mid-stream, then a second one of the same group.
 
-    ``phases`` = (a, in_flight, b): worker 1 answers a and commits its offsets; in_flight is
-    produced and worker 1 is killed as soon as one of its events is out (the rest of in_flight is
-    uncommitted, in its batches); b is produced and worker 2 runs until every turn of the three has
-    an event. Only in_flight's turns may come out twice.
+    Worker 1 answers ``phase_a`` and commits its offsets; ``in_flight`` is produced and worker 1 is
+    killed as soon as one of its events is out (the rest of in_flight uncommitted, in its batches);
+    ``phase_b`` is produced and worker 2 runs until every turn of the three has an event (at most
+    ``wait_s``). Only in_flight's turns may come out twice. ``settings``: the workers' ``ERC_*``.
     """
-    phase_a, in_flight, phase_b = phases
 
-    async def scenario() -> tuple[OutputReader, int]:
+    async def scenario() -> KillRestart:
         async with OutputReader(bootstrap, topics) as reader:
             metas = await produce(bootstrap, topics.input, phase_a)
             ends = {p: max(m.offset for m in metas if m.partition == p) + 1 for p in range(topics.partitions)}
@@ -315,7 +330,7 @@ def kill_mid_stream_then_restart(
                 w2.signal(signal.SIGTERM)
                 await w2.wait_exit(30)
                 w2.close()
-            return reader, seen_before_kill
+            return KillRestart(reader, seen_before_kill)
 
     return asyncio.run(scenario())
 

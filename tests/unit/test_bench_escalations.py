@@ -132,6 +132,7 @@ def test_predictions_of_another_dataset_or_model_are_refused_with_the_command_to
         "past the end": [_row(CONV, 2, "neutral", "neutral", six)],  # the conversation has 2 turns
         "MELD labels": [_row(CONV, 0, "neutral", "anger", six)],
         "7 scores": [_row(CONV, 0, "neutral", "neutral", [0.1] * 7)],
+        "not the top label": [_row(CONV, 0, "neutral", "sad", [0.1, 0.0, 0.0, 0.05, 0.0, 0.0])],
     }
     for name, rows in cases.items():
         preds = _write_predictions(tmp_path / "p.jsonl", rows)
