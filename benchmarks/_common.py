@@ -234,11 +234,15 @@ def publish_bench_model(store: Path, architecture: str = "window") -> Path:
     encoder = AutoModel.from_pretrained(path, local_files_only=True).eval()
     labels = list(DATASETS["meld"].labels)
     hidden = encoder.config.hidden_size
-    settings = ContextSettings(hidden_size=hidden, context_turns=cfg.context_turns, layers=cfg.context_layers)
+    settings = (
+        ContextSettings(hidden_size=hidden, context_turns=cfg.context_turns, layers=cfg.context_layers)
+        if turn
+        else None
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         head = ProjectionHead(hidden, cfg.proj_dim)
-        context = ContextModel(settings) if turn else None
+        context = ContextModel(settings) if settings else None
         anchors = torch.randn(len(labels), cfg.proj_dim)  # (C, D)
     manifest = untrained_manifest(
         dataset="meld",
@@ -251,7 +255,7 @@ def publish_bench_model(store: Path, architecture: str = "window") -> Path:
         proj_dim=cfg.proj_dim,
         seed=0,
         note="untrained benchmark model (benchmarks/_common.py): times the work, predicts nothing useful",
-        context_model=settings.to_manifest() if turn else None,
+        context_model=settings.to_manifest() if settings else None,
     )
     return publish_version(
         store,

@@ -28,30 +28,26 @@ def untrained_manifest(
     benchmarks: it does the work of a trained one and predicts nothing useful). With
     ``context_model`` (``ContextSettings.to_manifest()``) it is a ``turn`` version, else a window one.
     """
-    manifest: dict = {"dataset": dataset}
-    if context_model is not None:
-        manifest["architecture"] = "turn"
-    manifest["labels"] = list(labels)
-    manifest["prompt"] = {
-        "template": template,
-        "context_turns": context_turns,
-        "max_length": max_length,
-        "normalization": NORMALIZATION,
+    manifest: dict = {
+        "dataset": dataset,
+        "labels": list(labels),
+        "prompt": {
+            "template": template,
+            "context_turns": context_turns,
+            "max_length": max_length,
+            "normalization": NORMALIZATION,
+        },
+        "temperature": temperature,
+        "encoder": {"id": encoder_path.parent.name, "source": str(encoder_path)},
+        "head": {"proj_dim": proj_dim, "activation": "gelu"},
+        "anchors": {
+            "mode": "random",
+            "seed": seed,
+            "descriptions": {label: label for label in labels},
+            "note": note,
+        },
+        "metrics": {},
     }
     if context_model is not None:
-        manifest["context_model"] = context_model
-    manifest.update(
-        {
-            "temperature": temperature,
-            "encoder": {"id": encoder_path.parent.name, "source": str(encoder_path)},
-            "head": {"proj_dim": proj_dim, "activation": "gelu"},
-            "anchors": {
-                "mode": "random",
-                "seed": seed,
-                "descriptions": {label: label for label in labels},
-                "note": note,
-            },
-            "metrics": {},
-        }
-    )
+        manifest.update(architecture="turn", context_model=context_model)
     return manifest
