@@ -312,7 +312,9 @@ def render(payload: dict) -> str:
         "*of fp32 ceiling* divides by the fp32 encoder-mix matmul rate measured right after the point with as many "
         "rows as the point's mean padded batch (mean batch x width), so load changes hit both alike. int8 is "
         "`torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (weights int8, activations quantized per "
-        f"batch); it is benchmarked, not a supported dtype. Points stop after {payload['budget_s']} s "
+        "batch); it is benchmarked, not a supported dtype: on the served MELD model it cut dev weighted F1 from "
+        "0.6365 to 0.3063 (docs/benchmarks/README.md, finding 5). "
+        f"Points stop after {payload['budget_s']} s "
         "(then *utterances* < all).",
         "",
     ]

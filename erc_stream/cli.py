@@ -346,7 +346,9 @@ def demo(
     interleave: int = typer.Option(8, help="conversations open at once"),
     rate: float = typer.Option(40.0, help="turns per second; 0 = as fast as possible"),
     max_unanswered: int = typer.Option(
-        32, help="pace to the model: send no turn while this many have no event yet (0 = no limit)"
+        16,
+        help="pace to the model: send no turn while this many have no event yet (0 = no limit); "
+        "raise it on a GPU, where broker round trips rather than the model bound the rate",
     ),
     partitions: int = typer.Option(4, help="partitions of the input and output topics"),
     device: str = typer.Option("auto", envvar="ERC_DEVICE", help="auto, cpu or cuda"),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -56,7 +57,10 @@ class DemoConfig:
     the turns (0: as fast as the broker takes them). ``max_unanswered`` paces the replay
     to the model: no turn is sent while that many sent turns have no event yet (0: no
     limit), so a slow model on a small CPU shows its own latency instead of a queue the
-    replay built up. ``idle_timeout_s`` bounds how long the demo waits for outstanding
+    replay built up. With the model the bottleneck the worker's batches alternate at about
+    half the limit: 16 gave batches of 8, 1.10x the events/s and 2.2x lower p50 latency than
+    32 on a 2-core AVX2 CPU (docs/results.md, session 31); a fast device wants more, since
+    then the broker round trips bound the rate. ``idle_timeout_s`` bounds how long the demo waits for outstanding
     events once nothing arrives any more.
     """
 
@@ -67,7 +71,7 @@ class DemoConfig:
     conversations: int | None = None
     interleave: int = 8
     rate_per_s: float = 40.0
-    max_unanswered: int = 32
+    max_unanswered: int = 16
     partitions: int = 4
     device: str = "auto"
     show_events: bool = True
@@ -119,6 +123,42 @@ class Backlog:
 
 
 @dataclass
+class ModelPathSummary:
+    """What the worker's model did during the demo, read from its metrics registry."""
+
+    batches: int
+    prompts: int
+    seconds: float  # model time: padding, forward, softmax, copy (the batches' Predictions.seconds)
+    padded_tokens: int
+    real_tokens: int
+
+    @property
+    def mean_batch(self) -> float:
+        return self.prompts / self.batches if self.batches else 0.0
+
+    @property
+    def padding_share(self) -> float:
+        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+    @property
+    def prompts_per_s(self) -> float:
+        return self.prompts / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def from_registry(cls, registry: CollectorRegistry) -> ModelPathSummary:
+        def value(name: str) -> float:
+            return registry.get_sample_value(name) or 0.0
+
+        return cls(
+            batches=int(value("erc_batch_size_count")),
+            prompts=int(value("erc_batch_size_sum")),
+            seconds=value("erc_inference_seconds_sum"),
+            padded_tokens=int(value("erc_batch_tokens_sum")),
+            real_tokens=int(value("erc_tokens_processed_total")),
+        )
+
+
+@dataclass
 class DemoSummary:
     """What the demo measured. Latencies in milliseconds; metrics from compute_metrics."""
 
@@ -144,9 +184,20 @@ class DemoSummary:
     escalations_metrics_url: str = ""
     gold_counts: dict[str, int] = field(default_factory=dict)
     predicted_counts: dict[str, int] = field(default_factory=dict)
+    # The worker's model path, from its own Prometheus series (erc_batch_size, erc_batch_tokens,
+    # erc_tokens_processed, erc_inference_seconds): where the wall time went.
+    model: ModelPathSummary | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        d = asdict(self)
+        if self.model is not None:
+            m = self.model
+            d["model"] |= {
+                "mean_batch": m.mean_batch,
+                "padding_share": m.padding_share,
+                "prompts_per_s": m.prompts_per_s,
+            }
+        return json.dumps(d, indent=2, sort_keys=True)
 
 
 def ensure_model(cfg: DemoConfig, console: Console) -> tuple[str, str]:
@@ -456,6 +507,7 @@ async def _stream(
         await consumer.stop()
         # The worker's own graceful stop: stop fetching, finish the in-flight batch, flush, commit.
         await worker.stop()
+        summary.model = ModelPathSummary.from_registry(worker.metrics.registry)
         console.print("worker stopped")
         # SIGTERM: faust stops its agent, flushes and commits.
         await asyncio.to_thread(escalations.stop)
@@ -550,6 +602,13 @@ def print_summary(s: DemoSummary, console: Console) -> None:
     t.add_row(
         "  of which in the worker (to produced)", f"{_ms(s.worker_latency_ms_p50)} / {_ms(s.worker_latency_ms_p95)}"
     )
+    if s.model is not None and s.model.batches:
+        mp = s.model
+        t.add_row("model batches (mean prompts each)", f"{mp.batches} ({mp.mean_batch:.1f})")
+        busy = f" ({mp.seconds / s.wall_s:.0%} of the wall time)" if s.wall_s > 0 else ""
+        t.add_row("model time", f"{mp.seconds:.1f} s{busy}")
+        t.add_row("  prompts/s while running", f"{mp.prompts_per_s:.1f}")
+        t.add_row("  padding (share of padded tokens)", f"{mp.padding_share:.0%}")
     m = s.metrics
     if m:
         t.add_row("weighted F1", f"{m['weighted_f1']:.4f}")

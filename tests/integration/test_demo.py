@@ -454,6 +454,13 @@ def test_demo_end_to_end(test_store: Path, tmp_path: Path) -> None:
     assert sum(s["predicted_counts"].values()) == total
     assert s["latency_ms_p50"] is not None and s["latency_ms_p50"] <= s["latency_ms_p95"]
     assert s["interrupted"] is False
+    # The worker's model path, from its metrics: every turn went through the model once.
+    mp = s["model"]
+    assert mp["prompts"] == total and 1 <= mp["batches"] <= total
+    assert mp["mean_batch"] == pytest.approx(total / mp["batches"])
+    assert 0 < mp["real_tokens"] <= mp["padded_tokens"] and 0.0 <= mp["padding_share"] < 1.0
+    assert 0.0 < mp["seconds"] <= s["wall_s"] and mp["prompts_per_s"] == pytest.approx(total / mp["seconds"])
+    assert re.search(r"model batches \(mean prompts each\)\s*│\s*" + str(mp["batches"]) + r" \(", out)
 
 
 @pytest.mark.broker
