@@ -320,6 +320,7 @@ class TurnBatch:
     predictions: Predictions  # one row per window; seconds: encoding and context pass together
     vectors: dict[int, torch.Tensor]  # key -> (H,) float32 CPU, the turns encoded in this call
     tokens: int  # encoder input tokens of those turns
+    padded_tokens: int  # the same padded to the longest of them (the encoder's batch)
 
 
 class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
@@ -422,6 +423,7 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
             predictions=replace(preds, seconds=time.perf_counter() - t0),
             vectors=new,
             tokens=sum(len(p) for p in prompts),
+            padded_tokens=max(map(len, prompts), default=0) * len(prompts),
         )
 
     def warm_up(self, batch_size: int = 8) -> float:

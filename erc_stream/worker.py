@@ -497,23 +497,25 @@ class Worker:
 
     async def _run_batch(self, items: list[_Pending], served: Served) -> None:
         try:
-            preds, tokens = await self._score(items, served)
+            preds, tokens, padded = await self._score(items, served)
         except Exception as exc:  # a model failure must not lose the turns
             log.exception("inference failed for a batch of %d", len(items))
             for p in items:
                 self._dead_letter(p.tp, p.record, Reason.INTERNAL, f"inference failed: {exc!r}")
             return
-        self._observe_batch([p.prompt for p in items], preds, tokens)
+        self._observe_batch(len(items), preds, tokens, padded)
         now = time.time()
         self._emitter.send([self._event(p, i, preds, served.predictor, now) for i, p in enumerate(items)])
 
-    async def _score(self, items: list[_Pending], served: Served) -> tuple[Predictions, int]:
-        """The batch's predictions, in the model thread, and the encoder tokens they cost."""
+    async def _score(self, items: list[_Pending], served: Served) -> tuple[Predictions, int, int]:
+        """The batch's predictions, in the model thread, and the encoder tokens they cost: real and
+        padded (a turn model encodes only the turns without a vector, so its padding is theirs)."""
         loop = asyncio.get_running_loop()
         predictor = served.predictor
         if isinstance(predictor, Predictor):
             prompts = [p.prompt for p in items]
-            return await loop.run_in_executor(self._model_exec, predictor.predict, prompts), sum(map(len, prompts))
+            preds = await loop.run_in_executor(self._model_exec, predictor.predict, prompts)
+            return preds, sum(map(len, prompts)), max(map(len, prompts)) * len(prompts)
         # Turn model: only turns without a vector of this generation go through the encoder (new
         # turns; after a restore or a reload, the window's turns, recomputed from their text), then
         # one context pass per turn. The new vectors are cached in the windows, stamped.
@@ -525,12 +527,12 @@ class Worker:
             vector, cache = batch.vectors.get(id(t)), t.cache
             if vector is not None and cache is not None and cache.generation == served.generation:
                 t.cache = TurnCache(cache.generation, cache.encoded, vector)
-        return batch.predictions, batch.tokens
+        return batch.predictions, batch.tokens, batch.padded_tokens
 
-    def _observe_batch(self, prompts: list[Prompt], preds: Predictions, tokens: int) -> None:
+    def _observe_batch(self, size: int, preds: Predictions, tokens: int, padded: int) -> None:
         m = self.metrics
-        m.batch_size.observe(len(prompts))
-        m.batch_tokens.observe(max(len(p) for p in prompts) * len(prompts))
+        m.batch_size.observe(size)
+        m.batch_tokens.observe(padded)
         m.tokens_processed.inc(tokens)
         m.inference_seconds.observe(preds.seconds)
         self.stats["batches"] += 1

@@ -4,9 +4,11 @@ interleaved, one after the other, with the machine's steal and idle time per run
 Written in session 31. Each run streams the first 40 MELD dev conversations (423 turns) through the
 served model, `--quiet`, and writes its summary JSON (which carries the worker's model-path figures:
 batches, prompts, model seconds, padded and real tokens). The table goes to standard output as
-Markdown. Run it alone on the machine: the figures are speed.
+Markdown, with the machine's steal and idle time over each run as shares of all its CPU time (not
+of busy time, as `erc_stream.hoststat.steal_share` reports steal elsewhere). Run it alone on the
+machine: the figures are speed.
 
-    python docs/runs/demo_pacing.py --limits 16,32,16,32,8,32 --out /root/s31/pacing
+    PYTHONPATH=. .venv/bin/python docs/runs/demo_pacing.py --limits 16,32,16,32,8,32 --out /root/s31/pacing
 """
 
 from __future__ import annotations
@@ -18,31 +20,35 @@ import sys
 import time
 from pathlib import Path
 
+from erc_stream.hoststat import CpuTicks, read_cpu_ticks
+
 ROOT = Path(__file__).resolve().parents[2]
 ERC_STREAM = ROOT / ".venv" / "bin" / "erc-stream"
 
 
-def cpu_times() -> list[int]:
-    """The machine's jiffies since boot: user nice system idle iowait irq softirq steal."""
-    with open("/proc/stat", encoding="ascii") as f:
-        return [int(x) for x in f.readline().split()[1:9]]
+def ticks() -> CpuTicks:
+    t = read_cpu_ticks()
+    if t is None:
+        sys.exit("/proc/stat has no steal column here: this script needs Linux")
+    return t
 
 
 def run_one(limit: int, out: Path, conversations: int, store: Path) -> dict:
     summary = out / f"limit_{limit}_{time.monotonic_ns()}.json"
-    before = cpu_times()
+    before = ticks()
     with open(summary.with_suffix(".log"), "w", encoding="utf-8") as log:
         proc = subprocess.run(
             [str(ERC_STREAM), "demo", "--store", str(store), "--quiet", "--conversations", str(conversations),
              "--max-unanswered", str(limit), "--summary-json", str(summary)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, check=False,
         )  # fmt: skip
-    after = cpu_times()
+    after = ticks()
     if proc.returncode != 0:
         sys.exit(f"demo --max-unanswered {limit} failed (rc {proc.returncode}): see {summary.with_suffix('.log')}")
-    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = after.total - before.total
     s = json.loads(summary.read_text())
-    s["steal_share"], s["idle_share"] = d[7] / sum(d), d[3] / sum(d)
+    s["steal_share"] = (after.steal - before.steal) / total
+    s["idle_share"] = 1.0 - (after.busy - before.busy) / total  # iowait included
     return s
 
 
@@ -56,7 +62,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(
         "| run | --max-unanswered | events/s | p50 / p95 latency (ms) | batches (mean prompts) "
-        "| model prompts/s | padding | model share of wall | steal | idle | weighted F1 |"
+        "| model prompts/s | padding | model share of wall | steal (of all) | idle (of all) | weighted F1 |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i, limit in enumerate(int(x) for x in args.limits.split(",")):

@@ -58,7 +58,7 @@ class DemoConfig:
     to the model: no turn is sent while that many sent turns have no event yet (0: no
     limit), so a slow model on a small CPU shows its own latency instead of a queue the
     replay built up. With the model the bottleneck the worker's batches alternate at about
-    half the limit: 16 gave batches of 8, 1.10x the events/s and 2.2x lower p50 latency than
+    half the limit: 16 gave batches of 8, 1.10x the events/s and 2.1x lower p50 latency than
     32 on a 2-core AVX2 CPU (docs/results.md, session 31); a fast device wants more, since
     then the broker round trips bound the rate. ``idle_timeout_s`` bounds how long the demo waits for outstanding
     events once nothing arrives any more.

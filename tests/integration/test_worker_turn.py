@@ -81,10 +81,11 @@ def test_clean_run_equals_the_offline_turn_evaluation(broker, topic_factory, sto
                 await reader.wait_for_ids([r.event_id for r in recs], timeout_s=150)
                 reg = w.metrics.registry
                 tokens = reg.get_sample_value("erc_tokens_processed_total")
+                padded = reg.get_sample_value("erc_batch_tokens_sum")
                 batches = w.stats["batches"]
-            return reader, tokens, batches
+            return reader, tokens, padded, batches
 
-    reader, tokens, batches = asyncio.run(scenario())
+    reader, tokens, padded, batches = asyncio.run(scenario())
     assert len(reader.events) == len(recs) and reader.duplicates() == 0 and reader.dead == []
     assert batches < len(recs), "expected real batching"
     for e in reader.events:
@@ -95,6 +96,7 @@ def test_clean_run_equals_the_offline_turn_evaluation(broker, topic_factory, sto
     b = turn.builder
     turn_tokens = sum(len(b.build_turn(b.encode_turn(u.speaker, u.text))) for c in convs for u in c.utterances)
     assert tokens == turn_tokens
+    assert tokens <= padded
 
 
 @pytest.mark.timeout(400)

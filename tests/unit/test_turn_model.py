@@ -246,10 +246,12 @@ def test_predict_turns_encodes_each_uncached_turn_once_and_equals_the_evaluator(
     first = turn.predict_turns(windows)  # every turn shows up in up to k + 1 windows
     assert calls == [len(enc)] and sorted(first.vectors) == list(range(len(enc)))
     assert first.tokens == sum(len(b.build_turn(e)) for e in enc)
+    assert first.padded_tokens == max(len(b.build_turn(e)) for e in enc) * len(enc) > first.tokens
     np.testing.assert_allclose(first.predictions.scores, offline, atol=2e-5, rtol=0)
     # With the vectors cached, only the turn without one is encoded.
     cached = [[TurnInput(t.key, t.speaker, t.encoded, first.vectors[t.key] if t.key != 4 else None) for t in w]
               for w in windows]  # fmt: skip
     again = turn.predict_turns(cached[3:])
     assert calls[1:] == [1] and list(again.vectors) == [4]
+    assert again.padded_tokens == again.tokens == len(b.build_turn(enc[4]))  # one turn: no padding
     np.testing.assert_allclose(again.predictions.scores, offline[3:], atol=2e-5, rtol=0)
