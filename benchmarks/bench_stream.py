@@ -14,13 +14,15 @@ What runs where:
 Points: a warm-up, then MELD dev replayed as fast as possible (sustained events/s), then
 fixed offered rates at 25/50/75% of that maximum (open loop: each record's timestamp is
 its scheduled send time, so a producer that falls behind is counted as latency), then the
-naive consumer as fast as it goes. Latency is record timestamp -> event read by the
+naive consumer as fast as it goes on the max point's turns (``--naive-turns`` fewer). Latency is record timestamp -> event read by the
 latency consumer. Conversations are replayed concurrently (``--lanes`` at a time, each
 conversation's turns in order) with a fresh conversation-id prefix per point.
 
-Before the streaming points the model path itself (``Predictor.predict`` on the same
-prompts in batches from the worker's MicroBatcher at the worker's max_batch_size) is
-timed in this process, so the worker's share of it is measured under the same conditions.
+Before the streaming points and again after them the model path itself (``Predictor.predict``
+on the max point's prompts in batches from the worker's MicroBatcher at the worker's
+max_batch_size) is timed in this process, so the worker's share of it is measured on the same
+prompts under the same conditions (``--reference-budget-s`` cuts it short, and the report
+says how many it ran); with ``--naive-turns``, also on the naive consumer's prompts.
 
 Writes docs/benchmarks/bench_stream.{json,md} and bench_stream_latency.png.
 Usage: ``make bench-stream`` or ``.venv/bin/python benchmarks/bench_stream.py [--quick]``.
@@ -52,6 +54,8 @@ from _common import (
     resolve_model,
     write_results,
 )
+
+from erc_stream.metrics import ModelPathTotals
 
 BIN = Path(sys.executable).parent
 LOG_DIR = ROOT / "var" / "bench"
@@ -197,55 +201,24 @@ def _http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-def scrape(port: int) -> dict:
-    """The worker's batch-size histogram, inference seconds and tokens, from /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
+def scrape(port: int) -> ModelPathTotals:
+    """The worker's model-path totals (batches, model time, tokens), from its /metrics."""
     status, body = _http_get(f"http://127.0.0.1:{port}/metrics")
     if status != 200:
         raise RuntimeError(f"worker /metrics answered {status}")
-    out = {
-        "batch_buckets": {},
-        "batch_count": 0.0,
-        "batch_sum": 0.0,
-        "inference_s": 0.0,
-        "inference_count": 0.0,
-        "tokens": 0.0,
-        "padded_tokens": 0.0,
-    }
-    for fam in text_string_to_metric_families(body.decode()):
-        for s in fam.samples:
-            if s.name == "erc_batch_size_bucket":
-                out["batch_buckets"][s.labels["le"]] = s.value
-            elif s.name == "erc_batch_size_count":
-                out["batch_count"] = s.value
-            elif s.name == "erc_batch_size_sum":
-                out["batch_sum"] = s.value
-            elif s.name == "erc_inference_seconds_sum":
-                out["inference_s"] = s.value
-            elif s.name == "erc_inference_seconds_count":
-                out["inference_count"] = s.value
-            elif s.name == "erc_tokens_processed_total":
-                out["tokens"] = s.value
-            elif s.name == "erc_batch_tokens_sum":
-                out["padded_tokens"] = s.value
-    return out
+    return ModelPathTotals.from_text(body.decode())
 
 
-def metrics_delta(a: dict, b: dict) -> dict:
-    buckets, prev = {}, 0.0
-    for le in b["batch_buckets"]:  # cumulative -> per bucket
-        cum = b["batch_buckets"][le] - a["batch_buckets"].get(le, 0.0)
-        buckets[le] = int(round(cum - prev))
-        prev = cum
-    n = b["batch_count"] - a["batch_count"]
+def metrics_delta(a: ModelPathTotals, b: ModelPathTotals) -> dict:
+    """What the worker's model path did between two scrapes, as the point's JSON has it."""
+    d = b - a
     return {
-        "batches": int(n),
-        "mean_batch_size": (b["batch_sum"] - a["batch_sum"]) / n if n else 0.0,
-        "batch_size_hist": {le: c for le, c in buckets.items() if c},
-        "inference_s": b["inference_s"] - a["inference_s"],
-        "tokens": b["tokens"] - a["tokens"],
-        "padding_fraction": 1 - (b["tokens"] - a["tokens"]) / max(1.0, b["padded_tokens"] - a["padded_tokens"]),
+        "batches": d.batches,
+        "mean_batch_size": d.mean_batch,
+        "batch_size_hist": d.batch_size_hist,
+        "inference_s": d.seconds,
+        "tokens": d.real_tokens,
+        "padding_fraction": d.padding_share,
     }
 
 
@@ -495,8 +468,10 @@ async def run_point(name, prod, sink, topic, msgs, rate, procs: dict, timeout_s,
     return s
 
 
-def model_path_reference(version_dir: Path, dtype: str, prompts, keys, batch_size: int, budget_s: float) -> dict:
-    """Predictor.predict on the same prompts, batched by the worker's MicroBatcher, in this process."""
+def model_path_reference(version_dir: Path, dtype: str, prompts, keys, batch_size: int, budget_s: float | None) -> dict:
+    """Predictor.predict on the prompts a point replayed, batched by the worker's MicroBatcher, in
+    this process. ``budget_s`` stops it early (after the batch that crosses it); the result says how
+    many of the prompts it covered, since early turns (less context) are shorter and faster."""
     from bench_model import _batches_like_worker
 
     from erc_stream.model import Predictor
@@ -508,13 +483,14 @@ def model_path_reference(version_dir: Path, dtype: str, prompts, keys, batch_siz
     for b in _batches_like_worker(lengths, batch_size, keys):
         model_s += p.predict([prompts[i] for i in b]).seconds
         done += len(b)
-        if time.perf_counter() - t0 >= budget_s:
+        if budget_s is not None and time.perf_counter() - t0 >= budget_s:
             break
     wall = time.perf_counter() - t0
     return {
         "dtype": str(p.dtype).replace("torch.", ""),
         "batch_size": batch_size,
         "utterances": done,
+        "prompts": len(prompts),
         "utt_per_s": done / model_s,
         "utt_per_s_wall": done / wall,
         "model_s": model_s,
@@ -541,11 +517,14 @@ async def driver(a: argparse.Namespace) -> dict:
         flush=True,
     )
 
-    print("model path reference (in this process, nothing else running)", flush=True)
-    ref = model_path_reference(
-        version_dir, a.dtype, ordered_prompts, [ci for ci, _ in order], a.max_batch_size, a.reference_budget_s
+    keys = [ci for ci, _ in order]
+    print("model path reference on the max point's prompts (in this process, nothing else running)", flush=True)
+    ref = model_path_reference(version_dir, a.dtype, ordered_prompts, keys, a.max_batch_size, a.reference_budget_s)
+    print(
+        f"  {ref['utt_per_s']:.1f} utt/s ({ref['utterances']} of {ref['prompts']} prompts, batch size "
+        f"{a.max_batch_size})",
+        flush=True,
     )
-    print(f"  {ref['utt_per_s']:.1f} utt/s ({ref['utterances']} utterances, batch size {a.max_batch_size})", flush=True)
 
     broker = LocalBroker(log_path=LOG_DIR / "broker.log")
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -668,7 +647,7 @@ async def driver(a: argparse.Namespace) -> dict:
         )
         procs.append(naive)
         await wait_until(ready.exists, 180, "naive consumer ready", naive)
-        n_naive = min(len(order), a.naive_turns)
+        n_naive = len(order) if a.naive_turns is None else min(len(order), a.naive_turns)
         nv = await run_point(
             "naive",
             prod,
@@ -681,11 +660,18 @@ async def driver(a: argparse.Namespace) -> dict:
         )
         naive.stop()
         procs.remove(naive)
-        print("model path reference again (load on this machine may have changed)", flush=True)
+        ref_naive = None  # the naive consumer ran fewer turns than the max point: the model path on those
+        if n_naive < len(order):
+            print("model path reference on the naive consumer's prompts", flush=True)
+            ref_naive = model_path_reference(
+                version_dir, a.dtype, ordered_prompts[:n_naive], keys[:n_naive], a.max_batch_size, a.reference_budget_s
+            )
+            print(f"  {ref_naive['utt_per_s']:.1f} utt/s ({ref_naive['utterances']} prompts)", flush=True)
+        print("model path reference on the max point's prompts again (load may have changed)", flush=True)
         ref_after = model_path_reference(
-            version_dir, a.dtype, ordered_prompts, [ci for ci, _ in order], a.max_batch_size, a.reference_budget_s
+            version_dir, a.dtype, ordered_prompts, keys, a.max_batch_size, a.reference_budget_s
         )
-        print(f"  {ref_after['utt_per_s']:.1f} utt/s", flush=True)
+        print(f"  {ref_after['utt_per_s']:.1f} utt/s ({ref_after['utterances']} prompts)", flush=True)
     finally:
         for p in procs:
             p.stop()
@@ -712,6 +698,7 @@ async def driver(a: argparse.Namespace) -> dict:
         },
         "model_path_reference": ref,
         "model_path_reference_after": ref_after,
+        "model_path_reference_naive": ref_naive,
         "points": points,
         "naive": nv,
         "profile": profile,
@@ -756,6 +743,28 @@ def plot(payload: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _reference_coverage(refs: list[dict], payload: dict) -> str:
+    """Which prompts each model path reference ran (payloads before they said so: nothing)."""
+    if not all("prompts" in r for r in refs):
+        return ""
+    covered = " and ".join(f"{r['utterances']}" for r in refs)
+    out = f" The model path references ran {covered} of the max point's {refs[0]['prompts']} prompts"
+    if any(r["utterances"] < r["prompts"] for r in refs):
+        out += (
+            " (cut short by `--reference-budget-s`: those are the replay's early turns, with less context and "
+            "shorter prompts, so the reference rate is higher than over all of them and the worker's share lower)"
+        )
+    out += "."
+    rn, nv = payload.get("model_path_reference_naive"), payload["naive"]
+    if rn:
+        out += (
+            f" The naive consumer ran only the first {nv['sent']} turns (`--naive-turns`): its row is compared "
+            f"with the model path on those, batched ({rn['utt_per_s']:.1f} utt/s over {rn['utterances']} of them), "
+            "and *vs naive* compares unlike prompt sets."
+        )
+    return out
+
+
 def render(payload: dict, png_name: str) -> str:
     ref, nv = payload["model_path_reference"], payload["naive"]
     mx = next(p for p in payload["points"] if p["point"] == "max")
@@ -765,6 +774,9 @@ def render(payload: dict, png_name: str) -> str:
     ref_rate = sum(r["utt_per_s"] for r in refs) / len(refs)
     ratio_model = mx["events_per_s"] / ref_rate
     ref_list = " and ".join(f"{r['utt_per_s']:.1f}" for r in refs)
+    # The naive consumer ran the max point's prompts, or payload has a reference on its fewer ones
+    # (older payloads ran 200 turns and compared them with the max point's reference).
+    ref_naive = payload.get("model_path_reference_naive") or ref
     wm = mx["worker_metrics"]
     inside_rate = mx["events"] / wm["inference_s"] if wm and wm["inference_s"] else float("nan")
     lines = [
@@ -787,7 +799,7 @@ def render(payload: dict, png_name: str) -> str:
             ["", "events/s", "vs naive", "vs model path"],
             [
                 ["worker, max rate", mx["events_per_s"], f"{ratio_naive:.1f}x", f"{ratio_model:.0%}"],
-                ["naive consumer", nv["events_per_s"], "1x", f"{nv['events_per_s'] / ref['utt_per_s']:.0%}"],
+                ["naive consumer", nv["events_per_s"], "1x", f"{nv['events_per_s'] / ref_naive['utt_per_s']:.0%}"],
                 [
                     f"model path alone (Predictor.predict, batch {ref['batch_size']}, {ref['dtype']}; mean of "
                     f"{ref_list} measured before/after)",
@@ -810,7 +822,7 @@ def render(payload: dict, png_name: str) -> str:
         "the pipeline (Kafka, JSON, prompts, batching, acks) runs alongside the model, not in series with it. The "
         "model "
         "path alone is timed in the benchmark process before and after the streaming points; on a loaded shared "
-        "machine the two can differ, which is why both are shown.",
+        "machine the two can differ, which is why both are shown." + _reference_coverage(refs, payload),
         "",
         f"Acceptance bar (issue 5): worker >= 10x the naive consumer: **{'met' if ratio_naive >= 10 else 'not met'}** "
         f"({ratio_naive:.1f}x); worker >= 70% of the model path's batched throughput: "
@@ -914,8 +926,20 @@ def main() -> None:
     ap.add_argument("--lanes", type=int, default=32, help="conversations replayed concurrently")
     ap.add_argument("--fractions", default="0.25,0.5,0.75", help="offered rates as fractions of the measured maximum")
     ap.add_argument("--rate-duration-s", type=float, default=30.0, help="seconds of offered load per fixed-rate point")
-    ap.add_argument("--naive-turns", type=int, default=200, help="turns replayed to the naive consumer")
-    ap.add_argument("--reference-budget-s", type=float, default=20.0)
+    ap.add_argument(
+        "--naive-turns",
+        type=int,
+        default=None,
+        help="turns replayed to the naive consumer (default: all the max point's; fewer are its early, short turns, "
+        "and the report compares it with the model path on those)",
+    )
+    ap.add_argument(
+        "--reference-budget-s",
+        type=float,
+        default=None,
+        help="stop each model path reference after this many seconds (default: all the point's prompts; a "
+        "reference cut short covers the early, shorter turns only, and the report says so)",
+    )
     ap.add_argument("--point-timeout-s", type=float, default=300.0)
     ap.add_argument("--conversations", type=int, default=None, help="first N MELD dev conversations (default all)")
     ap.add_argument(

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -38,6 +37,7 @@ from erc_stream.devtools.escalations import EscalationsProcess, EscalationTally,
 from erc_stream.devtools.replay import ReplayConfig, ReplayResult, SentTurn, load_conversations, replay
 from erc_stream.devtools.tail import render_event
 from erc_stream.errors import ArtifactError, ErcError
+from erc_stream.metrics import ModelPathTotals
 
 __all__ = ["Backlog", "DemoConfig", "DemoSummary", "ensure_model", "run_demo", "print_summary"]
 
@@ -123,42 +123,6 @@ class Backlog:
 
 
 @dataclass
-class ModelPathSummary:
-    """What the worker's model did during the demo, read from its metrics registry."""
-
-    batches: int
-    prompts: int
-    seconds: float  # model time: padding, forward, softmax, copy (the batches' Predictions.seconds)
-    padded_tokens: int
-    real_tokens: int
-
-    @property
-    def mean_batch(self) -> float:
-        return self.prompts / self.batches if self.batches else 0.0
-
-    @property
-    def padding_share(self) -> float:
-        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
-
-    @property
-    def prompts_per_s(self) -> float:
-        return self.prompts / self.seconds if self.seconds > 0 else 0.0
-
-    @classmethod
-    def from_registry(cls, registry: CollectorRegistry) -> ModelPathSummary:
-        def value(name: str) -> float:
-            return registry.get_sample_value(name) or 0.0
-
-        return cls(
-            batches=int(value("erc_batch_size_count")),
-            prompts=int(value("erc_batch_size_sum")),
-            seconds=value("erc_inference_seconds_sum"),
-            padded_tokens=int(value("erc_batch_tokens_sum")),
-            real_tokens=int(value("erc_tokens_processed_total")),
-        )
-
-
-@dataclass
 class DemoSummary:
     """What the demo measured. Latencies in milliseconds; metrics from compute_metrics."""
 
@@ -186,13 +150,15 @@ class DemoSummary:
     predicted_counts: dict[str, int] = field(default_factory=dict)
     # The worker's model path, from its own Prometheus series (erc_batch_size, erc_batch_tokens,
     # erc_tokens_processed, erc_inference_seconds): where the wall time went.
-    model: ModelPathSummary | None = None
+    model: ModelPathTotals | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
         if self.model is not None:
             m = self.model
+            del d["model"]["batch_buckets"]  # cumulative; batch_size_hist says the same per bucket
             d["model"] |= {
+                "batch_size_hist": m.batch_size_hist,
                 "mean_batch": m.mean_batch,
                 "padding_share": m.padding_share,
                 "prompts_per_s": m.prompts_per_s,
@@ -507,7 +473,7 @@ async def _stream(
         await consumer.stop()
         # The worker's own graceful stop: stop fetching, finish the in-flight batch, flush, commit.
         await worker.stop()
-        summary.model = ModelPathSummary.from_registry(worker.metrics.registry)
+        summary.model = ModelPathTotals.from_registry(worker.metrics.registry)
         console.print("worker stopped")
         # SIGTERM: faust stops its agent, flushes and commits.
         await asyncio.to_thread(escalations.stop)
