@@ -14,9 +14,10 @@ What runs where:
 Points: a warm-up, then MELD dev replayed as fast as possible (sustained events/s), then
 fixed offered rates at 25/50/75% of that maximum (open loop: each record's timestamp is
 its scheduled send time, so a producer that falls behind is counted as latency), then the
-naive consumer as fast as it goes on the max point's turns (``--naive-turns`` fewer). Latency is record timestamp -> event read by the
-latency consumer. Conversations are replayed concurrently (``--lanes`` at a time, each
-conversation's turns in order) with a fresh conversation-id prefix per point.
+naive consumer as fast as it goes on the max point's turns (``--naive-turns``: fewer).
+Latency is record timestamp -> event read by the latency consumer. Conversations are
+replayed concurrently (``--lanes`` at a time, each conversation's turns in order) with a
+fresh conversation-id prefix per point.
 
 Before the streaming points and again after them the model path itself (``Predictor.predict``
 on the max point's prompts in batches from the worker's MicroBatcher at the worker's
@@ -660,18 +661,6 @@ async def driver(a: argparse.Namespace) -> dict:
         )
         naive.stop()
         procs.remove(naive)
-        ref_naive = None  # the naive consumer ran fewer turns than the max point: the model path on those
-        if n_naive < len(order):
-            print("model path reference on the naive consumer's prompts", flush=True)
-            ref_naive = model_path_reference(
-                version_dir, a.dtype, ordered_prompts[:n_naive], keys[:n_naive], a.max_batch_size, a.reference_budget_s
-            )
-            print(f"  {ref_naive['utt_per_s']:.1f} utt/s ({ref_naive['utterances']} prompts)", flush=True)
-        print("model path reference on the max point's prompts again (load may have changed)", flush=True)
-        ref_after = model_path_reference(
-            version_dir, a.dtype, ordered_prompts, keys, a.max_batch_size, a.reference_budget_s
-        )
-        print(f"  {ref_after['utt_per_s']:.1f} utt/s ({ref_after['utterances']} prompts)", flush=True)
     finally:
         for p in procs:
             p.stop()
@@ -680,6 +669,21 @@ async def driver(a: argparse.Namespace) -> dict:
         if sink:
             await sink.stop()
         broker.stop()
+
+    # After the broker is down: the references run in this event loop's thread for minutes, which
+    # would starve the latency consumer's fetches.
+    ref_naive = None  # the naive consumer ran fewer turns than the max point: the model path on those
+    if n_naive < len(order):
+        print("model path reference on the naive consumer's prompts", flush=True)
+        ref_naive = model_path_reference(
+            version_dir, a.dtype, ordered_prompts[:n_naive], keys[:n_naive], a.max_batch_size, a.reference_budget_s
+        )
+        print(f"  {ref_naive['utt_per_s']:.1f} utt/s ({ref_naive['utterances']} prompts)", flush=True)
+    print("model path reference on the max point's prompts again (load may have changed)", flush=True)
+    ref_after = model_path_reference(
+        version_dir, a.dtype, ordered_prompts, keys, a.max_batch_size, a.reference_budget_s
+    )
+    print(f"  {ref_after['utt_per_s']:.1f} utt/s ({ref_after['utterances']} prompts)", flush=True)
 
     return {
         "command": command_line(),
