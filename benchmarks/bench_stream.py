@@ -469,7 +469,9 @@ async def run_point(name, prod, sink, topic, msgs, rate, procs: dict, timeout_s,
     return s
 
 
-def model_path_reference(version_dir: Path, dtype: str, prompts, keys, batch_size: int, budget_s: float | None) -> dict:
+def model_path_reference(
+    version_dir: Path, dtype: str, prompts, keys, batch_size: int, budget_s: float | None, max_forward: int | None
+) -> dict:
     """Predictor.predict on the prompts a point replayed, batched by the worker's MicroBatcher, in
     this process. ``budget_s`` stops it early (after the batch that crosses it); the result says how
     many of the prompts it covered, since early turns (less context) are shorter and faster."""
@@ -482,7 +484,7 @@ def model_path_reference(version_dir: Path, dtype: str, prompts, keys, batch_siz
     lengths = [len(x) for x in prompts]
     done, model_s, t0 = 0, 0.0, time.perf_counter()
     for b in _batches_like_worker(lengths, batch_size, keys):
-        model_s += p.predict([prompts[i] for i in b]).seconds
+        model_s += p.predict([prompts[i] for i in b], max_forward=max_forward).seconds
         done += len(b)
         if budget_s is not None and time.perf_counter() - t0 >= budget_s:
             break
@@ -490,6 +492,7 @@ def model_path_reference(version_dir: Path, dtype: str, prompts, keys, batch_siz
     return {
         "dtype": str(p.dtype).replace("torch.", ""),
         "batch_size": batch_size,
+        "max_forward": max_forward,
         "utterances": done,
         "prompts": len(prompts),
         "utt_per_s": done / model_s,
@@ -502,13 +505,14 @@ async def driver(a: argparse.Namespace) -> dict:
     from aiokafka import AIOKafkaProducer
 
     from erc_stream.devtools.broker import LocalBroker, acreate_topics, free_port
-    from erc_stream.model import Predictor, resolve_dtype
+    from erc_stream.model import Predictor, resolve_dtype, resolve_max_forward
 
     info = machine_info()
     version_dir = resolve_model(a.store)
     probe = Predictor.load(version_dir, device="cpu", dtype="fp32")
     examples, convs = meld_dev_examples(probe.builder, probe.labels, a.conversations)
     worker_dtype = str(resolve_dtype(a.dtype, probe.device)).replace("torch.", "")
+    max_forward = resolve_max_forward(a.max_forward_prompts, probe.device)  # what the worker will use
     order = replay_order(convs, a.lanes)
     ordered_prompts = [examples[sum(len(c.utterances) for c in convs[:ci]) + ti][0] for ci, ti in order]
     del probe
@@ -520,7 +524,9 @@ async def driver(a: argparse.Namespace) -> dict:
 
     keys = [ci for ci, _ in order]
     print("model path reference on the max point's prompts (in this process, nothing else running)", flush=True)
-    ref = model_path_reference(version_dir, a.dtype, ordered_prompts, keys, a.max_batch_size, a.reference_budget_s)
+    ref = model_path_reference(
+        version_dir, a.dtype, ordered_prompts, keys, a.max_batch_size, a.reference_budget_s, max_forward
+    )
     print(
         f"  {ref['utt_per_s']:.1f} utt/s ({ref['utterances']} of {ref['prompts']} prompts, batch size "
         f"{a.max_batch_size})",
@@ -565,6 +571,7 @@ async def driver(a: argparse.Namespace) -> dict:
                     "ERC_METRICS_PORT": port,
                     "ERC_MAX_BATCH_SIZE": a.max_batch_size,
                     "ERC_MAX_WAIT_MS": a.max_wait_ms,
+                    **({"ERC_MAX_FORWARD_PROMPTS": a.max_forward_prompts} if a.max_forward_prompts is not None else {}),
                     "ERC_SESSION_TIMEOUT_MS": 2000,
                     "ERC_HEARTBEAT_INTERVAL_MS": 300,
                     "ERC_LOG_LEVEL": "INFO",
@@ -676,12 +683,18 @@ async def driver(a: argparse.Namespace) -> dict:
     if n_naive < len(order):
         print("model path reference on the naive consumer's prompts", flush=True)
         ref_naive = model_path_reference(
-            version_dir, a.dtype, ordered_prompts[:n_naive], keys[:n_naive], a.max_batch_size, a.reference_budget_s
+            version_dir,
+            a.dtype,
+            ordered_prompts[:n_naive],
+            keys[:n_naive],
+            a.max_batch_size,
+            a.reference_budget_s,
+            max_forward,
         )
         print(f"  {ref_naive['utt_per_s']:.1f} utt/s ({ref_naive['utterances']} prompts)", flush=True)
     print("model path reference on the max point's prompts again (load may have changed)", flush=True)
     ref_after = model_path_reference(
-        version_dir, a.dtype, ordered_prompts, keys, a.max_batch_size, a.reference_budget_s
+        version_dir, a.dtype, ordered_prompts, keys, a.max_batch_size, a.reference_budget_s, max_forward
     )
     print(f"  {ref_after['utt_per_s']:.1f} utt/s ({ref_after['utterances']} prompts)", flush=True)
 
@@ -696,6 +709,7 @@ async def driver(a: argparse.Namespace) -> dict:
             "partitions": a.partitions,
             "max_batch_size": a.max_batch_size,
             "max_wait_ms": a.max_wait_ms,
+            "max_forward_prompts": max_forward or 0,
             "rate_duration_s": a.rate_duration_s,
             "turns": len(order),
             "conversations": len(convs),
@@ -747,6 +761,14 @@ def plot(payload: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _forward_setting(settings: dict) -> str:
+    """The worker's prompts per forward pass, as the report names it (absent before the setting)."""
+    n = settings.get("max_forward_prompts")
+    if n is None:
+        return "each batch in one forward pass (before max_forward_prompts)"
+    return f"max_forward_prompts {n}" + (" (each batch in one pass)" if n == 0 else "")
+
+
 def _reference_coverage(refs: list[dict], payload: dict) -> str:
     """Which prompts each model path reference ran (payloads before they said so: nothing)."""
     if not all("prompts" in r for r in refs):
@@ -791,7 +813,8 @@ def render(payload: dict, png_name: str) -> str:
         machine_md(payload["machine"], payload["machine_end"]),
         "",
         f"Model `{payload['model']['version']}`; worker dtype {payload['worker_dtype']} (`dtype=auto`), "
-        f"max_batch_size {st['max_batch_size']}, max_wait_ms {st['max_wait_ms']}; local broker (Tansu, memory), "
+        f"max_batch_size {st['max_batch_size']}, max_wait_ms {st['max_wait_ms']}, "
+        f"{_forward_setting(st)}; local broker (Tansu, memory), "
         f"{st['partitions']} partitions. Data: {st['turns']} MELD dev turns of {st['conversations']} conversations, "
         f"replayed {st['lanes']} conversations at a time (each conversation's turns in order). Latency: record "
         "timestamp (the scheduled send time) -> the event read by a separate consumer. CPU: cores used by each "
@@ -805,7 +828,9 @@ def render(payload: dict, png_name: str) -> str:
                 ["worker, max rate", mx["events_per_s"], f"{ratio_naive:.1f}x", f"{ratio_model:.0%}"],
                 ["naive consumer", nv["events_per_s"], "1x", f"{nv['events_per_s'] / ref_naive['utt_per_s']:.0%}"],
                 [
-                    f"model path alone (Predictor.predict, batch {ref['batch_size']}, {ref['dtype']}; mean of "
+                    f"model path alone (Predictor.predict, batch {ref['batch_size']}"
+                    + (f" in parts of {ref['max_forward']}" if ref.get("max_forward") else "")
+                    + f", {ref['dtype']}; mean of "
                     f"{ref_list} measured before/after)",
                     ref_rate,
                     "",
@@ -926,6 +951,13 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", help="worker dtype (auto picks fp32 on CPUs without native bf16)")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=int, default=20)
+    ap.add_argument(
+        "--max-forward-prompts",
+        type=int,
+        default=None,
+        help="the worker's prompts per forward pass (default: its auto, 8 on a CPU; 0: the whole batch); the "
+        "model path reference runs the same",
+    )
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--lanes", type=int, default=32, help="conversations replayed concurrently")
     ap.add_argument("--fractions", default="0.25,0.5,0.75", help="offered rates as fractions of the measured maximum")

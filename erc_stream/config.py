@@ -190,6 +190,11 @@ class WorkerConfig(KafkaConnection):
     dtype: str = _setting("auto", "auto, fp32, bf16 or fp16")
     max_batch_size: int = 32
     max_batch_tokens: int = _setting(8192, "padded tokens per batch at most")
+    max_forward_prompts: int | None = _setting(
+        None,
+        "prompts per forward pass at most: a batch runs as length-sorted parts, less padding "
+        "(default: 8 on a CPU, the whole batch on a GPU; 0: the whole batch)",
+    )
     max_wait_ms: int = _setting(20, "longest a turn waits for a fuller batch")
     max_in_flight: int = _setting(512, "turns read but not acknowledged at most (backpressure; bounds re-reads)")
     context_turns: int | None = _setting(None, "fewer context turns than the model was trained with")
@@ -217,6 +222,7 @@ class WorkerConfig(KafkaConnection):
                 ("dtype", self.dtype in ("auto", "fp32", "bf16", "fp16")),
                 ("max_batch_size", self.max_batch_size >= 1),
                 ("max_batch_tokens", self.max_batch_tokens >= 16),
+                ("max_forward_prompts", self.max_forward_prompts is None or self.max_forward_prompts >= 0),
                 ("max_wait_ms", self.max_wait_ms >= 0),
                 ("max_in_flight", self.max_in_flight >= self.max_batch_size),
                 ("context_turns", self.context_turns is None or self.context_turns >= 0),

@@ -34,7 +34,7 @@ from torch import nn
 
 from erc_stream.context import ContextModel, ContextSettings, Windows, pack_windows, same_speaker_flags
 from erc_stream.errors import ArtifactError, ConfigError
-from erc_stream.prompt import EncodedTurn, Prompt, PromptBuilder, pad_batch
+from erc_stream.prompt import EncodedTurn, Prompt, PromptBuilder, forward_parts, pad_batch, padded_tokens
 
 __all__ = [
     "EmotionModel",
@@ -49,6 +49,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "default_encoder_path",
     "load_predictor",
+    "resolve_max_forward",
     "resolve_device",
     "resolve_dtype",
     "strip_prefix",
@@ -122,6 +123,26 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "fp16" and device.type == "cpu":
         raise ConfigError("dtype='fp16' is for CUDA; on CPU use fp32 or bf16")
     return DTYPES[dtype]
+
+
+# Prompts per forward pass on a CPU when the setting is left to auto. A CPU's cost grows with the
+# padded tokens, and a part of 8 costs about as much per token as the whole batch: on a 2-core AVX2
+# CPU in fp32, the served MELD model ran the worker's batches of up to 32 1.23x faster as
+# length-sorted parts of 8 (padding 6% of the tokens instead of 20%; docs/benchmarks/README.md,
+# finding 8). A GPU is faster with one pass: it is idle between small launches.
+CPU_MAX_FORWARD = 8
+
+
+def resolve_max_forward(setting: int | None, device: torch.device) -> int | None:
+    """Prompts per forward pass at most (None: the whole batch in one pass).
+
+    ``setting`` None is auto: ``CPU_MAX_FORWARD`` on a CPU, one pass on a GPU; 0 is one pass.
+    """
+    if setting is None:
+        return CPU_MAX_FORWARD if device.type == "cpu" else None
+    if setting < 0:
+        raise ConfigError(f"max_forward_prompts must be 0 (one pass) or more, got {setting}")
+    return setting or None
 
 
 class ProjectionHead(nn.Module):
@@ -261,13 +282,27 @@ class Predictor(_LoadedVersion[EmotionModel]):
         return cls(model, _prompt_builder(tokenizer, manifest), manifest, dev, dt)
 
     @torch.inference_mode()
-    def predict(self, prompts: Sequence[Prompt]) -> Predictions:
-        """Score a batch of prompts (any lengths; padded here)."""
+    def predict(self, prompts: Sequence[Prompt], *, max_forward: int | None = None) -> Predictions:
+        """Score a batch of prompts (any lengths; padded here), in input order.
+
+        ``max_forward``: prompts per forward pass at most; a larger batch runs as length-sorted
+        parts (``forward_parts``), each padded to its own longest prompt. None: one pass.
+        """
         t0 = time.perf_counter()
+        parts = forward_parts([len(p) for p in prompts], max_forward)
+        if len(parts) == 1:
+            scores = self._scores(prompts)  # (B, C) float32
+        else:
+            scores = torch.empty((len(prompts), len(self.labels)), dtype=torch.float32, device=self.device)
+            for part in parts:
+                scores[part] = self._scores([prompts[i] for i in part])  # (b, C) into their rows
+        return self._predictions(scores, t0)
+
+    def _scores(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """One forward pass: cosine scores (B, C) float32 of prompts padded to the longest."""
         batch = pad_batch(prompts, self.pad_id)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        scores = self.model(**batch)  # (B, C) float32
-        return self._predictions(scores, t0)
+        return self.model(**batch)
 
     def warm_up(self, batch_size: int = 8) -> float:
         """Run one batch of real-shaped prompts so the first live batch is not slow; returns seconds."""
@@ -378,9 +413,7 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
         """
         hidden = self.model.context.settings.hidden_size
         out = torch.empty((len(prompts), hidden), dtype=torch.float32)  # (N, H)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in forward_parts([len(p) for p in prompts], batch_size):
             batch = pad_batch([prompts[i] for i in chunk], self.pad_id)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             out[torch.tensor(chunk, dtype=torch.long)] = self.model.encode(**batch).float().cpu()  # (b, H)
@@ -398,12 +431,13 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
         scores = self.model.cosine_scores(self.model.represent(w))  # (B, C) float32
         return self._predictions(scores, t0)
 
-    def predict_turns(self, windows: Sequence[Sequence[TurnInput]]) -> TurnBatch:
+    def predict_turns(self, windows: Sequence[Sequence[TurnInput]], *, max_forward: int | None = None) -> TurnBatch:
         """Score the last turn of each window (oldest first), encoding only the turns without a vector.
 
         The streaming path: a turn new to this model version is encoded here, once, however many
         windows of the call show it (``TurnInput.key``); a turn with a cached vector costs nothing
         more. ``TurnBatch.vectors`` returns the new vectors for the caller to cache.
+        ``max_forward``: turns per encoder pass at most, as in ``Predictor.predict``.
         """
         t0 = time.perf_counter()
         todo: dict[int, Prompt] = {}
@@ -414,7 +448,8 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
                     # long still counts as context, cut to fit.
                     todo[t.key] = self.builder.build_turn(t.encoded, fit=i < len(window) - 1)
         prompts = list(todo.values())
-        encoded = self.encode(prompts, batch_size=max(1, len(prompts))) if prompts else None  # (n, H)
+        per_pass = max_forward or max(1, len(prompts))
+        encoded = self.encode(prompts, batch_size=per_pass) if prompts else None  # (n, H)
         new = {key: encoded[i] for i, key in enumerate(todo)} if encoded is not None else {}
         stacked = [torch.stack([t.vector if t.vector is not None else new[t.key] for t in w]) for w in windows]
         flags = [same_speaker_flags([t.speaker for t in w]) for w in windows]
@@ -423,7 +458,7 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
             predictions=replace(preds, seconds=time.perf_counter() - t0),
             vectors=new,
             tokens=sum(len(p) for p in prompts),
-            padded_tokens=max(map(len, prompts), default=0) * len(prompts),
+            padded_tokens=padded_tokens([len(p) for p in prompts], per_pass),
         )
 
     def warm_up(self, batch_size: int = 8) -> float:

@@ -41,8 +41,10 @@ __all__ = [
     "EncodedTurn",
     "Prompt",
     "PromptBuilder",
+    "forward_parts",
     "normalize_text",
     "pad_batch",
+    "padded_tokens",
 ]
 
 DEFAULT_TEMPLATE = "For utterance {utterance}, {speaker} feels {mask}"
@@ -325,3 +327,20 @@ def pad_batch(prompts: Sequence[Prompt], pad_id: int) -> dict[str, torch.Tensor]
         attention_mask[i, : len(p)] = 1
     mask_index = torch.tensor([p.mask_index for p in prompts], dtype=torch.long)  # (B,)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "mask_index": mask_index}
+
+
+def forward_parts(lengths: Sequence[int], max_forward: int | None) -> list[list[int]]:
+    """Indices of a batch's prompts in forward passes of at most ``max_forward`` prompts.
+
+    ``None``: one pass, in batch order. Otherwise the prompts sorted by length (stable), cut into
+    consecutive parts, so each part is padded only to its own longest prompt.
+    """
+    if max_forward is None or len(lengths) <= max_forward:
+        return [list(range(len(lengths)))] if lengths else []
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[k : k + max_forward] for k in range(0, len(order), max_forward)]
+
+
+def padded_tokens(lengths: Sequence[int], max_forward: int | None) -> int:
+    """Tokens the encoder sees for a batch run as ``forward_parts``: each part padded to its longest."""
+    return sum(max(lengths[i] for i in part) * len(part) for part in forward_parts(lengths, max_forward))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
@@ -42,9 +43,9 @@ from erc_stream.errors import PromptTooLongError
 from erc_stream.events import BadInput, ChatTurn, Reason, SourceRef, emotion_event, parse_turn
 from erc_stream.health import HealthServer
 from erc_stream.metrics import WorkerMetrics
-from erc_stream.model import Predictions, Predictor, TurnInput, TurnPredictor
+from erc_stream.model import Predictions, Predictor, TurnInput, TurnPredictor, resolve_max_forward
 from erc_stream.offsets import OffsetTracker
-from erc_stream.prompt import EncodedTurn, Prompt
+from erc_stream.prompt import EncodedTurn, Prompt, padded_tokens
 from erc_stream.reload import ModelReloader, Served
 from erc_stream.window import TurnCache, WindowStore, WindowTurn
 
@@ -512,17 +513,21 @@ class Worker:
         padded (a turn model encodes only the turns without a vector, so its padding is theirs)."""
         loop = asyncio.get_running_loop()
         predictor = served.predictor
+        max_forward = resolve_max_forward(self.cfg.max_forward_prompts, predictor.device)
         if isinstance(predictor, Predictor):
             prompts = [p.prompt for p in items]
-            preds = await loop.run_in_executor(self._model_exec, predictor.predict, prompts)
-            return preds, sum(map(len, prompts)), max(map(len, prompts)) * len(prompts)
+            run = functools.partial(predictor.predict, prompts, max_forward=max_forward)
+            preds = await loop.run_in_executor(self._model_exec, run)
+            lengths = [len(p) for p in prompts]
+            return preds, sum(lengths), padded_tokens(lengths, max_forward)
         # Turn model: only turns without a vector of this generation go through the encoder (new
         # turns; after a restore or a reload, the window's turns, recomputed from their text), then
         # one context pass per turn. The new vectors are cached in the windows, stamped.
         k = predictor.builder.context_turns
         windows = [_turn_window(p, k) for p in items]
         inputs = [[TurnInput(id(t), t.speaker, _cached(t), _vector(t)) for t in w] for w in windows]
-        batch = await loop.run_in_executor(self._model_exec, predictor.predict_turns, inputs)
+        run_turns = functools.partial(predictor.predict_turns, inputs, max_forward=max_forward)
+        batch = await loop.run_in_executor(self._model_exec, run_turns)
         for t in {id(t): t for w in windows for t in w}.values():
             vector, cache = batch.vectors.get(id(t)), t.cache
             if vector is not None and cache is not None and cache.generation == served.generation:

@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from erc_stream.errors import ConfigError
-from erc_stream.model import Predictor, ProjectionHead, cpu_has_native_bf16, resolve_device, resolve_dtype
+from erc_stream.model import (
+    CPU_MAX_FORWARD,
+    Predictor,
+    ProjectionHead,
+    cpu_has_native_bf16,
+    resolve_device,
+    resolve_dtype,
+    resolve_max_forward,
+)
 from tests.fixtures_model import MELD_LABELS, load_default_encoder, publish_test_model
 
 TEXTS = [
@@ -96,6 +104,39 @@ def test_batch_composition_invariance(predictor, prompts):
     short, long_ = lengths.index(min(lengths)), lengths.index(max(lengths))
     pair = predictor.predict([prompts[short], prompts[long_]]).scores
     np.testing.assert_allclose(pair[0], alone[short], atol=1e-5)
+
+
+def test_forward_parts_score_what_one_pass_scores_in_input_order(predictor, prompts, monkeypatch):
+    """A batch run as length-sorted parts: rows back in the caller's order, the same scores."""
+    whole = predictor.predict(prompts).scores
+    widths: list[tuple[int, int]] = []
+    forward = predictor.model.forward
+
+    def recording(input_ids, attention_mask, mask_index):
+        widths.append(tuple(input_ids.shape))
+        return forward(input_ids, attention_mask, mask_index)
+
+    monkeypatch.setattr(predictor.model, "forward", recording)
+    lengths = [len(p) for p in prompts]
+    parted = predictor.predict(prompts, max_forward=2)
+    by_length = sorted(lengths)
+    # Three passes (2 + 2 + 1), each padded to the longest of its own prompts.
+    assert widths == [(2, by_length[1]), (2, by_length[3]), (1, by_length[4])]
+    np.testing.assert_allclose(parted.scores, whole, atol=1e-5)
+    assert parted.label_ids.tolist() == whole.argmax(axis=1).tolist()
+    widths.clear()
+    predictor.predict(prompts, max_forward=len(prompts))  # no more than the batch: one pass
+    assert widths == [(5, max(lengths))]
+
+
+def test_resolve_max_forward():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_max_forward(None, cpu) == CPU_MAX_FORWARD == 8
+    assert resolve_max_forward(None, cuda) is None  # one pass on a GPU
+    assert resolve_max_forward(0, cpu) is None and resolve_max_forward(0, cuda) is None
+    assert resolve_max_forward(4, cpu) == 4 and resolve_max_forward(16, cuda) == 16
+    with pytest.raises(ConfigError, match=r"max_forward_prompts must be 0 \(one pass\) or more, got -1"):
+        resolve_max_forward(-1, cpu)
 
 
 def test_with_context_turns(predictor, prompts):

@@ -10,7 +10,16 @@ import torch
 
 from erc_stream.errors import ConfigError, PromptTooLongError
 from erc_stream.model import default_encoder_path
-from erc_stream.prompt import DEFAULT_TEMPLATE, TURN_TEMPLATE, Prompt, PromptBuilder, normalize_text, pad_batch
+from erc_stream.prompt import (
+    DEFAULT_TEMPLATE,
+    TURN_TEMPLATE,
+    Prompt,
+    PromptBuilder,
+    forward_parts,
+    normalize_text,
+    pad_batch,
+    padded_tokens,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -366,3 +375,21 @@ def test_anonymous_truncation_and_turn_prompts_count_the_label_not_the_name(toke
 def test_speakers_mode_is_validated(tokenizer):
     with pytest.raises(ConfigError, match="speakers must be one of names, anonymous"):
         PromptBuilder(tokenizer, context_turns=2, max_length=128, speakers="pseudonyms")
+
+
+def test_forward_parts_sort_by_length_and_cut():
+    lengths = [30, 10, 50, 20, 40]
+    assert forward_parts(lengths, None) == [[0, 1, 2, 3, 4]]  # one pass, batch order
+    assert forward_parts(lengths, 5) == [[0, 1, 2, 3, 4]] == forward_parts(lengths, 8)
+    assert forward_parts(lengths, 2) == [[1, 3], [0, 4], [2]]  # 10, 20 | 30, 40 | 50
+    assert forward_parts(lengths, 1) == [[1], [3], [0], [4], [2]]
+    assert forward_parts([7, 7, 3], 2) == [[2, 0], [1]]  # stable among equal lengths
+    assert forward_parts([], 4) == [] and forward_parts([], None) == []
+
+
+def test_padded_tokens_of_a_policy():
+    lengths = [30, 10, 50, 20, 40]
+    assert padded_tokens(lengths, None) == 250  # 5 x 50
+    assert padded_tokens(lengths, 2) == 2 * 20 + 2 * 40 + 50  # 170
+    assert padded_tokens(lengths, 1) == sum(lengths)  # no padding
+    assert padded_tokens([], 8) == 0

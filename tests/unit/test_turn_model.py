@@ -255,3 +255,12 @@ def test_predict_turns_encodes_each_uncached_turn_once_and_equals_the_evaluator(
     assert calls[1:] == [1] and list(again.vectors) == [4]
     assert again.padded_tokens == again.tokens == len(b.build_turn(enc[4]))  # one turn: no padding
     np.testing.assert_allclose(again.predictions.scores, offline[3:], atol=2e-5, rtol=0)
+    # Encoded in length-sorted passes of at most 2 turns: the same scores, each pass padded to its own.
+    calls.clear()
+    parted = turn.predict_turns(windows, max_forward=2)
+    lengths = sorted(len(b.build_turn(e)) for e in enc)
+    assert calls == [2] * (len(enc) // 2) + [1] * (len(enc) % 2)
+    assert parted.tokens == first.tokens
+    pairs = [lengths[i : i + 2] for i in range(0, len(lengths), 2)]
+    assert parted.padded_tokens == sum(pair[-1] * len(pair) for pair in pairs) < first.padded_tokens
+    np.testing.assert_allclose(parted.predictions.scores, offline, atol=2e-5, rtol=0)

@@ -35,6 +35,7 @@ def test_defaults_are_valid_and_derived_properties() -> None:
         ({"dtype": "int8"}, "WorkerConfig.dtype has an invalid value: 'int8'"),
         ({"max_batch_size": 0}, "WorkerConfig.max_batch_size has an invalid value: 0"),
         ({"max_batch_tokens": 15}, "WorkerConfig.max_batch_tokens has an invalid value: 15"),
+        ({"max_forward_prompts": -1}, "WorkerConfig.max_forward_prompts has an invalid value: -1"),
         ({"max_wait_ms": -1}, "WorkerConfig.max_wait_ms has an invalid value: -1"),
         ({"max_batch_size": 64, "max_in_flight": 63}, "WorkerConfig.max_in_flight has an invalid value: 63"),
         ({"context_turns": -1}, "WorkerConfig.context_turns has an invalid value: -1"),
