@@ -792,6 +792,8 @@ def _reference_coverage(refs: list[dict], payload: dict) -> str:
 
 
 def render(payload: dict, png_name: str) -> str:
+    for point in [*payload["points"], payload["naive"]]:  # a payload read back from JSON has "50", not 50
+        point["latency_ms"] = {int(q): v for q, v in point["latency_ms"].items()}
     ref, nv = payload["model_path_reference"], payload["naive"]
     mx = next(p for p in payload["points"] if p["point"] == "max")
     st = payload["settings"]

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from helmbin import PROJECT_ROOT, HelmUnavailable, helm_binary
 
+from erc_stream.config import WorkerConfig
+
 CHART = PROJECT_ROOT / "deploy" / "helm" / "erc-stream"
 CI = CHART / "ci"
 GPU_VALUES = CI / "gpu-keda-values.yaml"
@@ -317,6 +319,13 @@ def test_gpu_with_cpu_device_is_refused(helm: Path) -> None:
     assert "gpu.enabled=true with worker.device=cpu" in err
 
 
+@pytest.mark.parametrize("value", ["0", "16"])
+def test_prompts_per_forward_pass_reach_the_worker(helm: Path, value: str) -> None:
+    config = one(render(helm, sets=[f"worker.maxForwardPrompts={value}"]), "ConfigMap", "-worker")["data"]
+    assert config["ERC_MAX_FORWARD_PROMPTS"] == value
+    assert WorkerConfig(max_forward_prompts=int(value)).max_forward_prompts == int(value)
+
+
 def test_kafka_secrets_come_from_existing_secrets(helm: Path) -> None:
     docs = render(helm, [GPU_VALUES])
     container = worker_container(docs)
@@ -332,6 +341,7 @@ def test_kafka_secrets_come_from_existing_secrets(helm: Path) -> None:
     assert config["ERC_SSL_CAFILE"] == "/etc/erc-stream/kafka-tls/ca.crt"
     assert "ERC_SASL_PASSWORD" not in config and "ERC_SSL_CERTFILE" not in config
     assert config["ERC_CONTEXT_TURNS"] == "6"
+    assert "ERC_MAX_FORWARD_PROMPTS" not in config  # null: the worker's auto
     (tls,) = [v for v in pod["volumes"] if v["name"] == "kafka-tls"]
     assert tls["secret"]["secretName"] == "erc-stream-kafka-tls"
     assert {"name": "kafka-tls", "mountPath": "/etc/erc-stream/kafka-tls", "readOnly": True} in container[
@@ -533,6 +543,7 @@ def test_chart_copies_are_identical(canonical: str, copy: str) -> None:
         (["trainer.nprocPerNode=0"], "at '/trainer/nprocPerNode': minimum: got 0, want 1"),
         (["trainer.gpus=-1"], "at '/trainer/gpus': minimum: got -1, want 0"),
         (["worker.modelChannel=../x"], "at '/worker/modelChannel'"),
+        (["worker.maxForwardPrompts=-1"], "at '/worker/maxForwardPrompts': minimum: got -1, want 0"),
     ],
     ids=[
         "negative-batch",
@@ -546,6 +557,7 @@ def test_chart_copies_are_identical(canonical: str, copy: str) -> None:
         "nproc",
         "gpus",
         "channel",
+        "forward",
     ],
 )
 def test_bad_values_are_rejected_by_the_schema(helm: Path, sets: list[str], message: str) -> None:
