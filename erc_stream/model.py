@@ -37,6 +37,7 @@ from erc_stream.errors import ArtifactError, ConfigError
 from erc_stream.prompt import EncodedTurn, Prompt, PromptBuilder, forward_parts, pad_batch, padded_tokens
 
 __all__ = [
+    "CPU_MAX_FORWARD",
     "EmotionModel",
     "Predictions",
     "Predictor",
@@ -49,9 +50,9 @@ __all__ = [
     "cpu_has_native_bf16",
     "default_encoder_path",
     "load_predictor",
-    "resolve_max_forward",
     "resolve_device",
     "resolve_dtype",
+    "resolve_max_forward",
     "strip_prefix",
 ]
 
