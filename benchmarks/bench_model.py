@@ -134,7 +134,12 @@ def model_section(
     budget_s: float,
     ceiling_s: float,
     shape: EncoderShape,
+    max_forwards: list[int] = (0,),
 ) -> tuple[list[dict], dict]:
+    """Rows per (dtype, batch size, prompts per forward pass: 0 is one pass) and each dtype's
+    agreement with fp32."""
+    from erc_stream.prompt import forward_parts
+
     lengths = [len(p) for p in prompts]
     rows: list[dict] = []
     reference: dict[int, np.ndarray] = {}  # utterance index -> fp32 scores
@@ -143,20 +148,24 @@ def model_section(
         predictor = _load(version_dir, dtype)
         predictor.warm_up(8)
         scores_by_idx: dict[int, np.ndarray] = {}
-        for bs in batch_sizes:
+        # A part as large as the batch is one pass: each batch size runs its distinct policies once.
+        points = [(bs, mf) for bs in batch_sizes for mf in sorted({m if 0 < m < bs else 0 for m in max_forwards})]
+        for bs, mf in points:
             batches = _batches_like_worker(lengths, bs, keys)
-            done = real_tok = pad_tok = 0
+            done = real_tok = pad_tok = passes = 0
             flops = 0.0
             model_s = 0.0
             t0 = time.perf_counter()
             for b in batches:
-                pred = predictor.predict([prompts[i] for i in b])
-                width = max(lengths[i] for i in b)
+                pred = predictor.predict([prompts[i] for i in b], max_forward=mf or None)
                 model_s += pred.seconds
                 done += len(b)
-                real_tok += sum(lengths[i] for i in b)
-                pad_tok += width * len(b)
-                flops += len(b) * width * encoder_flops_per_token(width, shape)
+                real_tok += pred.tokens
+                pad_tok += pred.padded_tokens
+                for part in forward_parts([lengths[i] for i in b], mf or None):  # the passes predict ran
+                    width = max(lengths[b[j]] for j in part)
+                    flops += len(part) * width * encoder_flops_per_token(width, shape)
+                    passes += 1
                 for j, i in enumerate(b):
                     scores_by_idx[i] = pred.scores[j]
                 if time.perf_counter() - t0 >= budget_s:
@@ -164,12 +173,14 @@ def model_section(
             wall = time.perf_counter() - t0
             gflops = flops / model_s / 1e9
             n_batches = _count_batches(batches, done)
-            # The ceiling is re-measured right after the point at its own batch shape (mean batch x
-            # mean width tokens), so a changing machine load affects both figures alike.
-            ceiling = paired_ceiling(round(pad_tok / n_batches), ceiling_s, shape)
+            # The ceiling is re-measured right after the point at its own pass shape (mean padded
+            # tokens per forward pass), so a changing machine load affects both figures alike.
+            ceiling = paired_ceiling(round(pad_tok / passes), ceiling_s, shape)
             row = {
                 "dtype": dtype,
                 "batch_size": bs,
+                "max_forward": mf,
+                "forward_passes": passes,
                 "utterances": done,
                 "of": len(prompts),
                 "batches": 0,
@@ -185,10 +196,11 @@ def model_section(
             }
             row["batches"] = n_batches
             row["mean_batch"] = done / n_batches
-            row["ceiling_tokens"] = round(pad_tok / n_batches)
+            row["ceiling_tokens"] = round(pad_tok / passes)
             rows.append(row)
             print(
-                f"  predict {dtype} bs={bs}: {row['utt_per_s']:.1f} utt/s, {row['real_tokens_per_s']:.0f} tok/s, "
+                f"  predict {dtype} bs={bs}{f' parts of {mf}' if mf else ''}: {row['utt_per_s']:.1f} utt/s, "
+                f"{row['real_tokens_per_s']:.0f} tok/s, "
                 f"{gflops:.1f} GFLOP/s ({done} utterances, padding {row['padding_fraction']:.1%})",
                 flush=True,
             )
@@ -310,7 +322,9 @@ def render(payload: dict) -> str:
         "default max_batch_tokens 8192). *utt/s* and *tokens/s* use model time (`Predictions.seconds`: padding, "
         "forward, softmax, copy to numpy). *Achieved GFLOP/s* counts the FLOPs of the padded batch; "
         "*of fp32 ceiling* divides by the fp32 encoder-mix matmul rate measured right after the point with as many "
-        "rows as the point's mean padded batch (mean batch x width), so load changes hit both alike. int8 is "
+        "rows as the point's mean padded forward pass (prompts x width), so load changes hit both alike. *Parts*: "
+        "prompts per forward pass (`--max-forward-prompts`): a batch runs as length-sorted parts, each padded to "
+        "its own longest prompt, as the worker does on a CPU (blank: one pass). int8 is "
         "`torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (weights int8, activations quantized per "
         "batch); it is benchmarked, not a supported dtype: on the served MELD model it cut dev weighted F1 from "
         "0.6365 to 0.3063 (docs/benchmarks/README.md, finding 5). "
@@ -322,6 +336,7 @@ def render(payload: dict) -> str:
         [
             r["dtype"],
             r["batch_size"],
+            r.get("max_forward") or "",
             f"{r['utterances']}/{r['of']}",
             round(r["mean_batch"], 1),
             r["utt_per_s"],
@@ -337,6 +352,7 @@ def render(payload: dict) -> str:
             [
                 "dtype",
                 "batch size",
+                "parts",
                 "utterances",
                 "mean batch",
                 "utt/s",
@@ -384,6 +400,17 @@ def render(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def _int_list(text: str, flag: str, *, least: int) -> list[int]:
+    """A comma list of integers >= ``least``, or exit with a message that says what to fix."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"{flag} takes whole numbers separated by commas, got {text!r}") from None
+    if min(values) < least:
+        raise SystemExit(f"{flag} values must be {least} or more, got {text!r}")
+    return values
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -395,6 +422,11 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16,int8", help="model-path dtypes: fp32, bf16, int8")
     ap.add_argument("--matmul-dtypes", default="fp32,bf16,fp16")
     ap.add_argument("--batch-sizes", default="1,8,32,64")
+    ap.add_argument(
+        "--max-forward-prompts",
+        default="0",
+        help="prompts per forward pass, comma list; 0 = one pass per batch (the worker's auto on a CPU is 8)",
+    )
     ap.add_argument("--matmul-tokens", default="", help="token counts for (a); default: mean prompt, x8, x32, x64")
     ap.add_argument("--matmul-seconds", type=float, default=0.4)
     ap.add_argument("--budget-s", type=float, default=12.0, help="max model-time seconds per (dtype, batch size) point")
@@ -406,6 +438,8 @@ def main() -> None:
     if args.quick:
         args.conversations, args.budget_s, args.matmul_seconds = args.conversations or 8, 1.0, 0.05
         args.batch_sizes = "1,8"
+    batch_sizes = _int_list(args.batch_sizes, "--batch-sizes", least=1)
+    max_forwards = _int_list(args.max_forward_prompts, "--max-forward-prompts", least=0)
 
     info = machine_info()
     version_dir = resolve_model(args.store)
@@ -420,7 +454,6 @@ def main() -> None:
     manifest = probe.manifest
     del probe
 
-    batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     token_counts = (
         [int(x) for x in args.matmul_tokens.split(",")]
         if args.matmul_tokens
@@ -449,7 +482,16 @@ def main() -> None:
     print("(c) Predictor.predict", flush=True)
     gold = [y for _, y in examples]
     rows, agreement = model_section(
-        version_dir, prompts, keys, gold, args.dtypes.split(","), batch_sizes, args.budget_s, args.matmul_seconds, shape
+        version_dir,
+        prompts,
+        keys,
+        gold,
+        args.dtypes.split(","),
+        batch_sizes,
+        args.budget_s,
+        args.matmul_seconds,
+        shape,
+        max_forwards,
     )
 
     payload = {

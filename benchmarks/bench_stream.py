@@ -792,10 +792,12 @@ def _reference_coverage(refs: list[dict], payload: dict) -> str:
 
 
 def render(payload: dict, png_name: str) -> str:
-    for point in [*payload["points"], payload["naive"]]:  # a payload read back from JSON has "50", not 50
-        point["latency_ms"] = {int(q): v for q, v in point["latency_ms"].items()}
-    ref, nv = payload["model_path_reference"], payload["naive"]
-    mx = next(p for p in payload["points"] if p["point"] == "max")
+    def with_int_quantiles(point: dict) -> dict:  # a payload read back from JSON has "50", not 50
+        return {**point, "latency_ms": {int(q): v for q, v in point["latency_ms"].items()}}
+
+    points = [with_int_quantiles(p) for p in payload["points"]]  # copies: the payload is written as it is
+    ref, nv = payload["model_path_reference"], with_int_quantiles(payload["naive"])
+    mx = next(p for p in points if p["point"] == "max")
     st = payload["settings"]
     ratio_naive = mx["events_per_s"] / nv["events_per_s"] if nv["events_per_s"] else float("nan")
     refs = [ref] + ([payload["model_path_reference_after"]] if payload.get("model_path_reference_after") else [])
@@ -863,7 +865,7 @@ def render(payload: dict, png_name: str) -> str:
         "",
     ]
     rows = []
-    for p in [*payload["points"], nv]:
+    for p in [*points, nv]:
         lat = p["latency_ms"]
         wm = p.get("worker_metrics") or {}
         proc = "worker" if p["point"] != "naive" else "naive"
@@ -911,7 +913,7 @@ def render(payload: dict, png_name: str) -> str:
         "",
     ]
     brows = []
-    for p in payload["points"]:
+    for p in points:
         wm = p["worker_metrics"]
         brows.append(
             [

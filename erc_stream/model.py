@@ -34,7 +34,15 @@ from torch import nn
 
 from erc_stream.context import ContextModel, ContextSettings, Windows, pack_windows, same_speaker_flags
 from erc_stream.errors import ArtifactError, ConfigError
-from erc_stream.prompt import EncodedTurn, Prompt, PromptBuilder, forward_parts, pad_batch, padded_tokens
+from erc_stream.prompt import (
+    EncodedTurn,
+    Prompt,
+    PromptBuilder,
+    forward_parts,
+    pad_batch,
+    padded_tokens,
+    parts_padded_tokens,
+)
 
 __all__ = [
     "CPU_MAX_FORWARD",
@@ -198,6 +206,10 @@ class Predictions:
     confidence: np.ndarray  # (B, C) softmax(scores / tau)
     label_ids: np.ndarray  # (B,)
     seconds: float  # forward time
+    # Encoder input tokens the batch cost, as given and as padded for the encoder's passes; the
+    # streaming predictors count them (the worker's erc_batch_tokens), batched evaluation leaves 0.
+    tokens: int = 0
+    padded_tokens: int = 0
 
     def __len__(self) -> int:
         return len(self.label_ids)
@@ -233,8 +245,9 @@ class _LoadedVersion(Generic[_M]):
         )
         return type(self)(self.model, builder, self.manifest, self.device, self.dtype)
 
-    def _predictions(self, scores: torch.Tensor, t0: float) -> Predictions:
-        """Predictions from (B, C) cosine scores; ``t0``: when the batch started (perf_counter)."""
+    def _predictions(self, scores: torch.Tensor, t0: float, tokens: int = 0, padded: int = 0) -> Predictions:
+        """Predictions from (B, C) cosine scores; ``t0``: when the batch started (perf_counter);
+        ``tokens``/``padded``: the encoder tokens they cost, real and padded."""
         conf = torch.softmax(scores / self.temperature, dim=-1)  # (B, C)
         scores_np = scores.cpu().numpy()
         return Predictions(
@@ -242,6 +255,8 @@ class _LoadedVersion(Generic[_M]):
             confidence=conf.cpu().numpy(),
             label_ids=scores_np.argmax(axis=1),
             seconds=time.perf_counter() - t0,
+            tokens=tokens,
+            padded_tokens=padded,
         )
 
 
@@ -287,17 +302,19 @@ class Predictor(_LoadedVersion[EmotionModel]):
         """Score a batch of prompts (any lengths; padded here), in input order.
 
         ``max_forward``: prompts per forward pass at most; a larger batch runs as length-sorted
-        parts (``forward_parts``), each padded to its own longest prompt. None: one pass.
+        parts (``forward_parts``), each padded to its own longest prompt. None: one pass. The
+        predictions count the tokens this cost (``Predictions.tokens``, ``padded_tokens``).
         """
         t0 = time.perf_counter()
-        parts = forward_parts([len(p) for p in prompts], max_forward)
+        lengths = [len(p) for p in prompts]
+        parts = forward_parts(lengths, max_forward)
         if len(parts) == 1:
             scores = self._scores(prompts)  # (B, C) float32
         else:
             scores = torch.empty((len(prompts), len(self.labels)), dtype=torch.float32, device=self.device)
             for part in parts:
                 scores[part] = self._scores([prompts[i] for i in part])  # (b, C) into their rows
-        return self._predictions(scores, t0)
+        return self._predictions(scores, t0, sum(lengths), parts_padded_tokens(lengths, parts))
 
     def _scores(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """One forward pass: cosine scores (B, C) float32 of prompts padded to the longest."""
@@ -353,10 +370,10 @@ class TurnInput:
 class TurnBatch:
     """What ``TurnPredictor.predict_turns`` returns."""
 
-    predictions: Predictions  # one row per window; seconds: encoding and context pass together
+    # One row per window; seconds: encoding and context pass together; tokens and padded_tokens:
+    # those of the turns encoded in this call (the encoder's passes).
+    predictions: Predictions
     vectors: dict[int, torch.Tensor]  # key -> (H,) float32 CPU, the turns encoded in this call
-    tokens: int  # encoder input tokens of those turns
-    padded_tokens: int  # the same padded to the longest of them (the encoder's batch)
 
 
 class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
@@ -455,11 +472,15 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
         stacked = [torch.stack([t.vector if t.vector is not None else new[t.key] for t in w]) for w in windows]
         flags = [same_speaker_flags([t.speaker for t in w]) for w in windows]
         preds = self.predict_windows(pack_windows(stacked, flags))
+        lengths = [len(p) for p in prompts]
         return TurnBatch(
-            predictions=replace(preds, seconds=time.perf_counter() - t0),
+            predictions=replace(
+                preds,
+                seconds=time.perf_counter() - t0,
+                tokens=sum(lengths),
+                padded_tokens=padded_tokens(lengths, per_pass),
+            ),
             vectors=new,
-            tokens=sum(len(p) for p in prompts),
-            padded_tokens=padded_tokens([len(p) for p in prompts], per_pass),
         )
 
     def warm_up(self, batch_size: int = 8) -> float:

@@ -45,6 +45,7 @@ __all__ = [
     "normalize_text",
     "pad_batch",
     "padded_tokens",
+    "parts_padded_tokens",
 ]
 
 DEFAULT_TEMPLATE = "For utterance {utterance}, {speaker} feels {mask}"
@@ -343,4 +344,9 @@ def forward_parts(lengths: Sequence[int], max_forward: int | None) -> list[list[
 
 def padded_tokens(lengths: Sequence[int], max_forward: int | None) -> int:
     """Tokens the encoder sees for a batch run as ``forward_parts``: each part padded to its longest."""
-    return sum(max(lengths[i] for i in part) * len(part) for part in forward_parts(lengths, max_forward))
+    return parts_padded_tokens(lengths, forward_parts(lengths, max_forward))
+
+
+def parts_padded_tokens(lengths: Sequence[int], parts: Sequence[Sequence[int]]) -> int:
+    """Tokens the encoder sees for these parts of a batch (``forward_parts``), each padded to its longest."""
+    return sum(max(lengths[i] for i in part) * len(part) for part in parts)

@@ -24,7 +24,7 @@ from erc_stream.artifact import current_file, read_current, version_path
 from erc_stream.config import WorkerConfig
 from erc_stream.errors import ArtifactError
 from erc_stream.metrics import WorkerMetrics
-from erc_stream.model import Predictor, TurnPredictor, load_predictor
+from erc_stream.model import Predictor, TurnPredictor, load_predictor, resolve_max_forward
 
 __all__ = ["Served", "ModelReloader"]
 
@@ -33,10 +33,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """The model being served and its generation (1 for the first, +1 per swap)."""
+    """The model being served, its generation (1 for the first, +1 per swap), and the prompts
+    per forward pass it runs at most (``resolve_max_forward`` for its device; None: one pass)."""
 
     predictor: Predictor | TurnPredictor
     generation: int
+    max_forward: int | None
 
     @property
     def version(self) -> str:
@@ -85,7 +87,8 @@ class ModelReloader:
         if predictor is None:
             return None
         generation = self.served.generation + 1 if self.served is not None else 1
-        self.served = Served(predictor, generation)
+        max_forward = resolve_max_forward(self._cfg.max_forward_prompts, predictor.device)
+        self.served = Served(predictor, generation, max_forward)
         self._metrics.set_model(predictor.version, predictor.manifest.get("dataset", ""))
         self._metrics.model_reloads.labels(result="ok").inc()
         if generation > 1:

@@ -43,9 +43,9 @@ from erc_stream.errors import PromptTooLongError
 from erc_stream.events import BadInput, ChatTurn, Reason, SourceRef, emotion_event, parse_turn
 from erc_stream.health import HealthServer
 from erc_stream.metrics import WorkerMetrics
-from erc_stream.model import Predictions, Predictor, TurnInput, TurnPredictor, resolve_max_forward
+from erc_stream.model import Predictions, Predictor, TurnInput, TurnPredictor
 from erc_stream.offsets import OffsetTracker
-from erc_stream.prompt import EncodedTurn, Prompt, padded_tokens
+from erc_stream.prompt import EncodedTurn, Prompt
 from erc_stream.reload import ModelReloader, Served
 from erc_stream.window import TurnCache, WindowStore, WindowTurn
 
@@ -498,47 +498,43 @@ class Worker:
 
     async def _run_batch(self, items: list[_Pending], served: Served) -> None:
         try:
-            preds, tokens, padded = await self._score(items, served)
+            preds = await self._score(items, served)
         except Exception as exc:  # a model failure must not lose the turns
             log.exception("inference failed for a batch of %d", len(items))
             for p in items:
                 self._dead_letter(p.tp, p.record, Reason.INTERNAL, f"inference failed: {exc!r}")
             return
-        self._observe_batch(len(items), preds, tokens, padded)
+        self._observe_batch(len(items), preds)
         now = time.time()
         self._emitter.send([self._event(p, i, preds, served.predictor, now) for i, p in enumerate(items)])
 
-    async def _score(self, items: list[_Pending], served: Served) -> tuple[Predictions, int, int]:
-        """The batch's predictions, in the model thread, and the encoder tokens they cost: real and
-        padded (a turn model encodes only the turns without a vector, so its padding is theirs)."""
+    async def _score(self, items: list[_Pending], served: Served) -> Predictions:
+        """The batch's predictions, in the model thread, with the encoder tokens they cost (a turn
+        model encodes only the turns without a vector, so its tokens are theirs)."""
         loop = asyncio.get_running_loop()
         predictor = served.predictor
-        max_forward = resolve_max_forward(self.cfg.max_forward_prompts, predictor.device)
         if isinstance(predictor, Predictor):
-            prompts = [p.prompt for p in items]
-            run = functools.partial(predictor.predict, prompts, max_forward=max_forward)
-            preds = await loop.run_in_executor(self._model_exec, run)
-            lengths = [len(p) for p in prompts]
-            return preds, sum(lengths), padded_tokens(lengths, max_forward)
+            run = functools.partial(predictor.predict, [p.prompt for p in items], max_forward=served.max_forward)
+            return await loop.run_in_executor(self._model_exec, run)
         # Turn model: only turns without a vector of this generation go through the encoder (new
         # turns; after a restore or a reload, the window's turns, recomputed from their text), then
         # one context pass per turn. The new vectors are cached in the windows, stamped.
         k = predictor.builder.context_turns
         windows = [_turn_window(p, k) for p in items]
         inputs = [[TurnInput(id(t), t.speaker, _cached(t), _vector(t)) for t in w] for w in windows]
-        run_turns = functools.partial(predictor.predict_turns, inputs, max_forward=max_forward)
+        run_turns = functools.partial(predictor.predict_turns, inputs, max_forward=served.max_forward)
         batch = await loop.run_in_executor(self._model_exec, run_turns)
         for t in {id(t): t for w in windows for t in w}.values():
             vector, cache = batch.vectors.get(id(t)), t.cache
             if vector is not None and cache is not None and cache.generation == served.generation:
                 t.cache = TurnCache(cache.generation, cache.encoded, vector)
-        return batch.predictions, batch.tokens, batch.padded_tokens
+        return batch.predictions
 
-    def _observe_batch(self, size: int, preds: Predictions, tokens: int, padded: int) -> None:
+    def _observe_batch(self, size: int, preds: Predictions) -> None:
         m = self.metrics
         m.batch_size.observe(size)
-        m.batch_tokens.observe(padded)
-        m.tokens_processed.inc(tokens)
+        m.batch_tokens.observe(preds.padded_tokens)
+        m.tokens_processed.inc(preds.tokens)
         m.inference_seconds.observe(preds.seconds)
         self.stats["batches"] += 1
 

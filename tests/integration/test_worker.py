@@ -50,6 +50,7 @@ from tests.integration.worker_harness import (
     wait_committed,
     worker_config,
 )
+from trainer.evaluate import build_examples
 
 pytestmark = pytest.mark.broker
 
@@ -163,11 +164,19 @@ def test_streamed_predictions_equal_offline_evaluation(broker, topic_factory, st
             async with Worker(cfg) as w:
                 await reader.wait_for_ids([r.event_id for r in recs], timeout_s=150)
                 batches = w.stats["batches"]
-            return reader, batches
+                reg = w.metrics.registry
+                tokens = reg.get_sample_value("erc_tokens_processed_total")
+                padded = reg.get_sample_value("erc_batch_tokens_sum")
+            return reader, batches, tokens, padded
 
-    reader, batches = asyncio.run(scenario())
+    reader, batches, tokens, padded = asyncio.run(scenario())
     assert len(reader.events) == len(recs) and reader.duplicates() == 0
     assert batches < len(recs), "expected real batching"
+    # The model counted what the encoder saw: every prompt's tokens once, and as padded per forward part.
+    label_id = {label: i for i, label in enumerate(predictor.labels)}
+    lengths = [len(prompt) for prompt, _ in build_examples(predictor.builder, convs, label_id)]
+    assert tokens == sum(lengths)
+    assert tokens <= padded < len(lengths) * max(lengths)
     labels = predictor.labels
     ties = _check_against_offline(reader.events, expected, labels)
     assert ties <= 2, f"{ties} near-ties among {len(recs)} predictions"

@@ -108,7 +108,8 @@ def test_batch_composition_invariance(predictor, prompts):
 
 def test_forward_parts_score_what_one_pass_scores_in_input_order(predictor, prompts, monkeypatch):
     """A batch run as length-sorted parts: rows back in the caller's order, the same scores."""
-    whole = predictor.predict(prompts).scores
+    one_pass = predictor.predict(prompts)
+    whole = one_pass.scores
     widths: list[tuple[int, int]] = []
     forward = predictor.model.forward
 
@@ -124,6 +125,9 @@ def test_forward_parts_score_what_one_pass_scores_in_input_order(predictor, prom
     assert widths == [(2, by_length[1]), (2, by_length[3]), (1, by_length[4])]
     np.testing.assert_allclose(parted.scores, whole, atol=1e-5)
     assert parted.label_ids.tolist() == whole.argmax(axis=1).tolist()
+    # The predictions count what the encoder saw: the real tokens, and each pass padded to its longest.
+    assert parted.tokens == sum(lengths) == one_pass.tokens
+    assert parted.padded_tokens == sum(w * n for n, w in widths) < one_pass.padded_tokens == 5 * max(lengths)
     widths.clear()
     predictor.predict(prompts, max_forward=len(prompts))  # no more than the batch: one pass
     assert widths == [(5, max(lengths))]

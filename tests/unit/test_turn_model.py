@@ -245,22 +245,24 @@ def test_predict_turns_encodes_each_uncached_turn_once_and_equals_the_evaluator(
     monkeypatch.setattr(turn.model, "encode", counting)
     first = turn.predict_turns(windows)  # every turn shows up in up to k + 1 windows
     assert calls == [len(enc)] and sorted(first.vectors) == list(range(len(enc)))
-    assert first.tokens == sum(len(b.build_turn(e)) for e in enc)
-    assert first.padded_tokens == max(len(b.build_turn(e)) for e in enc) * len(enc) > first.tokens
+    cost = first.predictions  # its tokens: the turns it encoded
+    assert cost.tokens == sum(len(b.build_turn(e)) for e in enc)
+    assert cost.padded_tokens == max(len(b.build_turn(e)) for e in enc) * len(enc) > cost.tokens
     np.testing.assert_allclose(first.predictions.scores, offline, atol=2e-5, rtol=0)
     # With the vectors cached, only the turn without one is encoded.
     cached = [[TurnInput(t.key, t.speaker, t.encoded, first.vectors[t.key] if t.key != 4 else None) for t in w]
               for w in windows]  # fmt: skip
     again = turn.predict_turns(cached[3:])
     assert calls[1:] == [1] and list(again.vectors) == [4]
-    assert again.padded_tokens == again.tokens == len(b.build_turn(enc[4]))  # one turn: no padding
+    one_turn = len(b.build_turn(enc[4]))
+    assert again.predictions.padded_tokens == again.predictions.tokens == one_turn  # one turn: no padding
     np.testing.assert_allclose(again.predictions.scores, offline[3:], atol=2e-5, rtol=0)
     # Encoded in length-sorted passes of at most 2 turns: the same scores, each pass padded to its own.
     calls.clear()
     parted = turn.predict_turns(windows, max_forward=2)
     lengths = sorted(len(b.build_turn(e)) for e in enc)
     assert calls == [2] * (len(enc) // 2) + [1] * (len(enc) % 2)
-    assert parted.tokens == first.tokens
+    assert parted.predictions.tokens == cost.tokens
     pairs = [lengths[i : i + 2] for i in range(0, len(lengths), 2)]
-    assert parted.padded_tokens == sum(pair[-1] * len(pair) for pair in pairs) < first.padded_tokens
+    assert parted.predictions.padded_tokens == sum(pair[-1] * len(pair) for pair in pairs) < cost.padded_tokens
     np.testing.assert_allclose(parted.predictions.scores, offline, atol=2e-5, rtol=0)
