@@ -191,6 +191,41 @@ def test_streamed_predictions_equal_offline_evaluation(broker, topic_factory, st
         assert f1_stream == pytest.approx(f1_offline, abs=ties / len(ids))
 
 
+@pytest.mark.timeout(240)
+def test_max_forward_prompts_reaches_the_model(broker, topic_factory, store, predictor) -> None:
+    """One prompt per forward pass: batches still form, no token is padding, scores stay offline's."""
+    topics = make_topics(topic_factory, partitions=2)
+    convs = meld_dev(6, start=40)
+    recs = turn_records(convs)
+    expected = offline_expected(predictor, convs)
+
+    async def scenario():
+        cfg = worker_config(
+            broker.bootstrap, topics, store, _group(), max_batch_size=16, max_wait_ms=50, max_forward_prompts=1
+        )
+        async with OutputReader(broker.bootstrap, topics) as reader:
+            await produce(broker.bootstrap, topics.input, recs)
+            async with Worker(cfg) as w:
+                await reader.wait_for_ids([r.event_id for r in recs], timeout_s=150)
+                reg = w.metrics.registry
+                counts = {
+                    name: reg.get_sample_value(name)
+                    for name in (
+                        "erc_tokens_processed_total",
+                        "erc_batch_tokens_sum",
+                        "erc_batch_size_sum",
+                        "erc_batch_size_count",
+                    )
+                }
+            return reader, counts
+
+    reader, counts = asyncio.run(scenario())
+    assert len(reader.events) == len(recs) and reader.duplicates() == 0 and reader.dead == []
+    assert counts["erc_batch_size_sum"] == len(recs) > counts["erc_batch_size_count"], "expected real batching"
+    assert counts["erc_batch_tokens_sum"] == counts["erc_tokens_processed_total"] > 0
+    _check_against_offline(reader.events, expected, predictor.labels)
+
+
 # ---------------------------------------------------------------------- 3. bad input -> DLQ
 
 
