@@ -40,7 +40,6 @@ from erc_stream.prompt import (
     PromptBuilder,
     forward_parts,
     pad_batch,
-    padded_tokens,
     parts_padded_tokens,
 )
 
@@ -423,15 +422,19 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
         configure_cuda_attention(dev)
         return cls(model, _prompt_builder(tokenizer, manifest), manifest, dev, dt)
 
-    @torch.inference_mode()
     def encode(self, prompts: Sequence[Prompt], batch_size: int = 64) -> torch.Tensor:
         """Turn vectors of single-turn prompts (``PromptBuilder.build_turn``), (N, H) float32 CPU, input order.
 
         Prompts are grouped by length into batches of ``batch_size`` to limit padding.
         """
+        return self._encode_parts(prompts, forward_parts([len(p) for p in prompts], batch_size))
+
+    @torch.inference_mode()
+    def _encode_parts(self, prompts: Sequence[Prompt], parts: Sequence[list[int]]) -> torch.Tensor:
+        """``encode`` with the passes given: one per part of ``forward_parts``, (N, H) float32 CPU."""
         hidden = self.model.context.settings.hidden_size
         out = torch.empty((len(prompts), hidden), dtype=torch.float32)  # (N, H)
-        for chunk in forward_parts([len(p) for p in prompts], batch_size):
+        for chunk in parts:
             batch = pad_batch([prompts[i] for i in chunk], self.pad_id)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             out[torch.tensor(chunk, dtype=torch.long)] = self.model.encode(**batch).float().cpu()  # (b, H)
@@ -466,19 +469,19 @@ class TurnPredictor(_LoadedVersion[TurnEmotionModel]):
                     # long still counts as context, cut to fit.
                     todo[t.key] = self.builder.build_turn(t.encoded, fit=i < len(window) - 1)
         prompts = list(todo.values())
-        per_pass = max_forward or max(1, len(prompts))
-        encoded = self.encode(prompts, batch_size=per_pass) if prompts else None  # (n, H)
-        new = {key: encoded[i] for i, key in enumerate(todo)} if encoded is not None else {}
+        lengths = [len(p) for p in prompts]
+        parts = forward_parts(lengths, max_forward)  # none when every turn has its vector
+        encoded = self._encode_parts(prompts, parts)  # (n, H)
+        new = {key: encoded[i] for i, key in enumerate(todo)}
         stacked = [torch.stack([t.vector if t.vector is not None else new[t.key] for t in w]) for w in windows]
         flags = [same_speaker_flags([t.speaker for t in w]) for w in windows]
         preds = self.predict_windows(pack_windows(stacked, flags))
-        lengths = [len(p) for p in prompts]
         return TurnBatch(
             predictions=replace(
                 preds,
                 seconds=time.perf_counter() - t0,
                 tokens=sum(lengths),
-                padded_tokens=padded_tokens(lengths, per_pass),
+                padded_tokens=parts_padded_tokens(lengths, parts),
             ),
             vectors=new,
         )

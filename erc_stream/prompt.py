@@ -44,7 +44,6 @@ __all__ = [
     "forward_parts",
     "normalize_text",
     "pad_batch",
-    "padded_tokens",
     "parts_padded_tokens",
 ]
 
@@ -340,11 +339,6 @@ def forward_parts(lengths: Sequence[int], max_forward: int | None) -> list[list[
         return [list(range(len(lengths)))] if lengths else []
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     return [order[k : k + max_forward] for k in range(0, len(order), max_forward)]
-
-
-def padded_tokens(lengths: Sequence[int], max_forward: int | None) -> int:
-    """Tokens the encoder sees for a batch run as ``forward_parts``: each part padded to its longest."""
-    return parts_padded_tokens(lengths, forward_parts(lengths, max_forward))
 
 
 def parts_padded_tokens(lengths: Sequence[int], parts: Sequence[Sequence[int]]) -> int:

@@ -28,6 +28,7 @@ from sklearn.metrics import f1_score
 
 from erc_stream.artifact import set_current, version_path
 from erc_stream.devtools.broker import free_port
+from erc_stream.metrics import ModelPathTotals
 from erc_stream.model import Predictor
 from erc_stream.worker import Worker
 from tests.fixtures_model import MELD_LABELS, publish_test_model
@@ -175,22 +176,20 @@ def test_streamed_predictions_equal_offline_evaluation(
             await produce(broker.bootstrap, topics.input, recs)
             async with Worker(cfg) as w:
                 await reader.wait_for_ids([r.event_id for r in recs], timeout_s=150)
-                reg = w.metrics.registry
-                names = ("erc_batch_size_count", "erc_tokens_processed_total", "erc_batch_tokens_sum")
-                counts = [reg.get_sample_value(name) for name in names]
-            return reader, counts
+                totals = ModelPathTotals.from_registry(w.metrics.registry)
+            return reader, totals
 
-    reader, (batches, tokens, padded) = asyncio.run(scenario())
+    reader, totals = asyncio.run(scenario())
     assert len(reader.events) == len(recs) and reader.duplicates() == 0
-    assert batches < len(recs), "expected real batching"
+    assert totals.batches < len(recs), "expected real batching"
     # The model counted what the encoder saw: every prompt's tokens once, and as padded per forward pass.
     label_id = {label: i for i, label in enumerate(predictor.labels)}
     lengths = [len(prompt) for prompt, _ in build_examples(predictor.builder, convs, label_id)]
-    assert tokens == sum(lengths)
+    assert totals.real_tokens == sum(lengths)
     if max_forward_prompts == 1:
-        assert padded == tokens  # the setting reached the model
+        assert totals.padded_tokens == totals.real_tokens  # the setting reached the model
     else:
-        assert tokens < padded < len(lengths) * max(lengths)
+        assert totals.real_tokens < totals.padded_tokens < len(lengths) * max(lengths)
     labels = predictor.labels
     ties = _check_against_offline(reader.events, expected, labels)
     assert ties <= 2, f"{ties} near-ties among {len(recs)} predictions"

@@ -21,6 +21,7 @@ import pytest
 
 from erc_stream.artifact import set_current, version_path
 from erc_stream.devtools.broker import free_port
+from erc_stream.metrics import ModelPathTotals
 from erc_stream.model import Predictor, TurnPredictor, load_predictor
 from erc_stream.worker import Worker
 from tests.fixtures_model import publish_test_model, publish_test_turn_model
@@ -79,13 +80,11 @@ def test_clean_run_equals_the_offline_turn_evaluation(broker, topic_factory, sto
             await produce(broker.bootstrap, topics.input, recs)
             async with Worker(cfg) as w:
                 await reader.wait_for_ids([r.event_id for r in recs], timeout_s=150)
-                reg = w.metrics.registry
-                tokens = reg.get_sample_value("erc_tokens_processed_total")
-                padded = reg.get_sample_value("erc_batch_tokens_sum")
+                totals = ModelPathTotals.from_registry(w.metrics.registry)
                 batches = w.stats["batches"]
-            return reader, tokens, padded, batches
+            return reader, totals, batches
 
-    reader, tokens, padded, batches = asyncio.run(scenario())
+    reader, totals, batches = asyncio.run(scenario())
     assert len(reader.events) == len(recs) and reader.duplicates() == 0 and reader.dead == []
     assert batches < len(recs), "expected real batching"
     for e in reader.events:
@@ -95,8 +94,8 @@ def test_clean_run_equals_the_offline_turn_evaluation(broker, topic_factory, sto
     # Each turn went through the encoder once, as its short single-turn prompt.
     b = turn.builder
     turn_tokens = sum(len(b.build_turn(b.encode_turn(u.speaker, u.text))) for c in convs for u in c.utterances)
-    assert tokens == turn_tokens
-    assert tokens <= padded
+    assert totals.real_tokens == turn_tokens
+    assert totals.real_tokens <= totals.padded_tokens
 
 
 @pytest.mark.timeout(400)

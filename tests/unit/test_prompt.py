@@ -18,7 +18,7 @@ from erc_stream.prompt import (
     forward_parts,
     normalize_text,
     pad_batch,
-    padded_tokens,
+    parts_padded_tokens,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -389,7 +389,11 @@ def test_forward_parts_sort_by_length_and_cut():
 
 def test_padded_tokens_of_a_policy():
     lengths = [30, 10, 50, 20, 40]
-    assert padded_tokens(lengths, None) == 250  # 5 x 50
-    assert padded_tokens(lengths, 2) == 2 * 20 + 2 * 40 + 50  # 170
-    assert padded_tokens(lengths, 1) == sum(lengths)  # no padding
-    assert padded_tokens([], 8) == 0
+
+    def padded(lengths, max_forward):
+        return parts_padded_tokens(lengths, forward_parts(lengths, max_forward))
+
+    assert padded(lengths, None) == 250  # 5 x 50
+    assert padded(lengths, 2) == 2 * 20 + 2 * 40 + 50  # 170
+    assert padded(lengths, 1) == sum(lengths)  # no padding
+    assert padded([], 8) == 0
