@@ -35,6 +35,7 @@ __all__ = [
     "EncoderShape",
     "MINILM_L6",
     "encoder_flops_per_token",
+    "encoder_pass_flops",
     "machine_info",
     "resolve_model",
     "meld_dev_examples",
@@ -84,6 +85,18 @@ def encoder_flops_per_token(seq_len: int, shape: EncoderShape = MINILM_L6) -> in
     """
     h, i = shape.hidden, shape.intermediate
     return shape.layers * (8 * h * h + 4 * h * i + 4 * seq_len * h)
+
+
+def encoder_pass_flops(prompts: int, width: int, shape: EncoderShape = MINILM_L6, *, mask_rows: bool = True) -> int:
+    """Forward FLOPs of one encoder pass over ``prompts`` prompts padded to ``width`` tokens.
+
+    ``mask_rows``: the last layer's feed-forward runs on each prompt's mask token alone
+    (``erc_stream.model.mask_hidden``, as the served model and training do), not on all ``width``.
+    """
+    flops = prompts * width * encoder_flops_per_token(width, shape)
+    if mask_rows:
+        flops -= prompts * (width - 1) * 4 * shape.hidden * shape.intermediate
+    return flops
 
 
 def _cpu_model() -> str:

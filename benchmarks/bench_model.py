@@ -8,7 +8,8 @@ Three measurements, one run, one machine:
 (c) the worker's model path: ``Predictor.predict`` on the real MELD dev prompts (built with
     trainer.evaluate.build_examples, i.e. the worker's windows), grouped into batches by the
     worker's own MicroBatcher, for fp32, bf16 and dynamic int8 (quantize_dynamic on the
-    Linear layers; benchmarked only, not a supported dtype), at batch sizes 1, 8, 32, 64:
+    Linear layers; benchmarked only, not a supported dtype), at batch sizes 1, 8, 32, 64
+    (``--mask-rows both``: also with the last layer's feed-forward on every token, paired):
     utterances/s, tokens/s, achieved GFLOP/s and its fraction of the fp32 matmul ceiling,
     plus agreement of bf16/int8 predictions with fp32.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from _common import (
     EncoderShape,
     command_line,
     encoder_flops_per_token,
+    encoder_pass_flops,
     encoder_shape,
     machine_info,
     machine_md,
@@ -124,6 +126,19 @@ def _load(version_dir: Path, dtype: str):
     return Predictor.load(version_dir, device="cpu", dtype=dtype)
 
 
+@dataclass
+class _Tally:
+    """What one (dtype, batch size, parts, mask rows) point ran: counts, FLOPs, model time, scores."""
+
+    done: int = 0
+    real_tok: int = 0
+    pad_tok: int = 0
+    passes: int = 0
+    flops: float = 0.0
+    model_s: float = 0.0
+    scores: dict[int, np.ndarray] = field(default_factory=dict)  # utterance index -> scores
+
+
 def model_section(
     version_dir: Path,
     prompts,
@@ -135,9 +150,12 @@ def model_section(
     ceiling_s: float,
     shape: EncoderShape,
     max_forwards: list[int] = (0,),
+    mask_rows_modes: list[bool] = (True,),
 ) -> tuple[list[dict], dict]:
-    """Rows per (dtype, batch size, prompts per forward pass: 0 is one pass) and each dtype's
-    agreement with fp32."""
+    """Rows per (dtype, batch size, prompts per forward pass: 0 is one pass, mask rows) and each
+    dtype's agreement with fp32. With both mask-rows modes, each batch runs in both back to back
+    (their order alternating), so load changes hit both alike; the rows say how far they agree."""
+    from erc_stream.model import last_attention
     from erc_stream.prompt import forward_parts
 
     lengths = [len(p) for p in prompts]
@@ -147,63 +165,86 @@ def model_section(
     for dtype in dtypes:
         predictor = _load(version_dir, dtype)
         predictor.warm_up(8)
+        applies = last_attention(predictor.model.encoder) is not None
         scores_by_idx: dict[int, np.ndarray] = {}
         # A part as large as the batch is one pass: each batch size runs its distinct policies once.
         points = [(bs, mf) for bs in batch_sizes for mf in sorted({m if 0 < m < bs else 0 for m in max_forwards})]
         for bs, mf in points:
             batches = _batches_like_worker(lengths, bs, keys)
-            done = real_tok = pad_tok = passes = 0
-            flops = 0.0
-            model_s = 0.0
+            tallies = {mode: _Tally() for mode in mask_rows_modes}
             t0 = time.perf_counter()
-            for b in batches:
-                pred = predictor.predict([prompts[i] for i in b], max_forward=mf or None)
-                model_s += pred.seconds
-                done += len(b)
-                real_tok += pred.tokens
-                pad_tok += pred.padded_tokens
-                for part in forward_parts([lengths[i] for i in b], mf or None):  # the passes predict ran
-                    width = max(lengths[b[j]] for j in part)
-                    flops += len(part) * width * encoder_flops_per_token(width, shape)
-                    passes += 1
-                for j, i in enumerate(b):
-                    scores_by_idx[i] = pred.scores[j]
-                if time.perf_counter() - t0 >= budget_s:
+            for k, b in enumerate(batches):
+                parts = forward_parts([lengths[i] for i in b], mf or None)  # the passes predict runs
+                widths = [max(lengths[b[j]] for j in part) for part in parts]
+                for mode in mask_rows_modes[:: 1 if k % 2 == 0 else -1]:
+                    t = tallies[mode]
+                    predictor.model.mask_rows_only = mode
+                    pred = predictor.predict([prompts[i] for i in b], max_forward=mf or None)
+                    t.model_s += pred.seconds
+                    t.done += len(b)
+                    t.real_tok += pred.tokens
+                    t.pad_tok += pred.padded_tokens
+                    for part, width in zip(parts, widths, strict=True):
+                        t.flops += encoder_pass_flops(len(part), width, shape, mask_rows=mode and applies)
+                    t.passes += len(parts)
+                    for j, i in enumerate(b):
+                        t.scores[i] = pred.scores[j]
+                if time.perf_counter() - t0 >= budget_s * len(mask_rows_modes):
                     break
             wall = time.perf_counter() - t0
-            gflops = flops / model_s / 1e9
-            n_batches = _count_batches(batches, done)
-            # The ceiling is re-measured right after the point at its own pass shape (mean padded
-            # tokens per forward pass), so a changing machine load affects both figures alike.
-            ceiling = paired_ceiling(round(pad_tok / passes), ceiling_s, shape)
-            row = {
-                "dtype": dtype,
-                "batch_size": bs,
-                "max_forward": mf,
-                "forward_passes": passes,
-                "utterances": done,
-                "of": len(prompts),
-                "batches": 0,
-                "utt_per_s": done / model_s,
-                "real_tokens_per_s": real_tok / model_s,
-                "padded_tokens_per_s": pad_tok / model_s,
-                "padding_fraction": 1 - real_tok / pad_tok,
-                "achieved_gflops": gflops,
-                "fp32_matmul_ceiling_gflops": ceiling,
-                "fraction_of_fp32_ceiling": gflops / ceiling if ceiling else None,
-                "model_s": model_s,
-                "wall_s": wall,
-            }
-            row["batches"] = n_batches
-            row["mean_batch"] = done / n_batches
-            row["ceiling_tokens"] = round(pad_tok / passes)
-            rows.append(row)
-            print(
-                f"  predict {dtype} bs={bs}{f' parts of {mf}' if mf else ''}: {row['utt_per_s']:.1f} utt/s, "
-                f"{row['real_tokens_per_s']:.0f} tok/s, "
-                f"{gflops:.1f} GFLOP/s ({done} utterances, padding {row['padding_fraction']:.1%})",
-                flush=True,
-            )
+            for mode, t in tallies.items():
+                # The ceiling is re-measured right after the point at its own pass shape (mean padded
+                # tokens per forward pass), so a changing machine load affects both figures alike.
+                ceiling = paired_ceiling(round(t.pad_tok / t.passes), ceiling_s, shape)
+                gflops = t.flops / t.model_s / 1e9
+                n_batches = _count_batches(batches, t.done)
+                row = {
+                    "dtype": dtype,
+                    "batch_size": bs,
+                    "max_forward": mf,
+                    "mask_rows": mode and applies,
+                    "forward_passes": t.passes,
+                    "utterances": t.done,
+                    "of": len(prompts),
+                    "batches": n_batches,
+                    "mean_batch": t.done / n_batches,
+                    "utt_per_s": t.done / t.model_s,
+                    "real_tokens_per_s": t.real_tok / t.model_s,
+                    "padded_tokens_per_s": t.pad_tok / t.model_s,
+                    "padding_fraction": 1 - t.real_tok / t.pad_tok,
+                    "achieved_gflops": gflops,
+                    "fp32_matmul_ceiling_gflops": ceiling,
+                    "fraction_of_fp32_ceiling": gflops / ceiling if ceiling else None,
+                    "model_s": t.model_s,
+                    "wall_s": wall,
+                    "ceiling_tokens": round(t.pad_tok / t.passes),
+                }
+                if len(tallies) > 1 and not mode:
+                    rows_only = tallies[True]
+                    common = sorted(rows_only.scores)
+                    a = np.stack([rows_only.scores[i] for i in common])
+                    e = np.stack([t.scores[i] for i in common])
+                    row["paired"] = {
+                        "mask_rows_speedup": (rows_only.done / rows_only.model_s) / row["utt_per_s"],
+                        "max_abs_score_diff": float(np.abs(a - e).max()),
+                        "same_label": float((a.argmax(1) == e.argmax(1)).mean()),
+                    }
+                rows.append(row)
+                print(
+                    f"  predict {dtype} bs={bs}{f' parts of {mf}' if mf else ''}"
+                    f"{'' if len(tallies) == 1 else ' mask rows' if mode else ' every token'}: "
+                    f"{row['utt_per_s']:.1f} utt/s, {row['real_tokens_per_s']:.0f} tok/s, "
+                    f"{gflops:.1f} GFLOP/s ({t.done} utterances, padding {row['padding_fraction']:.1%})"
+                    + (
+                        f"; mask rows {row['paired']['mask_rows_speedup']:.3f}x, max score diff "
+                        f"{row['paired']['max_abs_score_diff']:.1e}"
+                        if "paired" in row
+                        else ""
+                    ),
+                    flush=True,
+                )
+            scores_by_idx.update(tallies[mask_rows_modes[0]].scores)
+        predictor.model.mask_rows_only = True
         if dtype == "fp32":
             reference = scores_by_idx
         elif reference:
@@ -324,7 +365,10 @@ def render(payload: dict) -> str:
         "*of fp32 ceiling* divides by the fp32 encoder-mix matmul rate measured right after the point with as many "
         "rows as the point's mean padded forward pass (prompts x width), so load changes hit both alike. *Parts*: "
         "prompts per forward pass (`--max-forward-prompts`): a batch runs as length-sorted parts, each padded to "
-        "its own longest prompt, as the worker does on a CPU (blank: one pass). int8 is "
+        "its own longest prompt, as the worker does on a CPU (blank: one pass). *Last feed-forward*: the last "
+        "encoder layer's feed-forward on each prompt's mask token alone (`erc_stream.model.mask_hidden`, as "
+        "served; the FLOPs count it so) or on every token (`--mask-rows`; blank: a run from before the option, "
+        "every token). int8 is "
         "`torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (weights int8, activations quantized per "
         "batch); it is benchmarked, not a supported dtype: on the served MELD model it cut dev weighted F1 from "
         "0.6365 to 0.3063 (docs/benchmarks/README.md, finding 5). "
@@ -337,6 +381,7 @@ def render(payload: dict) -> str:
             r["dtype"],
             r["batch_size"],
             r.get("max_forward") or "",
+            {True: "mask rows", False: "every token"}.get(r.get("mask_rows"), ""),
             f"{r['utterances']}/{r['of']}",
             round(r["mean_batch"], 1),
             r["utt_per_s"],
@@ -353,6 +398,7 @@ def render(payload: dict) -> str:
                 "dtype",
                 "batch size",
                 "parts",
+                "last feed-forward",
                 "utterances",
                 "mean batch",
                 "utt/s",
@@ -365,6 +411,28 @@ def render(payload: dict) -> str:
         ),
         "",
     ]
+    paired = [r for r in payload["predict"] if "paired" in r]
+    if paired:
+        lines += [
+            "Mask rows against every token, each batch run both ways back to back (order alternating per "
+            "batch), same prompts:",
+            "",
+            md_table(
+                ["dtype", "batch size", "parts", "mask rows / every token (utt/s)", "max abs score diff", "same label"],
+                [
+                    [
+                        r["dtype"],
+                        r["batch_size"],
+                        r.get("max_forward") or "",
+                        f"{r['paired']['mask_rows_speedup']:.3f}x",
+                        f"{r['paired']['max_abs_score_diff']:.1e}",
+                        f"{r['paired']['same_label']:.2%}",
+                    ]
+                    for r in paired
+                ],
+            ),
+            "",
+        ]
     if payload["agreement"]:
         lines += ["Agreement with fp32 on the same utterances (scores are cosines in [-1, 1]):", ""]
         lines += [
@@ -426,6 +494,13 @@ def main() -> None:
         "--max-forward-prompts",
         default="0",
         help="prompts per forward pass, comma list; 0 = one pass per batch (the worker's auto on a CPU is 8)",
+    )
+    ap.add_argument(
+        "--mask-rows",
+        choices=("on", "off", "both"),
+        default="on",
+        help="last layer's feed-forward on the mask rows only (on, as served), on every token (off), or both, "
+        "each batch in both back to back",
     )
     ap.add_argument("--matmul-tokens", default="", help="token counts for (a); default: mean prompt, x8, x32, x64")
     ap.add_argument("--matmul-seconds", type=float, default=0.4)
@@ -492,6 +567,7 @@ def main() -> None:
         args.matmul_seconds,
         shape,
         max_forwards,
+        {"on": [True], "off": [False], "both": [True, False]}[args.mask_rows],
     )
 
     payload = {

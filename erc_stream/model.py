@@ -1,7 +1,7 @@
 """Encoder + projection MLP + emotion anchors, and the inference runtime shared by the
 worker and the evaluator.
 
-    h = encoder(prompt)[mask position]      (B, H)
+    h = encoder(prompt)[mask position]      (B, H)   last layer's feed-forward on mask rows only
     r = MLP(h)                              (B, D)
     scores = cos(r, anchors)                (B, C)   the event's "scores"
     confidence = softmax(scores / tau)      (B, C)   the event's "confidence" is its max
@@ -57,6 +57,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "default_encoder_path",
     "load_predictor",
+    "mask_hidden",
     "resolve_device",
     "resolve_dtype",
     "resolve_max_forward",
@@ -153,6 +154,65 @@ def resolve_max_forward(setting: int | None, device: torch.device) -> int | None
     return setting or None
 
 
+# Encoder types whose layers run an attention block (``layer.attention``, its output first) and
+# then a feed-forward on each token's attention output alone (``layer.intermediate``,
+# ``layer.output``): after the last attention block no token reads another.
+MASK_ROW_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "mpnet", "electra"})
+
+
+def last_attention(encoder: nn.Module) -> nn.Module | None:
+    """The last layer's attention block of an encoder of a ``MASK_ROW_MODEL_TYPES`` type, else None."""
+    if getattr(getattr(encoder, "config", None), "model_type", None) not in MASK_ROW_MODEL_TYPES:
+        return None
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        return None
+    last = layers[-1]
+    if not all(isinstance(getattr(last, name, None), nn.Module) for name in ("attention", "intermediate", "output")):
+        return None
+    return last.attention
+
+
+def mask_hidden(
+    encoder: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mask_index: torch.Tensor,
+    *,
+    mask_rows_only: bool = True,
+) -> torch.Tensor:
+    """The encoder's last hidden state at each prompt's mask token, (B, H).
+
+    Nothing else of the last layer is read, and its feed-forward (two thirds of its matmul
+    FLOPs) mixes no tokens, so it runs on the B mask rows instead of all B x T tokens: a hook on
+    the last attention block keeps only those rows. The hook lives for this call alone, so the
+    same encoder called otherwise (the anchor texts in training) computes every token.
+    ``mask_rows_only=False``, or an encoder not of a ``MASK_ROW_MODEL_TYPES`` type: every token.
+    """
+    rows = torch.arange(input_ids.size(0), device=input_ids.device)
+    attention = last_attention(encoder) if mask_rows_only else None
+    if attention is None:
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        return hidden[rows, mask_index]  # (B, H)
+
+    def keep_mask_rows(_module: nn.Module, _args: tuple, output):
+        whole = output[0] if isinstance(output, tuple) else output  # (B, T, H)
+        if whole.dim() != 3 or whole.shape[:2] != input_ids.shape:
+            raise ArtifactError(
+                f"{type(encoder).__name__}: the last attention block gave {tuple(whole.shape)} for input "
+                f"{tuple(input_ids.shape)}, not one vector per token; mask_hidden cannot pick the mask rows"
+            )
+        picked = whole[rows, mask_index].unsqueeze(1)  # (B, 1, H)
+        return (picked, *output[1:]) if isinstance(output, tuple) else picked
+
+    handle = attention.register_forward_hook(keep_mask_rows)
+    try:
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, 1, H)
+    finally:
+        handle.remove()
+    return hidden[:, 0]  # (B, H)
+
+
 class ProjectionHead(nn.Module):
     """The MLP that maps the mask-token hidden state into the anchor space."""
 
@@ -175,13 +235,16 @@ class EmotionModel(nn.Module):
         self.encoder = encoder
         self.head = head
         self.anchors = nn.Parameter(anchors.clone())  # (C, D)
+        self.mask_rows_only = True  # last layer's feed-forward on the mask rows (mask_hidden); False: every token
 
     def represent(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor
     ) -> torch.Tensor:
         """Projected representation of the mask token, (B, D)."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        return self.represent_hidden(hidden, mask_index)
+        h_mask = mask_hidden(
+            self.encoder, input_ids, attention_mask, mask_index, mask_rows_only=self.mask_rows_only
+        )  # (B, H)
+        return self.head(h_mask)  # (B, D)
 
     def represent_hidden(self, hidden: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
         """Projected representation of the mask token from the encoder's last hidden states (B, T, H), (B, D)."""
@@ -339,12 +402,11 @@ class TurnEmotionModel(nn.Module):
         self.context = context
         self.head = head
         self.anchors = nn.Parameter(anchors.clone())  # (C, D)
+        self.mask_rows_only = True  # as EmotionModel's
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
         """Turn vectors z: the encoder's hidden state at each prompt's mask token, (B, H)."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        rows = torch.arange(hidden.size(0), device=hidden.device)
-        return hidden[rows, mask_index]  # (B, H)
+        return mask_hidden(self.encoder, input_ids, attention_mask, mask_index, mask_rows_only=self.mask_rows_only)
 
     def represent(self, windows: Windows) -> torch.Tensor:
         """Projected representation of each window's turn t, (B, D)."""

@@ -32,3 +32,10 @@ def test_flops_per_token_follow_the_shape(tmp_path):
     # 12 * (8*768^2 + 4*768*3072 + 4*T*768) at T = 100
     assert _common.encoder_flops_per_token(100, mpnet) == 12 * (8 * 768**2 + 4 * 768 * 3072 + 4 * 100 * 768)
     assert _common.encoder_flops_per_token(100) == 6 * (8 * 384**2 + 4 * 384 * 1536 + 4 * 100 * 384)  # MiniLM
+
+
+def test_a_pass_with_mask_rows_drops_the_last_feed_forward_of_every_other_token():
+    per_token = _common.encoder_flops_per_token(50)
+    assert _common.encoder_pass_flops(4, 50, mask_rows=False) == 4 * 50 * per_token
+    # MiniLM: the last layer's feed-forward (4*H*I = 4*384*1536 FLOPs a token) runs on 4 rows, not 200.
+    assert _common.encoder_pass_flops(4, 50) == 4 * 50 * per_token - 4 * 49 * 4 * 384 * 1536
