@@ -1,5 +1,6 @@
 """Training benchmark: stage-1 samples/s on MELD train and the projected wall time per epoch,
-fp32 against bf16 autocast.
+fp32 against bf16 autocast (``--mask-rows both``: also the last layer's feed-forward on every
+token against the mask rows the trainer runs, paired per batch).
 
 The step is the trainer's own (trainer/train.py): the packaged encoder, the projection
 head, anchors computed every step from the anchor descriptions by the live encoder, the
@@ -24,13 +25,17 @@ import time
 from pathlib import Path
 
 import torch
-from _common import DOCS_DIR, command_line, encoder_flops_per_token, machine_info, machine_md, md_table, write_results
+from _common import DOCS_DIR, command_line, encoder_pass_flops, machine_info, machine_md, md_table, write_results
 
 # Forward + backward of a linear layer is about 3x its forward FLOPs.
 _TRAIN_FLOPS_FACTOR = 3
 
 
-def run_dtype(dtype_name: str, train_ex, batches, cfg, steps: int, budget_s: float) -> dict:
+def run_dtype(
+    dtype_name: str, train_ex, batches, cfg, steps: int, budget_s: float, mask_rows_modes: list[bool] = (True,)
+) -> list[dict]:
+    """Timed stage-1 steps in one dtype, a result per mask-rows mode. With both modes, each batch
+    is stepped in both back to back (order alternating), so load changes hit both alike."""
     from transformers import AutoModel, AutoTokenizer
 
     from erc_stream.model import EmotionModel, ProjectionHead, default_encoder_path
@@ -60,36 +65,42 @@ def run_dtype(dtype_name: str, train_ex, batches, cfg, steps: int, budget_s: flo
     )
     pad_id = tokenizer.pad_token_id or 0
 
-    times, used, losses = [], [], []
+    runs = {
+        mode: {"dtype": dtype_name, "mask_rows": mode, "step_s": [], "batches": [], "losses": []}
+        for mode in mask_rows_modes
+    }
     t_start = time.perf_counter()
     for k, batch_idx in enumerate(batches[: steps + 1]):
         prompts = [train_ex[i][0] for i in batch_idx]
         y = torch.tensor([train_ex[i][1] for i in batch_idx], device=device)
-        t0 = time.perf_counter()
-        batch = pad_batch(prompts, pad_id)
-        with _autocast(device, dtype):
-            reps = model.represent(**batch)  # (B, D)
-            anchors = anchor_enc()  # (C, D)
-        loss, _ = stage1_loss(
-            reps.float(), y, anchors.float(), temperature=cfg.temperature, lambda1=cfg.lambda1, lambda2=cfg.lambda2
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        dt = time.perf_counter() - t0
-        if k > 0:  # step 0 is the warm-up
-            times.append(dt)
-            used.append(batch_idx)
-            losses.append(float(loss))
-        print(
-            f"  {dtype_name} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s, {len(batch_idx)} samples, "
-            f"width {batch['input_ids'].shape[1]}, loss {float(loss):.3f}",
-            flush=True,
-        )
-        if k >= 2 and time.perf_counter() - t_start >= budget_s:
+        for mode in mask_rows_modes[:: 1 if k % 2 == 0 else -1]:
+            model.mask_rows_only = mode
+            t0 = time.perf_counter()
+            batch = pad_batch(prompts, pad_id)
+            with _autocast(device, dtype):
+                reps = model.represent(**batch)  # (B, D)
+                anchors = anchor_enc()  # (C, D)
+            loss, _ = stage1_loss(
+                reps.float(), y, anchors.float(), temperature=cfg.temperature, lambda1=cfg.lambda1, lambda2=cfg.lambda2
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            dt = time.perf_counter() - t0
+            if k > 0:  # step 0 is the warm-up
+                runs[mode]["step_s"].append(dt)
+                runs[mode]["batches"].append(batch_idx)
+                runs[mode]["losses"].append(float(loss))
+            print(
+                f"  {dtype_name}{'' if len(runs) == 1 else ' mask rows' if mode else ' every token'} step {k}"
+                f"{' (warm-up)' if k == 0 else ''}: {dt:.2f} s, {len(batch_idx)} samples, "
+                f"width {batch['input_ids'].shape[1]}, loss {float(loss):.3f}",
+                flush=True,
+            )
+        if k >= 2 and time.perf_counter() - t_start >= budget_s * len(runs):
             break
-    return {"dtype": dtype_name, "steps": len(times), "step_s": times, "batches": used, "losses": losses}
+    return [{**r, "steps": len(r["step_s"])} for r in runs.values()]
 
 
 def main() -> None:
@@ -100,6 +111,13 @@ def main() -> None:
         "--budget-s", type=float, default=150.0, help="stop a dtype after this many seconds (at least 2 timed steps)"
     )
     ap.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig.batch_size (16)")
+    ap.add_argument(
+        "--mask-rows",
+        choices=("on", "off", "both"),
+        default="on",
+        help="last layer's feed-forward on the mask rows only (on, as trained), on every token (off), or both, "
+        "each batch stepped both ways back to back",
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_train")
@@ -127,32 +145,29 @@ def main() -> None:
     lengths = [len(p) for p, _ in train_ex]
     batches = _length_sorted_batches(lengths, cfg.batch_size, random.Random(cfg.seed))
 
-    def cost(bs: list[list[int]]) -> float:  # padded forward FLOPs of these batches
-        total = 0.0
-        for b in bs:
-            w = max(lengths[i] for i in b)
-            total += len(b) * w * encoder_flops_per_token(w)
-        return total
+    def cost(bs: list[list[int]], mask_rows: bool = True) -> float:  # padded forward FLOPs of these batches
+        return float(sum(encoder_pass_flops(len(b), max(lengths[i] for i in b), mask_rows=mask_rows) for b in bs))
 
     epoch_cost = cost(batches)
     print(f"MELD train: {len(train_ex)} prompts, {len(batches)} batches of {cfg.batch_size} per epoch", flush=True)
     results = []
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.mask_rows]
     for d in args.dtypes.split(","):
-        r = run_dtype(d, train_ex, batches, cfg, args.steps, args.budget_s)
-        measured_s = sum(r["step_s"])
-        samples = sum(len(b) for b in r["batches"])
-        c = cost(r["batches"])
-        r.update(
-            samples=samples,
-            measured_s=measured_s,
-            samples_per_s=samples / measured_s,
-            achieved_train_gflops=_TRAIN_FLOPS_FACTOR * c / measured_s / 1e9,
-            projected_epoch_s=measured_s * epoch_cost / c,
-            naive_projected_epoch_s=len(batches) * measured_s / len(r["step_s"]),
-            mean_width=sum(max(lengths[i] for i in b) for b in r["batches"]) / len(r["batches"]),
-        )
-        del r["batches"]
-        results.append(r)
+        for r in run_dtype(d, train_ex, batches, cfg, args.steps, args.budget_s, modes):
+            measured_s = sum(r["step_s"])
+            samples = sum(len(b) for b in r["batches"])
+            c = cost(r["batches"], r["mask_rows"])
+            r.update(
+                samples=samples,
+                measured_s=measured_s,
+                samples_per_s=samples / measured_s,
+                achieved_train_gflops=_TRAIN_FLOPS_FACTOR * c / measured_s / 1e9,
+                projected_epoch_s=measured_s * cost(batches, r["mask_rows"]) / c,
+                naive_projected_epoch_s=len(batches) * measured_s / len(r["step_s"]),
+                mean_width=sum(max(lengths[i] for i in b) for b in r["batches"]) / len(r["batches"]),
+            )
+            del r["batches"]
+            results.append(r)
     payload = {
         "command": command_line(),
         "machine": info,
@@ -169,7 +184,7 @@ def main() -> None:
         "results": results,
         "machine_end": machine_info(),
     }
-    by = {r["dtype"]: r for r in results}
+    by = {r["dtype"]: r for r in results if r["mask_rows"] == modes[0]}
     lines = [
         "# Training benchmark (stage 1)",
         "",
@@ -186,6 +201,7 @@ def main() -> None:
         md_table(
             [
                 "dtype",
+                "last feed-forward",
                 "timed steps",
                 "samples",
                 "mean padded width",
@@ -197,6 +213,7 @@ def main() -> None:
             [
                 [
                     r["dtype"],
+                    "mask rows" if r["mask_rows"] else "every token",
                     r["steps"],
                     r["samples"],
                     r["mean_width"],
@@ -212,9 +229,20 @@ def main() -> None:
         "*projected epoch*: measured time x (encoder FLOPs of all the epoch's padded batches / FLOPs of the measured "
         "batches); the anchor forward and the optimizer add a per-step cost that this scales with FLOPs too, so "
         "it is approximate. Per-step times: see the JSON. Training FLOPs are counted as 3x the forward FLOPs "
-        "(forward + backward); anchor-description forwards are not counted.",
+        "(forward + backward); anchor-description forwards are not counted. *Last feed-forward*: the last "
+        "encoder layer's feed-forward on each prompt's mask token alone (`erc_stream.model.mask_hidden`, as the "
+        "trainer runs it; the FLOPs count it so) or on every token (`--mask-rows off`).",
         "",
     ]
+    for d in dict.fromkeys(r["dtype"] for r in results):
+        pair = {r["mask_rows"]: r for r in results if r["dtype"] == d}
+        if len(pair) == 2:
+            ratio = pair[False]["measured_s"] / pair[True]["measured_s"]
+            lines += [
+                f"{d}: the same {pair[True]['steps']} batches, each stepped both ways back to back: mask rows "
+                f"**{ratio:.3f}x** the samples/s of every token.",
+                "",
+            ]
     if "fp32" in by and "bf16" in by:
         from erc_stream.model import resolve_dtype
 
