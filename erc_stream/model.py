@@ -174,40 +174,38 @@ def last_attention(encoder: nn.Module) -> nn.Module | None:
 
 
 def mask_hidden(
-    encoder: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    mask_index: torch.Tensor,
-    *,
-    mask_rows_only: bool = True,
+    encoder: nn.Module, mask_index: torch.Tensor, *, mask_rows_only: bool = True, **inputs: torch.Tensor
 ) -> torch.Tensor:
     """The encoder's last hidden state at each prompt's mask token, (B, H).
 
-    Nothing else of the last layer is read, and its feed-forward (two thirds of its matmul
-    FLOPs) mixes no tokens, so it runs on the B mask rows instead of all B x T tokens: a hook on
-    the last attention block keeps only those rows. The hook lives for this call alone, so the
-    same encoder called otherwise (the anchor texts in training) computes every token.
-    ``mask_rows_only=False``, or an encoder not of a ``MASK_ROW_MODEL_TYPES`` type: every token.
+    ``inputs``: the encoder's keyword arguments, ``attention_mask`` (B, T) among them, with
+    ``input_ids`` (B, T) or ``inputs_embeds`` (B, T, H). Nothing of the last layer but the mask
+    rows is read, and its feed-forward (two thirds of its matmul FLOPs) mixes no tokens, so it
+    runs on the B mask rows instead of all B x T tokens: a hook on the last attention block keeps
+    only those rows. The hook lives for this call alone, so the same encoder called otherwise
+    (the anchor texts in training) computes every token. ``mask_rows_only=False``, or an encoder
+    not of a ``MASK_ROW_MODEL_TYPES`` type: every token.
     """
-    rows = torch.arange(input_ids.size(0), device=input_ids.device)
+    rows = torch.arange(mask_index.size(0), device=mask_index.device)
     attention = last_attention(encoder) if mask_rows_only else None
     if attention is None:
-        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        hidden = encoder(**inputs).last_hidden_state  # (B, T, H)
         return hidden[rows, mask_index]  # (B, H)
+    tokens = inputs["attention_mask"].shape  # (B, T)
 
     def keep_mask_rows(_module: nn.Module, _args: tuple, output):
         whole = output[0] if isinstance(output, tuple) else output  # (B, T, H)
-        if whole.dim() != 3 or whole.shape[:2] != input_ids.shape:
+        if whole.dim() != 3 or whole.shape[:2] != tokens:
             raise ArtifactError(
                 f"{type(encoder).__name__}: the last attention block gave {tuple(whole.shape)} for input "
-                f"{tuple(input_ids.shape)}, not one vector per token; mask_hidden cannot pick the mask rows"
+                f"{tuple(tokens)}, not one vector per token; mask_hidden cannot pick the mask rows"
             )
         picked = whole[rows, mask_index].unsqueeze(1)  # (B, 1, H)
         return (picked, *output[1:]) if isinstance(output, tuple) else picked
 
     handle = attention.register_forward_hook(keep_mask_rows)
     try:
-        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, 1, H)
+        hidden = encoder(**inputs).last_hidden_state  # (B, 1, H)
     finally:
         handle.remove()
     return hidden[:, 0]  # (B, H)
@@ -242,14 +240,12 @@ class EmotionModel(nn.Module):
     ) -> torch.Tensor:
         """Projected representation of the mask token, (B, D)."""
         h_mask = mask_hidden(
-            self.encoder, input_ids, attention_mask, mask_index, mask_rows_only=self.mask_rows_only
+            self.encoder,
+            mask_index,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mask_rows_only=self.mask_rows_only,
         )  # (B, H)
-        return self.head(h_mask)  # (B, D)
-
-    def represent_hidden(self, hidden: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
-        """Projected representation of the mask token from the encoder's last hidden states (B, T, H), (B, D)."""
-        rows = torch.arange(hidden.size(0), device=hidden.device)
-        h_mask = hidden[rows, mask_index]  # (B, H)
         return self.head(h_mask)  # (B, D)
 
     def cosine_scores(self, reps: torch.Tensor) -> torch.Tensor:
@@ -406,7 +402,13 @@ class TurnEmotionModel(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
         """Turn vectors z: the encoder's hidden state at each prompt's mask token, (B, H)."""
-        return mask_hidden(self.encoder, input_ids, attention_mask, mask_index, mask_rows_only=self.mask_rows_only)
+        return mask_hidden(
+            self.encoder,
+            mask_index,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mask_rows_only=self.mask_rows_only,
+        )  # (B, H)
 
     def represent(self, windows: Windows) -> torch.Tensor:
         """Projected representation of each window's turn t, (B, D)."""

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from erc_stream.errors import ConfigError
+from erc_stream.model import mask_hidden
 from erc_stream.prompt import Prompt, pad_batch
 from trainer.checkpoint import load_file, save_atomic
 
@@ -129,6 +130,20 @@ class FrozenPrefix:
     def top(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The encoder's last hidden states from the frozen part's output, (B, T, H)."""
         return self.upper(inputs_embeds=hidden, attention_mask=attention_mask).last_hidden_state
+
+    def top_mask(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mask_index: torch.Tensor,
+        *,
+        mask_rows_only: bool = True,
+    ) -> torch.Tensor:
+        """The encoder's last hidden state at each prompt's mask token from the frozen part's
+        output, (B, H); the last layer's feed-forward on the mask rows only (``mask_hidden``)."""
+        return mask_hidden(
+            self.upper, mask_index, inputs_embeds=hidden, attention_mask=attention_mask, mask_rows_only=mask_rows_only
+        )
 
     def cache(
         self, prompts: list[Prompt], *, batch_size: int, cache_dir: Path | None, progress: bool = True

@@ -164,8 +164,8 @@ class _FrozenStage1Net(nn.Module):
     def forward(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        top = self.prefix.top(hidden, attention_mask)  # (B, T, H)
-        return self.model.represent_hidden(top, mask_index), self.anchor_enc()  # (B, D), (C, D)
+        h_mask = self.prefix.top_mask(hidden, attention_mask, mask_index, mask_rows_only=self.model.mask_rows_only)
+        return self.model.head(h_mask), self.anchor_enc()  # (B, H) -> (B, D), (C, D)
 
 
 def _train_net(run: _Run) -> nn.Module:
@@ -938,7 +938,8 @@ def _adapt_anchors(
                     reps = model.represent(**batch)  # (b, D)
                 else:
                     hidden, mask = cache.batch(ch, device)  # (b, T, H), (b, T)
-                    reps = model.represent_hidden(cache.prefix.top(hidden, mask), batch["mask_index"])  # (b, D)
+                    h_mask = cache.prefix.top_mask(hidden, mask, batch["mask_index"])  # (b, H)
+                    reps = model.head(h_mask)  # (b, D)
                 out.append((ch, reps.float()))
         reps = torch.empty(len(examples), out[0][1].shape[1], device=device)
         for ch, r in out:

@@ -66,6 +66,14 @@ def test_top_of_bottom_equals_the_whole_minilm(n_frozen):
         got = prefix.top(padded, mask2)  # (B, T, H)
     keep = mask.bool()
     assert (got - expected).abs()[keep].max().item() < 1e-5
+    # What training reads: the mask rows, the last layer's feed-forward run on them alone.
+    mask_index = torch.tensor([p.mask_index for p in prompts])
+    rows: list[int] = []
+    encoder.encoder.layer[-1].intermediate.register_forward_hook(lambda _m, a, _o: rows.append(a[0].shape[:2].numel()))
+    with torch.no_grad():
+        h_mask = prefix.top_mask(padded, mask2, mask_index)  # (B, H)
+    assert rows == [len(prompts)]
+    torch.testing.assert_close(h_mask, expected[torch.arange(len(prompts)), mask_index], atol=1e-5, rtol=1e-5)
 
 
 def test_frozen_parameters_are_the_lower_ones_and_the_upper_ones_are_the_encoders_own():
@@ -107,7 +115,9 @@ def test_mpnet_family_splits_with_its_shared_relative_position_bias():
     padded, _ = pad_hidden(prefix.cache(prompts, batch_size=3, cache_dir=None, progress=False))
     with torch.no_grad():
         got = prefix.top(padded, mask)
+        h_mask = prefix.top_mask(padded, mask, torch.tensor([1, 4, 2]))  # (B, H)
     assert (got - expected).abs()[mask.bool()].max().item() < 1e-5
+    torch.testing.assert_close(h_mask, expected[torch.arange(3), torch.tensor([1, 4, 2])], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("n_frozen", [0, 6, 7, -1])

@@ -65,7 +65,7 @@ def test_mask_rows_equal_every_token_and_skip_the_rest(model_type):
     seen = feed_forward_rows(encoder)
     with torch.no_grad():
         expected = every_token(encoder)
-        got = mask_hidden(encoder, IDS, MASK, MASK_INDEX)
+        got = mask_hidden(encoder, MASK_INDEX, input_ids=IDS, attention_mask=MASK)
     assert seen == [3 * 7, 3]  # every token, then the three mask rows
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     # The hook lived for that call only: the encoder called directly sees every token again.
@@ -80,7 +80,9 @@ def test_mask_rows_give_the_gradients_of_every_token():
     grads = []
     for rows_only in (False, True):
         encoder.zero_grad()
-        (mask_hidden(encoder, IDS, MASK, MASK_INDEX, mask_rows_only=rows_only) * weights).sum().backward()
+        (
+            mask_hidden(encoder, MASK_INDEX, input_ids=IDS, attention_mask=MASK, mask_rows_only=rows_only) * weights
+        ).sum().backward()
         grads.append({n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None})
     full, rows = grads
     assert full.keys() == rows.keys()
@@ -93,7 +95,7 @@ def test_mask_rows_only_false_runs_every_token():
     encoder = tiny_encoder("bert")
     seen = feed_forward_rows(encoder)
     with torch.no_grad():
-        mask_hidden(encoder, IDS, MASK, MASK_INDEX, mask_rows_only=False)
+        mask_hidden(encoder, MASK_INDEX, input_ids=IDS, attention_mask=MASK, mask_rows_only=False)
     assert seen == [3 * 7]
 
 
@@ -102,7 +104,7 @@ def test_other_encoder_types_run_every_token():
     assert last_attention(encoder) is None
     with torch.no_grad():
         expected = every_token(encoder)
-        got = mask_hidden(encoder, IDS, MASK, MASK_INDEX)
+        got = mask_hidden(encoder, MASK_INDEX, input_ids=IDS, attention_mask=MASK)
     torch.testing.assert_close(got, expected)
 
 
@@ -112,5 +114,5 @@ def test_an_attention_block_that_does_not_give_a_vector_per_token_is_refused_and
     # A (hypothetical) attention block that pools its tokens: mask rows cannot be picked from it.
     attention.register_forward_hook(lambda _m, _a, out: (out[0][:, :1], *out[1:]))
     with torch.no_grad(), pytest.raises(ArtifactError, match=r"gave \(3, 1, 16\) for input \(3, 7\)"):
-        mask_hidden(encoder, IDS, MASK, MASK_INDEX)
+        mask_hidden(encoder, MASK_INDEX, input_ids=IDS, attention_mask=MASK)
     assert len(attention._forward_hooks) == 1  # only the test's own hook is left
