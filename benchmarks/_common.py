@@ -8,6 +8,7 @@ a shared 2-core machine the load average decides how far a figure can be trusted
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -36,6 +37,8 @@ __all__ = [
     "MINILM_L6",
     "encoder_flops_per_token",
     "encoder_pass_flops",
+    "add_mask_rows_option",
+    "mask_rows_modes",
     "machine_info",
     "resolve_model",
     "meld_dev_examples",
@@ -97,6 +100,22 @@ def encoder_pass_flops(prompts: int, width: int, shape: EncoderShape = MINILM_L6
     if mask_rows:
         flops -= prompts * (width - 1) * 4 * shape.hidden * shape.intermediate
     return flops
+
+
+def add_mask_rows_option(ap: argparse.ArgumentParser) -> None:
+    """``--mask-rows on|off|both``; read the parsed value with ``mask_rows_modes``."""
+    ap.add_argument(
+        "--mask-rows",
+        choices=("on", "off", "both"),
+        default="on",
+        help="the last layer's feed-forward on the mask rows only (on, as served and trained), on every token "
+        "(off), or both, each batch both ways back to back (order alternating)",
+    )
+
+
+def mask_rows_modes(value: str) -> list[bool]:
+    """The ``EmotionModel.mask_rows_only`` settings a ``--mask-rows`` value runs, in order."""
+    return {"on": [True], "off": [False], "both": [True, False]}[value]
 
 
 def _cpu_model() -> str:

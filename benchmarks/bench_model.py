@@ -31,12 +31,14 @@ from _common import (
     DOCS_DIR,
     MINILM_L6,
     EncoderShape,
+    add_mask_rows_option,
     command_line,
     encoder_flops_per_token,
     encoder_pass_flops,
     encoder_shape,
     machine_info,
     machine_md,
+    mask_rows_modes,
     md_table,
     meld_dev_examples,
     resolve_model,
@@ -495,13 +497,7 @@ def main() -> None:
         default="0",
         help="prompts per forward pass, comma list; 0 = one pass per batch (the worker's auto on a CPU is 8)",
     )
-    ap.add_argument(
-        "--mask-rows",
-        choices=("on", "off", "both"),
-        default="on",
-        help="last layer's feed-forward on the mask rows only (on, as served), on every token (off), or both, "
-        "each batch in both back to back",
-    )
+    add_mask_rows_option(ap)
     ap.add_argument("--matmul-tokens", default="", help="token counts for (a); default: mean prompt, x8, x32, x64")
     ap.add_argument("--matmul-seconds", type=float, default=0.4)
     ap.add_argument("--budget-s", type=float, default=12.0, help="max model-time seconds per (dtype, batch size) point")
@@ -567,7 +563,7 @@ def main() -> None:
         args.matmul_seconds,
         shape,
         max_forwards,
-        {"on": [True], "off": [False], "both": [True, False]}[args.mask_rows],
+        mask_rows_modes(args.mask_rows),
     )
 
     payload = {

@@ -25,7 +25,17 @@ import time
 from pathlib import Path
 
 import torch
-from _common import DOCS_DIR, command_line, encoder_pass_flops, machine_info, machine_md, md_table, write_results
+from _common import (
+    DOCS_DIR,
+    add_mask_rows_option,
+    command_line,
+    encoder_pass_flops,
+    machine_info,
+    machine_md,
+    mask_rows_modes,
+    md_table,
+    write_results,
+)
 
 # Forward + backward of a linear layer is about 3x its forward FLOPs.
 _TRAIN_FLOPS_FACTOR = 3
@@ -111,13 +121,7 @@ def main() -> None:
         "--budget-s", type=float, default=150.0, help="stop a dtype after this many seconds (at least 2 timed steps)"
     )
     ap.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig.batch_size (16)")
-    ap.add_argument(
-        "--mask-rows",
-        choices=("on", "off", "both"),
-        default="on",
-        help="last layer's feed-forward on the mask rows only (on, as trained), on every token (off), or both, "
-        "each batch stepped both ways back to back",
-    )
+    add_mask_rows_option(ap)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_train")
@@ -151,7 +155,7 @@ def main() -> None:
     epoch_cost = cost(batches)
     print(f"MELD train: {len(train_ex)} prompts, {len(batches)} batches of {cfg.batch_size} per epoch", flush=True)
     results = []
-    modes = {"on": [True], "off": [False], "both": [True, False]}[args.mask_rows]
+    modes = mask_rows_modes(args.mask_rows)
     for d in args.dtypes.split(","):
         for r in run_dtype(d, train_ex, batches, cfg, args.steps, args.budget_s, modes):
             measured_s = sum(r["step_s"])

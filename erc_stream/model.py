@@ -167,10 +167,12 @@ def last_attention(encoder: nn.Module) -> nn.Module | None:
     layers = getattr(getattr(encoder, "encoder", None), "layer", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         return None
-    last = layers[-1]
-    if not all(isinstance(getattr(last, name, None), nn.Module) for name in ("attention", "intermediate", "output")):
+    attention, intermediate, output = (
+        getattr(layers[-1], name, None) for name in ("attention", "intermediate", "output")
+    )
+    if not all(isinstance(m, nn.Module) for m in (intermediate, output)) or not isinstance(attention, nn.Module):
         return None
-    return last.attention
+    return attention
 
 
 def mask_hidden(
@@ -225,7 +227,25 @@ class ProjectionHead(nn.Module):
         return self.out(self.dropout(F.gelu(self.dense(h))))
 
 
-class EmotionModel(nn.Module):
+class _MaskTokenModel(nn.Module):
+    """What both architectures share: an encoder read at each prompt's mask token."""
+
+    encoder: nn.Module
+    # The last layer's feed-forward on the mask rows (mask_hidden); False: on every token.
+    mask_rows_only: bool = True
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
+        """The encoder's last hidden state at each prompt's mask token, (B, H)."""
+        return mask_hidden(
+            self.encoder,
+            mask_index,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mask_rows_only=self.mask_rows_only,
+        )
+
+
+class EmotionModel(_MaskTokenModel):
     """Encoder, projection head and the (adapted) emotion anchors."""
 
     def __init__(self, encoder: nn.Module, head: ProjectionHead, anchors: torch.Tensor) -> None:
@@ -233,20 +253,12 @@ class EmotionModel(nn.Module):
         self.encoder = encoder
         self.head = head
         self.anchors = nn.Parameter(anchors.clone())  # (C, D)
-        self.mask_rows_only = True  # last layer's feed-forward on the mask rows (mask_hidden); False: every token
 
     def represent(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor
     ) -> torch.Tensor:
         """Projected representation of the mask token, (B, D)."""
-        h_mask = mask_hidden(
-            self.encoder,
-            mask_index,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            mask_rows_only=self.mask_rows_only,
-        )  # (B, H)
-        return self.head(h_mask)  # (B, D)
+        return self.head(self.encode(input_ids, attention_mask, mask_index))  # (B, H) -> (B, D)
 
     def cosine_scores(self, reps: torch.Tensor) -> torch.Tensor:
         # (B, D) x (C, D) -> (B, C)
@@ -389,7 +401,7 @@ class Predictor(_LoadedVersion[EmotionModel]):
         return time.perf_counter() - t0
 
 
-class TurnEmotionModel(nn.Module):
+class TurnEmotionModel(_MaskTokenModel):
     """Turn-once model: encoder over single-turn prompts, context model, projection head, anchors."""
 
     def __init__(self, encoder: nn.Module, context: ContextModel, head: ProjectionHead, anchors: torch.Tensor) -> None:
@@ -398,17 +410,6 @@ class TurnEmotionModel(nn.Module):
         self.context = context
         self.head = head
         self.anchors = nn.Parameter(anchors.clone())  # (C, D)
-        self.mask_rows_only = True  # as EmotionModel's
-
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
-        """Turn vectors z: the encoder's hidden state at each prompt's mask token, (B, H)."""
-        return mask_hidden(
-            self.encoder,
-            mask_index,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            mask_rows_only=self.mask_rows_only,
-        )  # (B, H)
 
     def represent(self, windows: Windows) -> torch.Tensor:
         """Projected representation of each window's turn t, (B, D)."""

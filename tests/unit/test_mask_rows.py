@@ -21,27 +21,11 @@ def tiny_encoder(model_type: str) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
     torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=40,
-        pad_token_id=1,
-    )
     if model_type == "distilbert":  # its own names for the same sizes
-        config = AutoConfig.for_model(
-            model_type,
-            vocab_size=32,
-            dim=16,
-            n_layers=3,
-            n_heads=2,
-            hidden_dim=32,
-            max_position_embeddings=40,
-            pad_token_id=1,
-        )
+        sizes = {"dim": 16, "n_layers": 3, "n_heads": 2, "hidden_dim": 32}
+    else:
+        sizes = {"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 32}
+    config = AutoConfig.for_model(model_type, vocab_size=32, max_position_embeddings=40, pad_token_id=1, **sizes)
     return AutoModel.from_config(config).eval()
 
 
