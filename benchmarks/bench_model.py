@@ -152,7 +152,7 @@ def model_section(
     ceiling_s: float,
     shape: EncoderShape,
     max_forwards: list[int] = (0,),
-    mask_rows_modes: list[bool] = (True,),
+    modes: list[bool] = (True,),
 ) -> tuple[list[dict], dict]:
     """Rows per (dtype, batch size, prompts per forward pass: 0 is one pass, mask rows) and each
     dtype's agreement with fp32. With both mask-rows modes, each batch runs in both back to back
@@ -173,12 +173,12 @@ def model_section(
         points = [(bs, mf) for bs in batch_sizes for mf in sorted({m if 0 < m < bs else 0 for m in max_forwards})]
         for bs, mf in points:
             batches = _batches_like_worker(lengths, bs, keys)
-            tallies = {mode: _Tally() for mode in mask_rows_modes}
+            tallies = {mode: _Tally() for mode in modes}
             t0 = time.perf_counter()
             for k, b in enumerate(batches):
                 parts = forward_parts([lengths[i] for i in b], mf or None)  # the passes predict runs
                 widths = [max(lengths[b[j]] for j in part) for part in parts]
-                for mode in mask_rows_modes[:: 1 if k % 2 == 0 else -1]:
+                for mode in modes[:: 1 if k % 2 == 0 else -1]:
                     t = tallies[mode]
                     predictor.model.mask_rows_only = mode
                     pred = predictor.predict([prompts[i] for i in b], max_forward=mf or None)
@@ -191,7 +191,7 @@ def model_section(
                     t.passes += len(parts)
                     for j, i in enumerate(b):
                         t.scores[i] = pred.scores[j]
-                if time.perf_counter() - t0 >= budget_s * len(mask_rows_modes):
+                if time.perf_counter() - t0 >= budget_s * len(modes):
                     break
             wall = time.perf_counter() - t0
             for mode, t in tallies.items():
@@ -245,7 +245,7 @@ def model_section(
                     ),
                     flush=True,
                 )
-            scores_by_idx.update(tallies[mask_rows_modes[0]].scores)
+            scores_by_idx.update(tallies[modes[0]].scores)
         predictor.model.mask_rows_only = True
         if dtype == "fp32":
             reference = scores_by_idx

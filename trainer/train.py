@@ -938,7 +938,9 @@ def _adapt_anchors(
                     reps = model.represent(**batch)  # (b, D)
                 else:
                     hidden, mask = cache.batch(ch, device)  # (b, T, H), (b, T)
-                    h_mask = cache.prefix.top_mask(hidden, mask, batch["mask_index"])  # (b, H)
+                    h_mask = cache.prefix.top_mask(
+                        hidden, mask, batch["mask_index"], mask_rows_only=model.mask_rows_only
+                    )  # (b, H)
                     reps = model.head(h_mask)  # (b, D)
                 out.append((ch, reps.float()))
         reps = torch.empty(len(examples), out[0][1].shape[1], device=device)
