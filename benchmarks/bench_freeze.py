@@ -6,7 +6,10 @@ the trainer's own pieces: for N = 0 the whole encoder (``EmotionModel.represent`
 frozen part's output computed once (``FrozenPrefix.cache``, timed on its own: the one-off cost
 per prompt) and the top layers over it each step (the trainer's ``_FrozenStage1Net``). Anchors
 from the descriptions every step, the stage-1 loss, backward, clipping, AdamW. The first step of
-each N is a warm-up and not counted.
+each N is a warm-up and not counted. ``--dtypes fp32,bf16``: each setting also under bf16 autocast,
+as ``fit --dtype bf16`` (or ``auto`` on a CPU with native bf16) trains; the cache is computed in fp32
+either way, as the trainer does. ``--mask-rows both``: the last layer's feed-forward on every token
+against the mask rows the trainer runs, each batch both ways back to back (order alternating).
 
 Writes docs/benchmarks/bench_freeze.{json,md}. Usage:
 ``.venv/bin/python benchmarks/bench_freeze.py --encoder mpnet-base --freeze 0,6,9 [--steps 6]``.
@@ -20,10 +23,22 @@ import time
 from pathlib import Path
 
 import torch
-from _common import DOCS_DIR, command_line, machine_info, machine_md, md_table, write_results
+from _common import (
+    DOCS_DIR,
+    add_mask_rows_option,
+    command_line,
+    machine_info,
+    machine_md,
+    mask_rows_modes,
+    md_table,
+    write_results,
+)
 
 
-def run_one(n_frozen: int, enc_path: Path, train_ex, batches, cfg, steps: int) -> dict:
+def run_one(
+    n_frozen: int, enc_path: Path, train_ex, batches, cfg, steps: int, dtype_name: str = "fp32", modes=(True,)
+) -> list[dict]:
+    """Timed steps of one frozen-layer count in one dtype, a result per mask-rows mode."""
     from transformers import AutoModel, AutoTokenizer
 
     from erc_stream.model import EmotionModel, ProjectionHead
@@ -32,7 +47,7 @@ def run_one(n_frozen: int, enc_path: Path, train_ex, batches, cfg, steps: int) -
     from trainer.datasets import DATASETS
     from trainer.frozen import FrozenPrefix, pad_hidden
     from trainer.losses import stage1_loss
-    from trainer.train import _AnchorEncoder, _FrozenStage1Net, _Stage1Net
+    from trainer.train import _AnchorEncoder, _autocast, _FrozenStage1Net, _Stage1Net
 
     torch.manual_seed(cfg.seed)
     labels = list(DATASETS["meld"].labels)
@@ -66,39 +81,53 @@ def run_one(n_frozen: int, enc_path: Path, train_ex, batches, cfg, steps: int) -
         [{"params": trainable, "lr": cfg.lr}, {"params": list(head.parameters()), "lr": cfg.head_lr}],
         weight_decay=cfg.weight_decay,
     )
-    times, samples = [], 0
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    runs = {mode: {"step_s": [], "samples": 0} for mode in modes}
     for k, batch_idx in enumerate(used):
         y = torch.tensor([train_ex[i][1] for i in batch_idx])
-        t0 = time.perf_counter()
-        batch = pad_batch([train_ex[i][0] for i in batch_idx], pad_id)
-        if n_frozen:
-            h, m = pad_hidden([cached[i] for i in batch_idx])  # (B, T, H), (B, T)
-            reps, anchors = net(h, m, batch["mask_index"])
-        else:
-            reps, anchors = net(**batch)
-        loss, _ = stage1_loss(reps, y, anchors, temperature=cfg.temperature, lambda1=cfg.lambda1, lambda2=cfg.lambda2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        dt = time.perf_counter() - t0
-        if k > 0:
-            times.append(dt)
-            samples += len(batch_idx)
-        print(f"  freeze {n_frozen} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s", flush=True)
+        for mode in modes[:: 1 if k % 2 == 0 else -1]:
+            model.mask_rows_only = mode
+            t0 = time.perf_counter()
+            batch = pad_batch([train_ex[i][0] for i in batch_idx], pad_id)
+            with _autocast(torch.device("cpu"), dtype):
+                if n_frozen:
+                    h, m = pad_hidden([cached[i] for i in batch_idx])  # (B, T, H), (B, T)
+                    reps, anchors = net(h, m, batch["mask_index"])
+                else:
+                    reps, anchors = net(**batch)
+            loss, _ = stage1_loss(
+                reps.float(), y, anchors.float(), temperature=cfg.temperature, lambda1=cfg.lambda1,
+                lambda2=cfg.lambda2,
+            )  # fmt: skip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            dt = time.perf_counter() - t0
+            if k > 0:
+                runs[mode]["step_s"].append(dt)
+                runs[mode]["samples"] += len(batch_idx)
+            label = "" if len(modes) == 1 else " mask rows" if mode else " every token"
+            print(f"  freeze {n_frozen} {dtype_name}{label} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s",
+                  flush=True)  # fmt: skip
     n_cached = len(cached)
-    return {
-        "freeze_layers": n_frozen,
-        "layers": encoder.config.num_hidden_layers,
-        "steps": len(times),
-        "samples": samples,
-        "step_s": times,
-        "samples_per_s": samples / sum(times),
-        "cache_prompts": n_cached,
-        "cache_s": cache_s,
-        "cache_s_per_prompt": cache_s / n_cached if n_cached else 0.0,
-        "trainable_encoder_params": sum(p.numel() for p in trainable),
-    }
+    return [
+        {
+            "freeze_layers": n_frozen,
+            "dtype": dtype_name,
+            "mask_rows": mode,
+            "layers": encoder.config.num_hidden_layers,
+            "steps": len(r["step_s"]),
+            "samples": r["samples"],
+            "step_s": r["step_s"],
+            "samples_per_s": r["samples"] / sum(r["step_s"]),
+            "cache_prompts": n_cached,
+            "cache_s": cache_s,
+            "cache_s_per_prompt": cache_s / n_cached if n_cached else 0.0,
+            "trainable_encoder_params": sum(p.numel() for p in trainable),
+        }
+        for mode, r in runs.items()
+    ]
 
 
 def main() -> None:
@@ -106,9 +135,14 @@ def main() -> None:
     ap.add_argument("--encoder", default="minilm-l6", help="a name from `erc-train encoders list` or a folder")
     ap.add_argument("--freeze", default="0,3,5", help="comma-separated frozen layer counts; 0 is the baseline")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per setting (after one warm-up step)")
+    ap.add_argument("--dtypes", default="fp32", help="comma list of fp32, bf16 (autocast, as the trainer runs it)")
+    add_mask_rows_option(ap)
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_freeze")
     args = ap.parse_args()
+    dtypes = args.dtypes.split(",")
+    if unknown := sorted(set(dtypes) - {"fp32", "bf16"}):
+        ap.error(f"--dtypes: unknown {', '.join(unknown)}; use fp32 and/or bf16")
 
     from transformers import AutoTokenizer
 
@@ -129,15 +163,30 @@ def main() -> None:
     train_ex = build_examples(builder, load_split("meld", "train"), {label: i for i, label in enumerate(labels)})
     batches = _length_sorted_batches([len(p) for p, _ in train_ex], cfg.batch_size, random.Random(cfg.seed))
     print(f"{args.encoder}: MELD train {len(train_ex)} prompts, {len(batches)} batches of {cfg.batch_size}", flush=True)
-    results = [run_one(int(n), enc_path, train_ex, batches, cfg, args.steps) for n in args.freeze.split(",")]
-    base = next((r for r in results if r["freeze_layers"] == 0), None)
+    modes = mask_rows_modes(args.mask_rows)
+    results = [
+        r
+        for n in args.freeze.split(",")
+        for d in dtypes
+        for r in run_one(int(n), enc_path, train_ex, batches, cfg, args.steps, d, modes)
+    ]
     rows = []
     for r in results:
+        base = next(
+            (
+                b
+                for b in results
+                if b["freeze_layers"] == 0 and (b["dtype"], b["mask_rows"]) == (r["dtype"], r["mask_rows"])
+            ),
+            None,
+        )
         epoch_s = len(train_ex) / r["samples_per_s"]
         cache_total = r["cache_s_per_prompt"] * len(train_ex)
         rows.append(
             [
                 f"{r['freeze_layers']} of {r['layers']}",
+                r["dtype"],
+                "mask rows" if r["mask_rows"] else "every token",
                 f"{r['trainable_encoder_params'] / 1e6:.1f}M",
                 r["steps"],
                 r["samples_per_s"],
@@ -147,6 +196,26 @@ def main() -> None:
                 f"{(cache_total + 2 * epoch_s) / 60:.0f} min",
             ]
         )
+    paired = []
+    for r in results:  # each (layers, dtype) run both ways: the paired ratio over the same batches
+        if r["mask_rows"] and len(modes) == 2:
+            off = next(
+                o
+                for o in results
+                if not o["mask_rows"] and (o["freeze_layers"], o["dtype"]) == (r["freeze_layers"], r["dtype"])
+            )
+            ratio = sum(off["step_s"]) / sum(r["step_s"])
+            paired.append(
+                f"- {r['freeze_layers']} frozen, {r['dtype']}: mask rows **{ratio:.3f}x** "
+                f"the samples/s of every token (the same {r['steps']} batches, each stepped both ways back to back)."
+            )
+    for n in dict.fromkeys(r["freeze_layers"] for r in results):  # bf16 against fp32, the first mode
+        pair = {r["dtype"]: r for r in results if r["freeze_layers"] == n and r["mask_rows"] == modes[0]}
+        if len(pair) == 2:
+            paired.append(
+                f"- {n} frozen: bf16 autocast {pair['bf16']['samples_per_s'] / pair['fp32']['samples_per_s']:.2f}x "
+                f"the samples/s of fp32 (native bf16 on this CPU: {info['cpu_native_bf16']})."
+            )
     payload = {"command": command_line(), "machine": info, "encoder": args.encoder, "results": results,
                "train_prompts": len(train_ex), "machine_end": machine_info()}  # fmt: skip
     lines = [
@@ -157,7 +226,8 @@ def main() -> None:
         machine_md(info, payload["machine_end"]),
         "",
         f"Encoder {args.encoder}; MELD train window prompts ({cfg.context_turns} context turns), the trainer's "
-        f"length-sorted batches of {cfg.batch_size} (seed {cfg.seed}), the same batches for every setting, fp32. "
+        f"length-sorted batches of {cfg.batch_size} (seed {cfg.seed}), the same batches for every setting; "
+        "fp32, or bf16 autocast as the trainer runs it. "
         "A step: pad, forward (the top layers over the cached output, or the whole encoder), anchors, stage-1 "
         "loss, backward, clip, AdamW; the first step is a warm-up. *cache per prompt*: the one-off pass through "
         "the frozen layers, measured on the prompts of the timed batches (64 a batch).",
@@ -165,10 +235,12 @@ def main() -> None:
         md_table(
             [
                 "frozen layers",
+                "dtype",
+                "last feed-forward",
                 "trained encoder params",
                 "timed steps",
                 "samples/s",
-                "vs all layers",
+                "vs all layers (same dtype and feed-forward)",
                 "cache per prompt",
                 "epoch (projected)",
                 "cache + 2 epochs",
@@ -177,8 +249,12 @@ def main() -> None:
         ),
         "",
         "Projections are the measured rates over all train prompts (no length correction: every setting runs "
-        "the same batches, so the ratios hold; the absolute times are rough).",
+        "the same batches, so the ratios hold; the absolute times are rough). *Last feed-forward*: the last "
+        "encoder layer's feed-forward on each prompt's mask token alone (as the trainer runs it) or on every token "
+        "(`--mask-rows off`).",
         "",
+        *paired,
+        *([""] if paired else []),
     ]
     write_results(args.name, payload, "\n".join(lines), args.out_dir)
 

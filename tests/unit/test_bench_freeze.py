@@ -1,0 +1,53 @@
+"""bench_freeze runs each frozen-layer count in each dtype and mask-rows mode over the same batches
+and reports the paired ratio; a bad --dtypes value stops it with a message."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture()
+def bench_freeze():
+    sys.path.insert(0, str(BENCH))  # the benchmarks import their helpers as `_common`
+    try:
+        yield importlib.import_module("bench_freeze")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _run(module, monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench_freeze.py", *args])
+    module.main()
+
+
+def test_each_setting_runs_both_ways_on_the_same_batches(bench_freeze, monkeypatch, tmp_path):
+    _run(bench_freeze, monkeypatch, "--freeze", "0,3", "--steps", "1", "--mask-rows", "both", "--out-dir",
+         str(tmp_path), "--name", "f")  # fmt: skip
+    results = json.loads((tmp_path / "f.json").read_text())["results"]
+    assert [(r["freeze_layers"], r["dtype"], r["mask_rows"]) for r in results] == [
+        (0, "fp32", True),
+        (0, "fp32", False),
+        (3, "fp32", True),
+        (3, "fp32", False),
+    ]
+    assert all(r["steps"] == 1 and r["samples"] == 16 and r["samples_per_s"] > 0 for r in results)
+    frozen = [r for r in results if r["freeze_layers"] == 3]
+    assert all(r["cache_prompts"] == 32 and r["trainable_encoder_params"] < results[0]["trainable_encoder_params"]
+               for r in frozen)  # fmt: skip
+    md = (tmp_path / "f.md").read_text()
+    assert "- 0 frozen, fp32: mask rows **" in md and "- 3 frozen, fp32: mask rows **" in md
+    assert "| 3 of 6 | fp32 | every token |" in md
+
+
+def test_an_unknown_dtype_is_refused(bench_freeze, monkeypatch, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _run(bench_freeze, monkeypatch, "--dtypes", "fp32,fp8", "--out-dir", str(tmp_path))
+    assert exc.value.code == 2
+    assert "--dtypes: unknown fp8; use fp32 and/or bf16" in capsys.readouterr().err
