@@ -113,6 +113,21 @@ def add_mask_rows_option(ap: argparse.ArgumentParser) -> None:
     )
 
 
+def add_adamw_option(ap: argparse.ArgumentParser) -> None:
+    """``--adamw fused|loop``: the trainer's AdamW (``trainer.train.adamw``) fused, as it trains, or as
+    PyTorch's per-tensor loop (every run before session 35); read it with ``adamw_fused``."""
+    ap.add_argument(
+        "--adamw",
+        choices=("fused", "loop"),
+        default="fused",
+        help="AdamW fused (as the trainer runs it on a CPU or GPU) or PyTorch's per-tensor loop",
+    )
+
+
+def adamw_fused(value: str) -> bool:
+    return value == "fused"
+
+
 def mask_rows_modes(value: str) -> list[bool]:
     """The ``EmotionModel.mask_rows_only`` settings a ``--mask-rows`` value runs, in order."""
     return {"on": [True], "off": [False], "both": [True, False]}[value]

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from _common import (
     DOCS_DIR,
+    adamw_fused,
+    add_adamw_option,
     add_mask_rows_option,
     command_line,
     machine_info,
@@ -36,7 +38,15 @@ from _common import (
 
 
 def run_one(
-    n_frozen: int, enc_path: Path, train_ex, batches, cfg, steps: int, dtype_name: str = "fp32", modes=(True,)
+    n_frozen: int,
+    enc_path: Path,
+    train_ex,
+    batches,
+    cfg,
+    steps: int,
+    dtype_name: str = "fp32",
+    modes=(True,),
+    fused_adamw: bool = True,
 ) -> list[dict]:
     """Timed steps of one frozen-layer count in one dtype, a result per mask-rows mode."""
     from transformers import AutoModel, AutoTokenizer
@@ -47,7 +57,7 @@ def run_one(
     from trainer.datasets import DATASETS
     from trainer.frozen import FrozenPrefix, pad_hidden
     from trainer.losses import stage1_loss
-    from trainer.train import _AnchorEncoder, _autocast, _FrozenStage1Net, _Stage1Net
+    from trainer.train import _AnchorEncoder, _autocast, _FrozenStage1Net, _Stage1Net, adamw
 
     torch.manual_seed(cfg.seed)
     labels = list(DATASETS["meld"].labels)
@@ -77,12 +87,16 @@ def run_one(
         prefix.lower.eval()
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     params = trainable + list(head.parameters())
-    opt = torch.optim.AdamW(
-        [{"params": trainable, "lr": cfg.lr}, {"params": list(head.parameters()), "lr": cfg.head_lr}],
-        weight_decay=cfg.weight_decay,
+    opt = adamw(
+        [
+            {"params": trainable, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            {"params": list(head.parameters()), "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+        ],
+        torch.device("cpu"),
+        fused=fused_adamw,
     )
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    runs = {mode: {"step_s": [], "samples": 0} for mode in modes}
+    runs = {mode: {"step_s": [], "optimizer_s": [], "samples": 0} for mode in modes}
     for k, batch_idx in enumerate(used):
         y = torch.tensor([train_ex[i][1] for i in batch_idx])
         for mode in modes[:: 1 if k % 2 == 0 else -1]:
@@ -102,10 +116,13 @@ def run_one(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            t_opt = time.perf_counter()
             opt.step()
-            dt = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            dt = t1 - t0
             if k > 0:
                 runs[mode]["step_s"].append(dt)
+                runs[mode]["optimizer_s"].append(t1 - t_opt)
                 runs[mode]["samples"] += len(batch_idx)
             label = "" if len(modes) == 1 else " mask rows" if mode else " every token"
             print(f"  freeze {n_frozen} {dtype_name}{label} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s",
@@ -115,11 +132,13 @@ def run_one(
         {
             "freeze_layers": n_frozen,
             "dtype": dtype_name,
+            "adamw": "fused" if fused_adamw else "loop",
             "mask_rows": mode,
             "layers": encoder.config.num_hidden_layers,
             "steps": len(r["step_s"]),
             "samples": r["samples"],
             "step_s": r["step_s"],
+            "optimizer_s": r["optimizer_s"],
             "samples_per_s": r["samples"] / sum(r["step_s"]),
             "cache_prompts": n_cached,
             "cache_s": cache_s,
@@ -137,6 +156,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per setting (after one warm-up step)")
     ap.add_argument("--dtypes", default="fp32", help="comma list of fp32, bf16 (autocast, as the trainer runs it)")
     add_mask_rows_option(ap)
+    add_adamw_option(ap)
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_freeze")
     args = ap.parse_args()
@@ -168,7 +188,7 @@ def main() -> None:
         r
         for n in args.freeze.split(",")
         for d in dtypes
-        for r in run_one(int(n), enc_path, train_ex, batches, cfg, args.steps, d, modes)
+        for r in run_one(int(n), enc_path, train_ex, batches, cfg, args.steps, d, modes, adamw_fused(args.adamw))
     ]
     rows = []
     for r in results:
@@ -189,6 +209,7 @@ def main() -> None:
                 "mask rows" if r["mask_rows"] else "every token",
                 f"{r['trainable_encoder_params'] / 1e6:.1f}M",
                 r["steps"],
+                1000 * sum(r["optimizer_s"]) / r["steps"],
                 r["samples_per_s"],
                 f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "",
                 f"{r['cache_s_per_prompt'] * 1000:.0f} ms" if r["freeze_layers"] else "",
@@ -229,8 +250,8 @@ def main() -> None:
         f"length-sorted batches of {cfg.batch_size} (seed {cfg.seed}), the same batches for every setting; "
         "fp32, or bf16 autocast as the trainer runs it. "
         "A step: pad, forward (the top layers over the cached output, or the whole encoder), anchors, stage-1 "
-        "loss, backward, clip, AdamW; the first step is a warm-up. *cache per prompt*: the one-off pass through "
-        "the frozen layers, measured on the prompts of the timed batches (64 a batch).",
+        f"loss, backward, clip, AdamW ({args.adamw}: `--adamw`); the first step is a warm-up. *cache per prompt*: "
+        "the one-off pass through the frozen layers, measured on the prompts of the timed batches (64 a batch).",
         "",
         md_table(
             [
@@ -239,6 +260,7 @@ def main() -> None:
                 "last feed-forward",
                 "trained encoder params",
                 "timed steps",
+                "AdamW ms/step",
                 "samples/s",
                 "vs all layers (same dtype and feed-forward)",
                 "cache per prompt",

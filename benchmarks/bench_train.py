@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from _common import (
     DOCS_DIR,
+    adamw_fused,
+    add_adamw_option,
     add_mask_rows_option,
     command_line,
     encoder_pass_flops,
@@ -42,7 +44,14 @@ _TRAIN_FLOPS_FACTOR = 3
 
 
 def run_dtype(
-    dtype_name: str, train_ex, batches, cfg, steps: int, budget_s: float, modes: list[bool] = (True,)
+    dtype_name: str,
+    train_ex,
+    batches,
+    cfg,
+    steps: int,
+    budget_s: float,
+    modes: list[bool] = (True,),
+    fused_adamw: bool = True,
 ) -> list[dict]:
     """Timed stage-1 steps in one dtype, a result per mask-rows mode. With both modes, each batch
     is stepped in both back to back (order alternating), so load changes hit both alike."""
@@ -53,7 +62,7 @@ def run_dtype(
     from trainer.anchors import describe_emotions
     from trainer.datasets import DATASETS
     from trainer.losses import stage1_loss
-    from trainer.train import _AnchorEncoder, _autocast
+    from trainer.train import _AnchorEncoder, _autocast, adamw
 
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
@@ -69,13 +78,29 @@ def run_dtype(
     model.train()
     anchor_enc.train()
     params = list(encoder.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(
-        [{"params": list(encoder.parameters()), "lr": cfg.lr}, {"params": list(head.parameters()), "lr": cfg.head_lr}],
-        weight_decay=cfg.weight_decay,
+    opt = adamw(
+        [
+            {"params": list(encoder.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            {"params": list(head.parameters()), "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+        ],
+        device,
+        fused=fused_adamw,
     )
     pad_id = tokenizer.pad_token_id or 0
 
-    runs = {mode: {"dtype": dtype_name, "mask_rows": mode, "step_s": [], "batches": [], "losses": []} for mode in modes}
+    adamw_name = "fused" if fused_adamw else "loop"
+    runs = {
+        mode: {
+            "dtype": dtype_name,
+            "mask_rows": mode,
+            "adamw": adamw_name,
+            "step_s": [],
+            "optimizer_s": [],
+            "batches": [],
+            "losses": [],
+        }  # fmt: skip
+        for mode in modes
+    }
     t_start = time.perf_counter()
     for k, batch_idx in enumerate(batches[: steps + 1]):
         prompts = [train_ex[i][0] for i in batch_idx]
@@ -93,10 +118,13 @@ def run_dtype(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            t_opt = time.perf_counter()
             opt.step()
-            dt = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            dt = t1 - t0
             if k > 0:  # step 0 is the warm-up
                 runs[mode]["step_s"].append(dt)
+                runs[mode]["optimizer_s"].append(t1 - t_opt)
                 runs[mode]["batches"].append(batch_idx)
                 runs[mode]["losses"].append(float(loss))
             print(
@@ -119,6 +147,7 @@ def main() -> None:
     )
     ap.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig.batch_size (16)")
     add_mask_rows_option(ap)
+    add_adamw_option(ap)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_train")
@@ -154,7 +183,7 @@ def main() -> None:
     print(f"MELD train: {len(train_ex)} prompts, {len(batches)} batches of {cfg.batch_size} per epoch", flush=True)
     results = []
     for d in args.dtypes.split(","):
-        for r in run_dtype(d, train_ex, batches, cfg, args.steps, args.budget_s, modes):
+        for r in run_dtype(d, train_ex, batches, cfg, args.steps, args.budget_s, modes, adamw_fused(args.adamw)):
             measured_s = sum(r["step_s"])
             samples = sum(len(b) for b in r["batches"])
             c = cost(r["batches"], r["mask_rows"])
@@ -197,7 +226,8 @@ def main() -> None:
         f"{len(batches)} length-sorted batches of {cfg.batch_size} per epoch (the trainer's own batching, seed "
         f"{cfg.seed}); "
         "the same batches for every dtype. One step = pad, forward (encoder on the batch and on the 7 anchor "
-        "descriptions), stage-1 loss, backward, clip, AdamW. The first step is a warm-up and not counted.",
+        f"descriptions), stage-1 loss, backward, clip, AdamW ({args.adamw}: `--adamw`). The first step is a warm-up "
+        "and not counted.",
         "",
         md_table(
             [
@@ -207,6 +237,7 @@ def main() -> None:
                 "samples",
                 "mean padded width",
                 "s/step",
+                "AdamW ms/step",
                 "samples/s",
                 "achieved GFLOP/s (3x fwd)",
                 "projected epoch",
@@ -219,6 +250,7 @@ def main() -> None:
                     r["samples"],
                     r["mean_width"],
                     r["measured_s"] / r["steps"],
+                    1000 * sum(r["optimizer_s"]) / r["steps"],
                     r["samples_per_s"],
                     r["achieved_train_gflops"],
                     f"{r['projected_epoch_s'] / 60:.0f} min",
@@ -229,7 +261,8 @@ def main() -> None:
         "",
         "*projected epoch*: measured time x (encoder FLOPs of all the epoch's padded batches / FLOPs of the measured "
         "batches); the anchor forward and the optimizer add a per-step cost that this scales with FLOPs too, so "
-        "it is approximate. Per-step times: see the JSON. Training FLOPs are counted as 3x the forward FLOPs "
+        "it is approximate. *AdamW ms/step*: the optimizer's step alone, within the step. Per-step times: see the "
+        "JSON. Training FLOPs are counted as 3x the forward FLOPs "
         "(forward + backward); anchor-description forwards are not counted. *Last feed-forward*: the last "
         "encoder layer's feed-forward on each prompt's mask token alone (`erc_stream.model.mask_hidden`, as the "
         "trainer runs it; the FLOPs count it so) or on every token (`--mask-rows off`).",

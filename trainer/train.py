@@ -92,7 +92,7 @@ from trainer.init_weights import init_from_versions
 from trainer.losses import anchor_adaptation_loss, cosine_logits, distillation_loss, stage1_loss, triplet_loss
 from trainer.turn import TurnData, TurnSplits, TurnStage1Net, predict_turn_data, turn_representations
 
-__all__ = ["fit", "FitResult", "StopFlag", "TrainingInterrupted", "run_dir_of"]
+__all__ = ["adamw", "fit", "FitResult", "StopFlag", "TrainingInterrupted", "run_dir_of"]
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,20 @@ def _length_sorted_batches(
         batches.extend(part[j : j + batch_size] for j in range(0, len(part), batch_size))
     rng.shuffle(batches)
     return batches
+
+
+# Devices where AdamW runs fused: one kernel over every parameter instead of a dozen small ops per
+# tensor. On a 2-core CPU the step of a MiniLM model's 22.7M parameters took 66-86 ms in the loop
+# and 10-14 ms fused, mpnet-base's 110M 376-387 ms and 55-56 ms (docs/benchmarks/README.md, finding 11).
+FUSED_ADAMW_DEVICES = frozenset({"cpu", "cuda"})
+
+
+def adamw(groups: list[dict], device: torch.device, *, fused: bool | None = None) -> torch.optim.AdamW:
+    """The trainer's AdamW over ``groups``: fused on a ``FUSED_ADAMW_DEVICES`` device unless ``fused``
+    says otherwise (False: PyTorch's per-tensor loop, as every run before session 35 stepped)."""
+    if fused is None:
+        fused = device.type in FUSED_ADAMW_DEVICES
+    return torch.optim.AdamW(groups, fused=fused or None)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -573,7 +587,7 @@ def _optimizer(run: _Run) -> _Optim:
         groups.append({"params": context_params, "lr": lr, "weight_decay": cfg.weight_decay})
         head_params = head_params + context_params  # clipped with the rest
         steps_per_epoch = run.turn.train.steps_per_epoch(cfg.batch_size, cfg.sampler)
-    opt = torch.optim.AdamW(groups)
+    opt = adamw(groups, run.device)
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     sched = get_linear_schedule_with_warmup(opt, int(total_steps * cfg.warmup_ratio), total_steps)
     fp16_cuda = run.device.type == "cuda" and run.dtype == torch.float16
@@ -865,6 +879,7 @@ def _publish(
         "precisions": state.precisions,  # more than one: a resume went on in another precision
         "processes": run.dist.world_size,  # torchrun world size; batch_size is the global batch
         "backend": run.dist.backend,  # gloo, nccl, or None for one process
+        "adamw": "fused" if run.device.type in FUSED_ADAMW_DEVICES else "loop",  # absent: before session 35, loop
         "best_epoch": state.best_epoch,
         "history": state.history,
         "stage2": stage2_info,

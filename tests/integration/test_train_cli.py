@@ -141,6 +141,7 @@ def test_fit_report(fitted):
         and 0 <= cal["ece_before"] <= 1
         and cal["utterances"] == m["training"]["dev_utterances"]
     )
+    assert m["training"]["adamw"] == "fused"  # a CPU fit steps the fused AdamW (trainer.train.adamw)
 
 
 def test_evaluate_reproduces_the_published_dev_metrics(fitted, tmp_path):
