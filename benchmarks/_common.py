@@ -133,6 +133,19 @@ def mask_rows_modes(value: str) -> list[bool]:
     return {"on": [True], "off": [False], "both": [True, False]}[value]
 
 
+def timed_update(loss, opt, params: list, max_grad_norm: float) -> float:
+    """The trainer's update after a stage-1 loss (zero the gradients, backward, clip, AdamW step);
+    returns the seconds the optimizer's step took."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    t0 = time.perf_counter()
+    opt.step()
+    return time.perf_counter() - t0
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -33,6 +33,7 @@ from _common import (
     machine_md,
     mask_rows_modes,
     md_table,
+    timed_update,
     write_results,
 )
 
@@ -113,16 +114,11 @@ def run_one(
                 reps.float(), y, anchors.float(), temperature=cfg.temperature, lambda1=cfg.lambda1,
                 lambda2=cfg.lambda2,
             )  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            t_opt = time.perf_counter()
-            opt.step()
-            t1 = time.perf_counter()
-            dt = t1 - t0
+            opt_s = timed_update(loss, opt, params, cfg.max_grad_norm)
+            dt = time.perf_counter() - t0
             if k > 0:
                 runs[mode]["step_s"].append(dt)
-                runs[mode]["optimizer_s"].append(t1 - t_opt)
+                runs[mode]["optimizer_s"].append(opt_s)
                 runs[mode]["samples"] += len(batch_idx)
             label = "" if len(modes) == 1 else " mask rows" if mode else " every token"
             print(f"  freeze {n_frozen} {dtype_name}{label} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s",

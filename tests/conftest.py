@@ -6,11 +6,15 @@ the session broker would wipe every other test's topics (memory storage).
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import re
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -23,6 +27,20 @@ from erc_stream.devtools.broker import LocalBroker, create_topics  # noqa: E402
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "broker: needs the real local Kafka-compatible broker process")
+
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_script() -> Iterator[Callable[[str], ModuleType]]:
+    """``load(name) -> module``: imports ``benchmarks/<name>.py`` the way the script runs, with
+    benchmarks/ on ``sys.path`` (the scripts import their helpers as ``_common``) for the module's tests."""
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(BENCH_DIR))
 
 
 @pytest.fixture(scope="session")

@@ -3,26 +3,18 @@ confidence on the turns the model calls negative."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 from erc_stream.escalations.rules import load_rules
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))  # the benchmarks import their helpers as `_common`
-    try:
-        yield importlib.import_module("bench_escalations")
-    finally:
-        sys.path.remove(str(BENCH))
+def bench(bench_script):
+    return bench_script("bench_escalations")
 
 
 def _turn(bench, gold: str, predicted: str, confidence: float, i: int = 0):

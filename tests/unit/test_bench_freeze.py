@@ -3,23 +3,15 @@ and reports the paired ratio; a bad --dtypes value stops it with a message."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
-
-@pytest.fixture()
-def bench_freeze():
-    sys.path.insert(0, str(BENCH))  # the benchmarks import their helpers as `_common`
-    try:
-        yield importlib.import_module("bench_freeze")
-    finally:
-        sys.path.remove(str(BENCH))
+@pytest.fixture(scope="module")
+def bench_freeze(bench_script):
+    return bench_script("bench_freeze")
 
 
 def _run(module, monkeypatch, *args: str) -> None:
