@@ -322,6 +322,7 @@ class _Run:
     teacher: torch.Tensor | None = None  # (N_train, C) teacher probabilities in train_ex order (--distill-from)
     frozen: _Frozen | None = None  # --freeze-layers: the split encoder and each train prompt's cached output
     init_from: list[dict] = field(default_factory=list)  # --init-from: the versions whose mean started the run
+    adamw: str = "loop"  # what stage 1's AdamW ran, fused or loop (a resumed checkpoint's groups keep their own)
 
     def predictor(self, anchors: torch.Tensor) -> Predictor | TurnPredictor:
         """The shared inference path on the live weights, for dev evaluation."""
@@ -648,6 +649,7 @@ def _stage1(run: _Run, ckpt: dict | None, *, progress: bool, stop: StopFlag) -> 
     optim = _optimizer(run)
     batch_rng = random.Random(cfg.seed)
     state = _restore_checkpoint(run, optim, ckpt, batch_rng) if ckpt is not None else Progress()
+    run.adamw = "fused" if all(g.get("fused") for g in optim.opt.param_groups) else "loop"
     if ckpt is not None and run.dist.rank > 0:  # the checkpoint holds rank 0's streams: draw other dropout masks
         seed_rank(cfg.seed + 1_000_003 * state.global_step, run.dist)
     _note_precision(run, state)
@@ -879,7 +881,7 @@ def _publish(
         "precisions": state.precisions,  # more than one: a resume went on in another precision
         "processes": run.dist.world_size,  # torchrun world size; batch_size is the global batch
         "backend": run.dist.backend,  # gloo, nccl, or None for one process
-        "adamw": "fused" if run.device.type in FUSED_ADAMW_DEVICES else "loop",  # absent: before session 35, loop
+        "adamw": run.adamw,  # absent: trained before session 35, in the loop
         "best_epoch": state.best_epoch,
         "history": state.history,
         "stage2": stage2_info,
