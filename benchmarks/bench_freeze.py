@@ -48,6 +48,7 @@ def run_one(
     dtype_name: str = "fp32",
     modes=(True,),
     fused_adamw: bool = True,
+    profile: bool = False,
 ) -> list[dict]:
     """Timed steps of one frozen-layer count in one dtype, a result per mask-rows mode."""
     from transformers import AutoModel, AutoTokenizer
@@ -98,7 +99,10 @@ def run_one(
     )
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     runs = {mode: {"step_s": [], "optimizer_s": [], "samples": 0} for mode in modes}
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
     for k, batch_idx in enumerate(used):
+        if k == 1 and prof is not None:  # after the warm-up step
+            prof.start()
         y = torch.tensor([train_ex[i][1] for i in batch_idx])
         for mode in modes[:: 1 if k % 2 == 0 else -1]:
             model.mask_rows_only = mode
@@ -123,6 +127,10 @@ def run_one(
             label = "" if len(modes) == 1 else " mask rows" if mode else " every token"
             print(f"  freeze {n_frozen} {dtype_name}{label} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s",
                   flush=True)  # fmt: skip
+    table = ""
+    if prof is not None:
+        prof.stop()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     n_cached = len(cached)
     return [
         {
@@ -140,6 +148,7 @@ def run_one(
             "cache_s": cache_s,
             "cache_s_per_prompt": cache_s / n_cached if n_cached else 0.0,
             "trainable_encoder_params": sum(p.numel() for p in trainable),
+            "profile": table,
         }
         for mode, r in runs.items()
     ]
@@ -153,6 +162,13 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32", help="comma list of fp32, bf16 (autocast, as the trainer runs it)")
     add_mask_rows_option(ap)
     add_adamw_option(ap)
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="also profile each setting's timed steps by operator (torch.profiler) into this text file; the "
+        "profiler's overhead is in those steps' times",
+    )
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_freeze")
     args = ap.parse_args()
@@ -184,7 +200,9 @@ def main() -> None:
         r
         for n in args.freeze.split(",")
         for d in dtypes
-        for r in run_one(int(n), enc_path, train_ex, batches, cfg, args.steps, d, modes, adamw_fused(args.adamw))
+        for r in run_one(
+            int(n), enc_path, train_ex, batches, cfg, args.steps, d, modes, adamw_fused(args.adamw), bool(args.profile)
+        )
     ]
     rows = []
     for r in results:
@@ -233,6 +251,17 @@ def main() -> None:
                 f"- {n} frozen: bf16 autocast {pair['bf16']['samples_per_s'] / pair['fp32']['samples_per_s']:.2f}x "
                 f"the samples/s of fp32 (native bf16 on this CPU: {info['cpu_native_bf16']})."
             )
+    tables = {(r["freeze_layers"], r["dtype"]): (r, r.pop("profile")) for r in results}  # one per run_one
+    if args.profile is not None:
+        args.profile.write_text(
+            f"Command: {command_line()}\n\n"
+            + "\n".join(
+                f"{args.encoder}, {r['freeze_layers']} frozen, {r['dtype']}, --mask-rows "
+                f"{args.mask_rows}, AdamW {r['adamw']}: the {r['steps']} timed steps of {cfg.batch_size} MELD "
+                f"train prompts (each way with --mask-rows both), self CPU time by operator\n{table}"
+                for r, table in tables.values()
+            )
+        )
     payload = {"command": command_line(), "machine": info, "encoder": args.encoder, "results": results,
                "train_prompts": len(train_ex), "machine_end": machine_info()}  # fmt: skip
     lines = [

@@ -1,5 +1,5 @@
-"""bench_freeze runs each frozen-layer count in each dtype and mask-rows mode over the same batches
-and reports the paired ratio; a bad --dtypes value stops it with a message."""
+"""bench_freeze runs each frozen-layer count in each dtype and mask-rows mode over the same batches,
+reports the paired ratio and profiles by operator on request; a bad --dtypes value stops it with a message."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _run(module, monkeypatch, *args: str) -> None:
 
 def test_each_setting_runs_both_ways_on_the_same_batches(bench_freeze, monkeypatch, tmp_path):
     _run(bench_freeze, monkeypatch, "--freeze", "0,3", "--steps", "1", "--mask-rows", "both", "--out-dir",
-         str(tmp_path), "--name", "f")  # fmt: skip
+         str(tmp_path), "--name", "f", "--profile", str(tmp_path / "ops.txt"))  # fmt: skip
     results = json.loads((tmp_path / "f.json").read_text())["results"]
     assert [(r["freeze_layers"], r["dtype"], r["mask_rows"]) for r in results] == [
         (0, "fp32", True),
@@ -36,6 +36,9 @@ def test_each_setting_runs_both_ways_on_the_same_batches(bench_freeze, monkeypat
     md = (tmp_path / "f.md").read_text()
     assert "- 0 frozen, fp32: mask rows **" in md and "- 3 frozen, fp32: mask rows **" in md
     assert "| 3 of 6 | fp32 | every token |" in md
+    ops = (tmp_path / "ops.txt").read_text()  # one operator table per frozen-layer count
+    assert ops.startswith("Command: ") and ops.count("self CPU time by operator") == 2 and "aten::addmm" in ops
+    assert "profile" not in results[0]  # the tables stay out of the JSON
 
 
 def test_an_unknown_dtype_is_refused(bench_freeze, monkeypatch, tmp_path, capsys):
