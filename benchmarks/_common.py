@@ -128,6 +128,17 @@ def adamw_fused(value: str) -> bool:
     return value == "fused"
 
 
+TRAIN_DTYPES = ("fp32", "bf16")  # what a training benchmark runs on a CPU: fp32, or bf16 autocast
+
+
+def train_dtypes(ap: argparse.ArgumentParser, value: str) -> list[str]:
+    """A ``--dtypes`` comma list of ``TRAIN_DTYPES``; anything else stops the script with a message."""
+    dtypes = value.split(",")
+    if unknown := sorted(set(dtypes) - set(TRAIN_DTYPES)):
+        ap.error(f"--dtypes: unknown {', '.join(unknown)}; use fp32 and/or bf16")
+    return dtypes
+
+
 def mask_rows_modes(value: str) -> list[bool]:
     """The ``EmotionModel.mask_rows_only`` settings a ``--mask-rows`` value runs, in order."""
     return {"on": [True], "off": [False], "both": [True, False]}[value]

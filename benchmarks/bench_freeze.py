@@ -34,6 +34,7 @@ from _common import (
     mask_rows_modes,
     md_table,
     timed_update,
+    train_dtypes,
     write_results,
 )
 
@@ -53,13 +54,13 @@ def run_one(
     """Timed steps of one frozen-layer count in one dtype, a result per mask-rows mode."""
     from transformers import AutoModel, AutoTokenizer
 
-    from erc_stream.model import EmotionModel, ProjectionHead
+    from erc_stream.model import DTYPES, EmotionModel, ProjectionHead
     from erc_stream.prompt import pad_batch
     from trainer.anchors import describe_emotions
     from trainer.datasets import DATASETS
     from trainer.frozen import FrozenPrefix, pad_hidden
     from trainer.losses import stage1_loss
-    from trainer.train import _AnchorEncoder, _autocast, _FrozenStage1Net, _Stage1Net, adamw
+    from trainer.train import _AnchorEncoder, _autocast, _FrozenStage1Net, _Stage1Net, adamw, adamw_kind
 
     torch.manual_seed(cfg.seed)
     labels = list(DATASETS["meld"].labels)
@@ -97,7 +98,7 @@ def run_one(
         torch.device("cpu"),
         fused=fused_adamw,
     )
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    dtype = DTYPES[dtype_name]
     runs = {mode: {"step_s": [], "optimizer_s": [], "samples": 0} for mode in modes}
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
     for k, batch_idx in enumerate(used):
@@ -136,7 +137,7 @@ def run_one(
         {
             "freeze_layers": n_frozen,
             "dtype": dtype_name,
-            "adamw": "fused" if fused_adamw else "loop",
+            "adamw": adamw_kind(opt),
             "mask_rows": mode,
             "layers": encoder.config.num_hidden_layers,
             "steps": len(r["step_s"]),
@@ -172,9 +173,7 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_freeze")
     args = ap.parse_args()
-    dtypes = args.dtypes.split(",")
-    if unknown := sorted(set(dtypes) - {"fp32", "bf16"}):
-        ap.error(f"--dtypes: unknown {', '.join(unknown)}; use fp32 and/or bf16")
+    dtypes = train_dtypes(ap, args.dtypes)
 
     from transformers import AutoTokenizer
 

@@ -37,6 +37,7 @@ from _common import (
     mask_rows_modes,
     md_table,
     timed_update,
+    train_dtypes,
     write_results,
 )
 
@@ -58,16 +59,16 @@ def run_dtype(
     is stepped in both back to back (order alternating), so load changes hit both alike."""
     from transformers import AutoModel, AutoTokenizer
 
-    from erc_stream.model import EmotionModel, ProjectionHead, default_encoder_path
+    from erc_stream.model import DTYPES, EmotionModel, ProjectionHead, default_encoder_path
     from erc_stream.prompt import pad_batch
     from trainer.anchors import describe_emotions
     from trainer.datasets import DATASETS
     from trainer.losses import stage1_loss
-    from trainer.train import _AnchorEncoder, _autocast, adamw
+    from trainer.train import _AnchorEncoder, _autocast, adamw, adamw_kind
 
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    dtype = DTYPES[dtype_name]
     labels = list(DATASETS["meld"].labels)
     path = default_encoder_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -89,12 +90,11 @@ def run_dtype(
     )
     pad_id = tokenizer.pad_token_id or 0
 
-    adamw_name = "fused" if fused_adamw else "loop"
     runs = {
         mode: {
             "dtype": dtype_name,
             "mask_rows": mode,
-            "adamw": adamw_name,
+            "adamw": adamw_kind(opt),
             "step_s": [],
             "optimizer_s": [],
             "batches": [],
@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=DOCS_DIR)
     ap.add_argument("--name", default="bench_train")
     args = ap.parse_args()
+    dtypes = train_dtypes(ap, args.dtypes)
     if args.quick:
         args.steps, args.budget_s = 2, 30.0
 
@@ -178,7 +179,7 @@ def main() -> None:
     epoch_cost = {mode: cost(batches, mode) for mode in modes}  # the whole epoch, each way run
     print(f"MELD train: {len(train_ex)} prompts, {len(batches)} batches of {cfg.batch_size} per epoch", flush=True)
     results = []
-    for d in args.dtypes.split(","):
+    for d in dtypes:
         for r in run_dtype(d, train_ex, batches, cfg, args.steps, args.budget_s, modes, adamw_fused(args.adamw)):
             measured_s = sum(r["step_s"])
             samples = sum(len(b) for b in r["batches"])

@@ -92,7 +92,7 @@ from trainer.init_weights import init_from_versions
 from trainer.losses import anchor_adaptation_loss, cosine_logits, distillation_loss, stage1_loss, triplet_loss
 from trainer.turn import TurnData, TurnSplits, TurnStage1Net, predict_turn_data, turn_representations
 
-__all__ = ["adamw", "fit", "FitResult", "StopFlag", "TrainingInterrupted", "run_dir_of"]
+__all__ = ["adamw", "adamw_kind", "fit", "FitResult", "StopFlag", "TrainingInterrupted", "run_dir_of"]
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,12 @@ def adamw(groups: list[dict], device: torch.device, *, fused: bool | None = None
     if fused is None:
         fused = device.type in FUSED_ADAMW_DEVICES
     return torch.optim.AdamW(groups, fused=fused or None)
+
+
+def adamw_kind(opt: torch.optim.Optimizer) -> str:
+    """What an AdamW steps, ``fused`` or ``loop``, read off its groups (a loaded state dict's groups
+    bring the choice of the run that saved them)."""
+    return "fused" if all(g.get("fused") for g in opt.param_groups) else "loop"
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -649,7 +655,7 @@ def _stage1(run: _Run, ckpt: dict | None, *, progress: bool, stop: StopFlag) -> 
     optim = _optimizer(run)
     batch_rng = random.Random(cfg.seed)
     state = _restore_checkpoint(run, optim, ckpt, batch_rng) if ckpt is not None else Progress()
-    run.adamw = "fused" if all(g.get("fused") for g in optim.opt.param_groups) else "loop"
+    run.adamw = adamw_kind(optim.opt)
     if ckpt is not None and run.dist.rank > 0:  # the checkpoint holds rank 0's streams: draw other dropout masks
         seed_rank(cfg.seed + 1_000_003 * state.global_step, run.dist)
     _note_precision(run, state)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.train import FUSED_ADAMW_DEVICES, adamw
+from trainer.train import FUSED_ADAMW_DEVICES, adamw, adamw_kind
 
 
 def _groups(model: nn.Module) -> list[dict]:
@@ -44,3 +44,14 @@ def test_fused_steps_as_the_loop_does():
     for f, lo, s in zip(fused, loop, start, strict=True):
         assert not torch.equal(f, s)  # the steps moved every tensor
         torch.testing.assert_close(f, lo, rtol=1e-5, atol=1e-6)
+
+
+def test_the_kind_is_read_off_the_groups_and_a_loaded_loop_state_keeps_the_loop():
+    params = [nn.Parameter(torch.zeros(3))]
+    loop = adamw([{"params": params}], torch.device("cpu"), fused=False)
+    fused = adamw([{"params": params}], torch.device("cpu"))
+    assert (adamw_kind(loop), adamw_kind(fused)) == ("loop", "fused")
+    params[0].grad = torch.ones(3)
+    loop.step()
+    fused.load_state_dict(loop.state_dict())  # a checkpoint written by the loop, resumed
+    assert adamw_kind(fused) == "loop"

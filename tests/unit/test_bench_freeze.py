@@ -30,6 +30,7 @@ def test_each_setting_runs_both_ways_on_the_same_batches(bench_freeze, monkeypat
         (3, "fp32", False),
     ]
     assert all(r["steps"] == 1 and r["samples"] == 16 and r["samples_per_s"] > 0 for r in results)
+    assert all(r["adamw"] == "fused" and len(r["optimizer_s"]) == 1 for r in results)
     frozen = [r for r in results if r["freeze_layers"] == 3]
     assert all(r["cache_prompts"] == 32 and r["trainable_encoder_params"] < results[0]["trainable_encoder_params"]
                for r in frozen)  # fmt: skip
