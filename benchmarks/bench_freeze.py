@@ -10,6 +10,8 @@ each N is a warm-up and not counted. ``--dtypes fp32,bf16``: each setting also u
 as ``fit --dtype bf16`` (or ``auto`` on a CPU with native bf16) trains; the cache is computed in fp32
 either way, as the trainer does. ``--mask-rows both``: the last layer's feed-forward on every token
 against the mask rows the trainer runs, each batch both ways back to back (order alternating).
+``--dropout-masks both``: the trainer's threshold dropout masks against PyTorch's Bernoulli draws
+(trainer/dropout.py), paired the same way.
 
 Writes docs/benchmarks/bench_freeze.{json,md}. Usage:
 ``.venv/bin/python benchmarks/bench_freeze.py --encoder mpnet-base --freeze 0,6,9 [--steps 6]``.
@@ -47,17 +49,19 @@ def run_one(
     cfg,
     steps: int,
     dtype_name: str = "fp32",
-    modes=(True,),
+    variants=((True, "threshold"),),
     fused_adamw: bool = True,
     profile: bool = False,
 ) -> list[dict]:
-    """Timed steps of one frozen-layer count in one dtype, a result per mask-rows mode."""
+    """Timed steps of one frozen-layer count in one dtype, a result per variant: (mask rows only,
+    dropout masks), each batch stepped every way back to back."""
     from transformers import AutoModel, AutoTokenizer
 
     from erc_stream.model import DTYPES, EmotionModel, ProjectionHead
     from erc_stream.prompt import pad_batch
     from trainer.anchors import describe_emotions
     from trainer.datasets import DATASETS
+    from trainer.dropout import use_dropout_masks
     from trainer.frozen import FrozenPrefix, pad_hidden
     from trainer.losses import stage1_loss
     from trainer.train import _AnchorEncoder, _autocast, _FrozenStage1Net, _Stage1Net, adamw, adamw_kind
@@ -99,14 +103,15 @@ def run_one(
         fused=fused_adamw,
     )
     dtype = DTYPES[dtype_name]
-    runs = {mode: {"step_s": [], "optimizer_s": [], "samples": 0} for mode in modes}
+    runs = {variant: {"step_s": [], "optimizer_s": [], "samples": 0} for variant in variants}
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
     for k, batch_idx in enumerate(used):
         if k == 1 and prof is not None:  # after the warm-up step
             prof.start()
         y = torch.tensor([train_ex[i][1] for i in batch_idx])
-        for mode in modes[:: 1 if k % 2 == 0 else -1]:
-            model.mask_rows_only = mode
+        for variant in variants[:: 1 if k % 2 == 0 else -1]:
+            model.mask_rows_only, masks = variant
+            use_dropout_masks(model, masks)  # anchor_enc shares the encoder and head
             t0 = time.perf_counter()
             batch = pad_batch([train_ex[i][0] for i in batch_idx], pad_id)
             with _autocast(torch.device("cpu"), dtype):
@@ -122,10 +127,10 @@ def run_one(
             opt_s = timed_update(loss, opt, params, cfg.max_grad_norm)
             dt = time.perf_counter() - t0
             if k > 0:
-                runs[mode]["step_s"].append(dt)
-                runs[mode]["optimizer_s"].append(opt_s)
-                runs[mode]["samples"] += len(batch_idx)
-            label = "" if len(modes) == 1 else " mask rows" if mode else " every token"
+                runs[variant]["step_s"].append(dt)
+                runs[variant]["optimizer_s"].append(opt_s)
+                runs[variant]["samples"] += len(batch_idx)
+            label = "" if len(variants) == 1 else f" {_variant_label(variant)}"
             print(f"  freeze {n_frozen} {dtype_name}{label} step {k}{' (warm-up)' if k == 0 else ''}: {dt:.2f} s",
                   flush=True)  # fmt: skip
     table = ""
@@ -138,7 +143,8 @@ def run_one(
             "freeze_layers": n_frozen,
             "dtype": dtype_name,
             "adamw": adamw_kind(opt),
-            "mask_rows": mode,
+            "mask_rows": mask_rows,
+            "dropout_masks": masks,
             "layers": encoder.config.num_hidden_layers,
             "steps": len(r["step_s"]),
             "samples": r["samples"],
@@ -151,8 +157,22 @@ def run_one(
             "trainable_encoder_params": sum(p.numel() for p in trainable),
             "profile": table,
         }
-        for mode, r in runs.items()
+        for (mask_rows, masks), r in runs.items()
     ]
+
+
+def _same(a: dict, b: dict, *keys: str) -> bool:
+    return all(a[k] == b[k] for k in keys)
+
+
+def _ratio(baseline: dict, r: dict) -> str:
+    """``r``'s samples/s over ``baseline``'s on the same batches (their summed step times)."""
+    return f"{sum(baseline['step_s']) / sum(r['step_s']):.3f}x"
+
+
+def _variant_label(variant: tuple[bool, str]) -> str:
+    mask_rows, masks = variant
+    return f"{'mask rows' if mask_rows else 'every token'}, {masks} dropout"
 
 
 def main() -> None:
@@ -163,6 +183,13 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32", help="comma list of fp32, bf16 (autocast, as the trainer runs it)")
     add_mask_rows_option(ap)
     add_adamw_option(ap)
+    ap.add_argument(
+        "--dropout-masks",
+        choices=("threshold", "bernoulli", "both"),
+        default="threshold",
+        help="how dropout draws its masks (trainer/dropout.py): threshold (as the trainer does on a CPU), "
+        "bernoulli (PyTorch's own, runs before session 36), or both, each batch both ways back to back",
+    )
     ap.add_argument(
         "--profile",
         type=Path,
@@ -195,22 +222,29 @@ def main() -> None:
     batches = _length_sorted_batches([len(p) for p, _ in train_ex], cfg.batch_size, random.Random(cfg.seed))
     print(f"{args.encoder}: MELD train {len(train_ex)} prompts, {len(batches)} batches of {cfg.batch_size}", flush=True)
     modes = mask_rows_modes(args.mask_rows)
+    dropouts = ["threshold", "bernoulli"] if args.dropout_masks == "both" else [args.dropout_masks]
+    variants = [(mode, masks) for mode in modes for masks in dropouts]
     results = [
         r
         for n in args.freeze.split(",")
         for d in dtypes
         for r in run_one(
-            int(n), enc_path, train_ex, batches, cfg, args.steps, d, modes, adamw_fused(args.adamw), bool(args.profile)
+            int(n),
+            enc_path,
+            train_ex,
+            batches,
+            cfg,
+            args.steps,
+            d,
+            variants,
+            adamw_fused(args.adamw),
+            bool(args.profile),
         )
     ]
     rows = []
     for r in results:
         base = next(
-            (
-                b
-                for b in results
-                if b["freeze_layers"] == 0 and (b["dtype"], b["mask_rows"]) == (r["dtype"], r["mask_rows"])
-            ),
+            (b for b in results if b["freeze_layers"] == 0 and _same(b, r, "dtype", "mask_rows", "dropout_masks")),
             None,
         )
         epoch_s = len(train_ex) / r["samples_per_s"]
@@ -220,6 +254,7 @@ def main() -> None:
                 f"{r['freeze_layers']} of {r['layers']}",
                 r["dtype"],
                 "mask rows" if r["mask_rows"] else "every token",
+                r["dropout_masks"],
                 f"{r['trainable_encoder_params'] / 1e6:.1f}M",
                 r["steps"],
                 1000 * sum(r["optimizer_s"]) / r["steps"],
@@ -231,20 +266,30 @@ def main() -> None:
             ]
         )
     paired = []
-    for r in results:  # each (layers, dtype) run both ways: the paired ratio over the same batches
+    for r in results:  # each (layers, dtype) run several ways: the paired ratio over the same batches
+        same = ("freeze_layers", "dtype", "dropout_masks")
         if r["mask_rows"] and len(modes) == 2:
-            off = next(
-                o
-                for o in results
-                if not o["mask_rows"] and (o["freeze_layers"], o["dtype"]) == (r["freeze_layers"], r["dtype"])
-            )
-            ratio = sum(off["step_s"]) / sum(r["step_s"])
+            off = next(o for o in results if not o["mask_rows"] and _same(o, r, *same))
             paired.append(
-                f"- {r['freeze_layers']} frozen, {r['dtype']}: mask rows **{ratio:.3f}x** "
-                f"the samples/s of every token (the same {r['steps']} batches, each stepped both ways back to back)."
+                f"- {r['freeze_layers']} frozen, {r['dtype']}, {r['dropout_masks']} dropout: mask rows "
+                f"**{_ratio(off, r)}** the samples/s of every token (the same {r['steps']} batches, each stepped "
+                "every way back to back)."
             )
-    for n in dict.fromkeys(r["freeze_layers"] for r in results):  # bf16 against fp32, the first mode
-        pair = {r["dtype"]: r for r in results if r["freeze_layers"] == n and r["mask_rows"] == modes[0]}
+        if r["dropout_masks"] == "threshold" and len(dropouts) == 2:
+            torch_masks = next(
+                o for o in results if o["dropout_masks"] == "bernoulli" and _same(o, r, *same[:2], "mask_rows")
+            )
+            paired.append(
+                f"- {r['freeze_layers']} frozen, {r['dtype']}, {'mask rows' if r['mask_rows'] else 'every token'}: "
+                f"threshold dropout masks **{_ratio(torch_masks, r)}** the samples/s of bernoulli ones (the same "
+                f"{r['steps']} batches, each stepped every way back to back)."
+            )
+    for n in dict.fromkeys(r["freeze_layers"] for r in results):  # bf16 against fp32, the first variant
+        pair = {
+            r["dtype"]: r
+            for r in results
+            if r["freeze_layers"] == n and (r["mask_rows"], r["dropout_masks"]) == variants[0]
+        }
         if len(pair) == 2:
             paired.append(
                 f"- {n} frozen: bf16 autocast {pair['bf16']['samples_per_s'] / pair['fp32']['samples_per_s']:.2f}x "
@@ -256,8 +301,9 @@ def main() -> None:
             f"Command: {command_line()}\n\n"
             + "\n".join(
                 f"{args.encoder}, {r['freeze_layers']} frozen, {r['dtype']}, --mask-rows "
-                f"{args.mask_rows}, AdamW {r['adamw']}: the {r['steps']} timed steps of {cfg.batch_size} MELD "
-                f"train prompts (each way with --mask-rows both), self CPU time by operator\n{table}"
+                f"{args.mask_rows}, --dropout-masks {args.dropout_masks}, AdamW {r['adamw']}: the {r['steps']} "
+                f"timed steps of {cfg.batch_size} MELD train prompts (each way with `both`), self CPU time by "
+                f"operator\n{table}"
                 for r, table in tables.values()
             )
         )
@@ -282,11 +328,12 @@ def main() -> None:
                 "frozen layers",
                 "dtype",
                 "last feed-forward",
+                "dropout masks",
                 "trained encoder params",
                 "timed steps",
                 "AdamW ms/step",
                 "samples/s",
-                "vs all layers (same dtype and feed-forward)",
+                "vs all layers (same dtype, feed-forward, dropout)",
                 "cache per prompt",
                 "epoch (projected)",
                 "cache + 2 epochs",
@@ -297,7 +344,8 @@ def main() -> None:
         "Projections are the measured rates over all train prompts (no length correction: every setting runs "
         "the same batches, so the ratios hold; the absolute times are rough). *Last feed-forward*: the last "
         "encoder layer's feed-forward on each prompt's mask token alone (as the trainer runs it) or on every token "
-        "(`--mask-rows off`).",
+        "(`--mask-rows off`). *Dropout masks*: float32 uniforms kept at or above p (threshold, as the trainer "
+        "draws them on a CPU) or PyTorch's Bernoulli draws (`--dropout-masks`).",
         "",
         *paired,
         *([""] if paired else []),

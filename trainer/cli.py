@@ -108,6 +108,11 @@ def fit(
     dropout: float | None = typer.Option(
         None, help="dropout of encoder and head (default: the encoder's own, 0.1 in the head); 0 turns it off"
     ),
+    dropout_masks: str = typer.Option(
+        _D["dropout_masks"],
+        help="how dropout draws its masks: threshold (float32 uniforms kept at or above p), bernoulli "
+        "(PyTorch's own, as runs before session 36 drew them), auto (threshold on a CPU, where it is cheaper)",
+    ),
     freeze_layers: int = typer.Option(
         _D["freeze_layers"],
         help="window: keep the embeddings and the first N encoder layers fixed and compute their output once "

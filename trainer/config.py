@@ -11,6 +11,7 @@ from erc_stream.config import valid_channel
 from erc_stream.errors import ConfigError
 from erc_stream.prompt import DEFAULT_TEMPLATE, SPEAKER_MODES, TURN_TEMPLATE
 from trainer.datasets import DATASETS
+from trainer.dropout import DROPOUT_MASKS
 from trainer.encoders import resolve_encoder
 from trainer.losses import TRIPLET_MINING
 from trainer.turn import SAMPLERS
@@ -43,6 +44,7 @@ class TrainConfig:
     speakers: str = "names"  # names, or anonymous: "speaker 1" (the current one), "speaker 2", ... by recency
     proj_dim: int = 256
     dropout: float | None = None  # every dropout of encoder and head; None: the encoder's own and 0.1 in the head
+    dropout_masks: str = "auto"  # threshold (float32 uniforms >= p), bernoulli (PyTorch's), auto: threshold on a CPU
     freeze_layers: int = 0  # window: embeddings and the first N encoder layers fixed, their outputs cached
     # Stage 1
     epochs: int = 3
@@ -114,6 +116,7 @@ class TrainConfig:
             "architecture": ARCHITECTURES,
             "triplet_mining": TRIPLET_MINING,
             "sampler": SAMPLERS,
+            "dropout_masks": DROPOUT_MASKS,
         }
         checks = [
             ("context_turns", self.context_turns >= 0),
@@ -121,6 +124,7 @@ class TrainConfig:
             ("speakers", self.speakers in choices["speakers"]),
             ("proj_dim", self.proj_dim >= 2),
             ("dropout", self.dropout is None or 0 <= self.dropout < 1),
+            ("dropout_masks", self.dropout_masks in choices["dropout_masks"]),
             ("freeze_layers", self.freeze_layers >= 0),
             ("epochs", self.epochs >= 0),
             ("batch_size", self.batch_size >= 2),

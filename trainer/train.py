@@ -86,6 +86,7 @@ from trainer.distributed import (
     seed_rank,
     shard_batch,
 )
+from trainer.dropout import resolve_dropout_masks, use_dropout_masks
 from trainer.evaluate import build_examples, compute_metrics, predict_examples, write_report
 from trainer.frozen import FrozenPrefix, pad_hidden
 from trainer.init_weights import init_from_versions
@@ -329,6 +330,7 @@ class _Run:
     frozen: _Frozen | None = None  # --freeze-layers: the split encoder and each train prompt's cached output
     init_from: list[dict] = field(default_factory=list)  # --init-from: the versions whose mean started the run
     adamw: str = "loop"  # what stage 1's AdamW ran, fused or loop (a resumed checkpoint's groups keep their own)
+    dropout_masks: str = "bernoulli"  # how dropout drew its masks (trainer/dropout.py)
 
     def predictor(self, anchors: torch.Tensor) -> Predictor | TurnPredictor:
         """The shared inference path on the live weights, for dev evaluation."""
@@ -471,6 +473,9 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     model, train_ex, dev_ex, turn = _build_model(cfg, ctx, encoder, head, builder, labels, train_convs, dev_convs)
     model.to(device)
     anchor_enc.to(device)
+    dropout_masks = resolve_dropout_masks(cfg.dropout_masks, device)
+    use_dropout_masks(model, dropout_masks)
+    use_dropout_masks(anchor_enc, dropout_masks)  # shares the encoder and head; an adapter adds none
     log.info("train %d utterances (%d conversations), dev %d", len(train_ex), len(train_convs), len(dev_ex))
     with torch.no_grad():
         anchors_before = anchor_enc().float().cpu()  # (C, D)
@@ -518,6 +523,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         teacher=teacher,
         frozen=frozen,
         init_from=init_records,
+        dropout_masks=dropout_masks,
     )
 
 
@@ -888,6 +894,7 @@ def _publish(
         "processes": run.dist.world_size,  # torchrun world size; batch_size is the global batch
         "backend": run.dist.backend,  # gloo, nccl, or None for one process
         "adamw": run.adamw,  # absent: trained before session 35, in the loop
+        "dropout_masks": run.dropout_masks,  # absent: trained before session 36, bernoulli
         "best_epoch": state.best_epoch,
         "history": state.history,
         "stage2": stage2_info,

@@ -142,6 +142,7 @@ def test_fit_report(fitted):
         and cal["utterances"] == m["training"]["dev_utterances"]
     )
     assert m["training"]["adamw"] == "fused"  # a CPU fit steps the fused AdamW (trainer.train.adamw)
+    assert m["training"]["dropout_masks"] == "threshold"  # a CPU fit draws threshold masks (trainer/dropout.py)
 
 
 def test_evaluate_reproduces_the_published_dev_metrics(fitted, tmp_path):

@@ -1,0 +1,84 @@
+"""Threshold dropout masks: nn.Dropout's distribution and scaling (bf16 included), reproducible from
+the seed, gradients through the kept values only; a fit swaps every dropout of the encoder and head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from erc_stream.errors import ConfigError
+from erc_stream.model import ProjectionHead, default_encoder_path
+from trainer.config import TrainConfig
+from trainer.dropout import DROPOUT_MASKS, ThresholdDropout, resolve_dropout_masks, use_dropout_masks
+
+N = 4_000_000  # values per mask: the kept share's sd is sqrt(0.09 / N) = 0.00015 at p = 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_keeps_1_minus_p_and_scales_as_nn_dropout(dtype):
+    torch.manual_seed(0)
+    x = torch.ones(N, dtype=dtype)
+    y = ThresholdDropout(0.1).train()(x)
+    kept = y != 0
+    # 5 sd; uniforms drawn in bf16 would keep 0.8985 here
+    assert abs(kept.float().mean().item() - 0.9) < 0.00075
+    reference = F.dropout(x, 0.1, training=True)  # PyTorch's scaling in this dtype (1.109375 in bf16)
+    assert y.dtype == dtype
+    assert torch.equal(y[kept].unique(), reference[reference != 0].unique())
+
+
+def test_same_seed_same_mask_and_gradient_only_through_kept_values():
+    drop = ThresholdDropout(0.3).train()
+    torch.manual_seed(7)
+    a = drop(torch.ones(1000))
+    x = torch.randn(1000, requires_grad=True)
+    torch.manual_seed(7)
+    b = drop(x)
+    b.sum().backward()
+    assert torch.equal(a != 0, b != 0)
+    assert x.grad is not None
+    assert torch.allclose(x.grad, (a != 0).float() / 0.7)
+
+
+def test_eval_zero_and_one():
+    x = torch.randn(50)
+    assert ThresholdDropout(0.5).eval()(x) is x
+    assert ThresholdDropout(0.0).train()(x) is x
+    assert torch.equal(ThresholdDropout(1.0).train()(x), torch.zeros(50))
+
+
+def test_auto_draws_threshold_masks_on_a_cpu_only():
+    assert resolve_dropout_masks("auto", torch.device("cpu")) == "threshold"
+    assert resolve_dropout_masks("auto", torch.device("cuda")) == "bernoulli"  # PyTorch's fused kernel there
+    assert resolve_dropout_masks("bernoulli", torch.device("cpu")) == "bernoulli"
+    with pytest.raises(ValueError, match="unknown 'coin'"):
+        resolve_dropout_masks("coin", torch.device("cpu"))
+
+
+def test_swaps_every_dropout_of_a_real_encoder_and_back():
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(default_encoder_path(), local_files_only=True)
+    model = nn.ModuleDict({"encoder": encoder, "head": ProjectionHead(384, 32, dropout=0.2)})
+    before = [(n, m.p) for n, m in model.named_modules() if isinstance(m, nn.Dropout)]
+    assert len(before) == 1 + 6 * 3 + 1  # embeddings, per layer: attention (its p), attention output, output; head
+    assert use_dropout_masks(model, "threshold") == len(before)
+    after = [(n, m.p) for n, m in model.named_modules() if isinstance(m, ThresholdDropout)]
+    assert after == before  # same places, same p
+    assert use_dropout_masks(model, "threshold") == 0
+    model.train()
+    ids = torch.tensor([[101, 2054, 103, 102]])
+    torch.manual_seed(1)
+    out = encoder(input_ids=ids).last_hidden_state  # the threshold masks run inside the encoder
+    torch.manual_seed(1)
+    assert torch.equal(out, encoder(input_ids=ids).last_hidden_state)
+    assert use_dropout_masks(model, "bernoulli") == len(before)
+    assert not any(isinstance(m, ThresholdDropout) for m in model.modules())
+
+
+def test_the_config_refuses_an_unknown_draw():
+    assert TrainConfig().dropout_masks == "auto" and "auto" in DROPOUT_MASKS
+    with pytest.raises(ConfigError, match="TrainConfig.dropout_masks has an invalid value: 'coin'; valid values"):
+        TrainConfig(dropout_masks="coin")
