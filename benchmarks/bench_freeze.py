@@ -344,7 +344,7 @@ def main() -> None:
         "Projections are the measured rates over all train prompts (no length correction: every setting runs "
         "the same batches, so the ratios hold; the absolute times are rough). *Last feed-forward*: the last "
         "encoder layer's feed-forward on each prompt's mask token alone (as the trainer runs it) or on every token "
-        "(`--mask-rows off`). *Dropout masks*: float32 uniforms kept at or above p (threshold, as the trainer "
+        "(`--mask-rows off`). *Dropout masks*: 15 random bits a value against p (threshold, as the trainer "
         "draws them on a CPU) or PyTorch's Bernoulli draws (`--dropout-masks`).",
         "",
         *paired,

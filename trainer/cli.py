@@ -110,7 +110,7 @@ def fit(
     ),
     dropout_masks: str = typer.Option(
         _D["dropout_masks"],
-        help="how dropout draws its masks: threshold (float32 uniforms kept at or above p), bernoulli "
+        help="how dropout draws its masks: threshold (15 random bits a value against p), bernoulli "
         "(PyTorch's own, as runs before session 36 drew them), auto (threshold on a CPU, where it is cheaper)",
     ),
     freeze_layers: int = typer.Option(

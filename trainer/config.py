@@ -44,7 +44,7 @@ class TrainConfig:
     speakers: str = "names"  # names, or anonymous: "speaker 1" (the current one), "speaker 2", ... by recency
     proj_dim: int = 256
     dropout: float | None = None  # every dropout of encoder and head; None: the encoder's own and 0.1 in the head
-    dropout_masks: str = "auto"  # threshold (float32 uniforms >= p), bernoulli (PyTorch's), auto: threshold on a CPU
+    dropout_masks: str = "auto"  # threshold (trainer/dropout.py), bernoulli (PyTorch's), auto: threshold on a CPU
     freeze_layers: int = 0  # window: embeddings and the first N encoder layers fixed, their outputs cached
     # Stage 1
     epochs: int = 3

@@ -1,11 +1,11 @@
-"""Threshold dropout masks: nn.Dropout's distribution and scaling (bf16 included), reproducible from
+"""Threshold dropout masks: nn.Dropout's distribution with p in steps of 2**-15, kept values scaled by
+the inverse of the kept share in the input's dtype, every bit lane of the draws in use, reproducible from
 the seed, gradients through the kept values only; a fit swaps every dropout of the encoder and head."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from erc_stream.errors import ConfigError
@@ -17,16 +17,25 @@ N = 4_000_000  # values per mask: the kept share's sd is sqrt(0.09 / N) = 0.0001
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_keeps_1_minus_p_and_scales_as_nn_dropout(dtype):
+def test_keeps_1_minus_p_and_scales_by_the_kept_share(dtype):
     torch.manual_seed(0)
     x = torch.ones(N, dtype=dtype)
     y = ThresholdDropout(0.1).train()(x)
     kept = y != 0
-    # 5 sd; uniforms drawn in bf16 would keep 0.8985 here
-    assert abs(kept.float().mean().item() - 0.9) < 0.00075
-    reference = F.dropout(x, 0.1, training=True)  # PyTorch's scaling in this dtype (1.109375 in bf16)
+    keep_share = 1 - 3277 / 32768  # p = 0.1 rounded to 3277 of 2**15 levels: 0.899994
+    assert abs(kept.float().mean().item() - keep_share) < 0.00075  # 5 sd
     assert y.dtype == dtype
-    assert torch.equal(y[kept].unique(), reference[reference != 0].unique())
+    scale = torch.tensor(1 / keep_share).to(dtype)  # in bf16 1.109375, as PyTorch's own bf16 dropout scales
+    assert torch.equal(y[kept].unique(), scale.reshape(1))
+    for lane in range(4):  # each of the four values read off one 64-bit draw keeps its share
+        assert abs(kept[lane::4].float().mean().item() - keep_share) < 0.0015  # 5 sd of N / 4 values
+
+
+def test_p_is_rounded_to_steps_of_2_to_the_minus_15():
+    torch.manual_seed(0)
+    x = torch.ones(N)
+    assert abs((ThresholdDropout(0.5).train()(x) != 0).float().mean().item() - 0.5) < 0.00125
+    assert ThresholdDropout(1e-6).train()(x) is x  # under half a step: no level dropped
 
 
 def test_same_seed_same_mask_and_gradient_only_through_kept_values():
@@ -39,7 +48,7 @@ def test_same_seed_same_mask_and_gradient_only_through_kept_values():
     b.sum().backward()
     assert torch.equal(a != 0, b != 0)
     assert x.grad is not None
-    assert torch.allclose(x.grad, (a != 0).float() / 0.7)
+    assert torch.equal(x.grad, a)  # the kept values' scale, zero where dropped
 
 
 def test_eval_zero_and_one():
