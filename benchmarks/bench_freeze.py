@@ -40,6 +40,13 @@ from _common import (
     write_results,
 )
 
+# --dropout-masks: the draws each value runs (trainer/dropout.py)
+_DROPOUT_RUNS = {"threshold": ["threshold"], "bernoulli": ["bernoulli"], "both": ["threshold", "bernoulli"]}
+_DROPOUT_HELP = (
+    "how dropout draws its masks (trainer/dropout.py): threshold (as the trainer does on a CPU), bernoulli "
+    "(PyTorch's own, runs before session 36), or both, each batch both ways back to back"
+)
+
 
 def run_one(
     n_frozen: int,
@@ -183,13 +190,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32", help="comma list of fp32, bf16 (autocast, as the trainer runs it)")
     add_mask_rows_option(ap)
     add_adamw_option(ap)
-    ap.add_argument(
-        "--dropout-masks",
-        choices=("threshold", "bernoulli", "both"),
-        default="threshold",
-        help="how dropout draws its masks (trainer/dropout.py): threshold (as the trainer does on a CPU), "
-        "bernoulli (PyTorch's own, runs before session 36), or both, each batch both ways back to back",
-    )
+    ap.add_argument("--dropout-masks", choices=tuple(_DROPOUT_RUNS), default="threshold", help=_DROPOUT_HELP)
     ap.add_argument(
         "--profile",
         type=Path,
@@ -222,7 +223,7 @@ def main() -> None:
     batches = _length_sorted_batches([len(p) for p, _ in train_ex], cfg.batch_size, random.Random(cfg.seed))
     print(f"{args.encoder}: MELD train {len(train_ex)} prompts, {len(batches)} batches of {cfg.batch_size}", flush=True)
     modes = mask_rows_modes(args.mask_rows)
-    dropouts = ["threshold", "bernoulli"] if args.dropout_masks == "both" else [args.dropout_masks]
+    dropouts = _DROPOUT_RUNS[args.dropout_masks]
     variants = [(mode, masks) for mode in modes for masks in dropouts]
     results = [
         r
