@@ -2,13 +2,14 @@
 
 PyTorch's dropout on a CPU draws each mask with ``bernoulli_``: in a stage-1 step of mpnet-base in
 bf16 those draws took 11.6% of the step (docs/benchmarks/README.md, finding 11). ``ThresholdDropout``
-reads each mask value off 15 random bits instead, four values to one 64-bit draw of the generator
-(whose top bit is always 0), and keeps those at or above p's share of the 2**15 levels: on this
-project's CPU a quarter of the generator's calls and about half the time of ``bernoulli_`` forward
-and backward (finding 12). The distribution is nn.Dropout's with p rounded to a multiple of 2**-15
-(0.1 drops 3277 of 32768 levels: keeps 0.899994), kept values scaled by the inverse of the kept share
-in the input's dtype; other masks than PyTorch's from the same seed. On a GPU PyTorch's fused dropout
-kernel is already one pass, so ``auto`` keeps it there.
+reads each mask value off 15 random bits instead: an int64 ``random_()`` gives 63 random bits (its
+top bit is always 0), four 16-bit lanes of 15 bits each, so four values take one 64-bit draw where a
+float draw takes one a value. Values at or above p's share of the 2**15 levels are kept: on this
+project's CPU about half the time of ``bernoulli_`` forward and backward (finding 12). The
+distribution is nn.Dropout's with p rounded to a multiple of 2**-15 (0.1 drops 3277 of 32768
+levels: keeps 0.899994), kept values scaled by the inverse of the kept share in the input's dtype;
+other masks than PyTorch's from the same seed. On a GPU PyTorch's fused dropout kernel is already
+one pass, so ``auto`` keeps it there.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ __all__ = ["DROPOUT_MASKS", "ThresholdDropout", "resolve_dropout_masks", "use_dr
 # auto: threshold on a CPU, PyTorch's own elsewhere; bernoulli: PyTorch's own (every run before session 36)
 DROPOUT_MASKS = ("auto", "threshold", "bernoulli")
 _THRESHOLD_DEVICES = frozenset({"cpu"})
-
-
 _BITS = 15  # random bits per mask value
 _LEVELS = 1 << _BITS
 

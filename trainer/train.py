@@ -476,6 +476,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     dropout_masks = resolve_dropout_masks(cfg.dropout_masks, device)
     use_dropout_masks(model, dropout_masks)
     use_dropout_masks(anchor_enc, dropout_masks)  # shares the encoder and head; an adapter adds none
+    log.info("dropout draws %s masks (--dropout-masks %s)", dropout_masks, cfg.dropout_masks)
     log.info("train %d utterances (%d conversations), dev %d", len(train_ex), len(train_convs), len(dev_ex))
     with torch.no_grad():
         anchors_before = anchor_enc().float().cpu()  # (C, D)
