@@ -234,3 +234,9 @@ run meld-mpnet-soup-s43-s45 meld --architecture window --encoder mpnet-base --ep
 # Session 27: the mean ended at dev weighted F1 0.6323 (fp16), macro 0.5126 (stage 2: 0.6149 -> 0.6323,
 # anchor epoch 4): the parents' mean (0.6325); not shipped. models/meld-mpnet-w3-s43 then removed (git
 # acb6369 holds it): sections 21 and 24, which read it, need a checkout of that commit to run again.
+# 25. Session 36. The ablation's full row (section 15's abl1-full-bf16: MiniLM, one epoch, seed 42, bf16)
+# again with the trainer's threshold dropout masks (trainer/dropout.py; the default on a CPU since this
+# session): an end-to-end check that a real fit learns as before with other masks of the same
+# distribution. Written before it started: read as unchanged if its final dev weighted F1 lies within the
+# full row's seed spread of 0.5814 (seeds 42 and 43: 0.5813, 0.5619, about 2 points). About 15 minutes here.
+run abl1-full-bf16-threshold meld "${A[@]}" --dtype bf16 --dropout-masks threshold
