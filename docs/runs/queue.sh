@@ -240,3 +240,5 @@ run meld-mpnet-soup-s43-s45 meld --architecture window --encoder mpnet-base --ep
 # distribution. Written before it started: read as unchanged if its final dev weighted F1 lies within the
 # full row's seed spread of 0.5814 (seeds 42 and 43: 0.5813, 0.5619, about 2 points). About 15 minutes here.
 run abl1-full-bf16-threshold meld "${A[@]}" --dtype bf16 --dropout-masks threshold
+# Session 36: final dev weighted F1 0.5755, macro 0.3873 (stage 2: 0.5599 -> 0.5755), fear 0.000, disgust
+# 0.071; 704 s alone on a 2-core AMD EPYC with AVX512-BF16: within the seed spread, read as unchanged.
