@@ -278,7 +278,9 @@ def main() -> None:
             )
         if r["dropout_masks"] == "threshold" and len(dropouts) == 2:
             torch_masks = next(
-                o for o in results if o["dropout_masks"] == "bernoulli" and _same(o, r, *same[:2], "mask_rows")
+                o
+                for o in results
+                if o["dropout_masks"] == "bernoulli" and _same(o, r, "freeze_layers", "dtype", "mask_rows")
             )
             paired.append(
                 f"- {r['freeze_layers']} frozen, {r['dtype']}, {'mask rows' if r['mask_rows'] else 'every token'}: "

@@ -474,8 +474,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     model.to(device)
     anchor_enc.to(device)
     dropout_masks = resolve_dropout_masks(cfg.dropout_masks, device)
-    use_dropout_masks(model, dropout_masks)
-    use_dropout_masks(anchor_enc, dropout_masks)  # shares the encoder and head; an adapter adds none
+    use_dropout_masks(model, dropout_masks)  # the anchor encoder shares its encoder and head; an adapter has none
     log.info("dropout draws %s masks (--dropout-masks %s)", dropout_masks, cfg.dropout_masks)
     log.info("train %d utterances (%d conversations), dev %d", len(train_ex), len(train_convs), len(dev_ex))
     with torch.no_grad():
