@@ -9,7 +9,10 @@ project's CPU about half the time of ``bernoulli_`` forward and backward (findin
 distribution is nn.Dropout's with p rounded to a multiple of 2**-15 (0.1 drops 3277 of 32768
 levels: keeps 0.899994), kept values scaled by the inverse of the kept share in the input's dtype;
 other masks than PyTorch's from the same seed. On a GPU PyTorch's fused dropout kernel is already
-one pass, so ``auto`` keeps it there.
+one pass, so ``auto`` keeps it there. An encoder whose attention runs in PyTorch's fused attention
+(``sdpa``: the BERT family, MiniLM among them) reads only ``p`` off its attention-probability dropout
+module and draws that mask itself, with Bernoulli draws; mpnet-base's eager attention calls the
+module, so every dropout of it draws threshold masks.
 """
 
 from __future__ import annotations

@@ -78,13 +78,20 @@ def test_swaps_every_dropout_of_a_real_encoder_and_back():
     assert after == before  # same places, same p
     assert use_dropout_masks(model, "threshold") == 0
     model.train()
-    ids = torch.tensor([[101, 2054, 103, 102]])
-    torch.manual_seed(1)
-    out = encoder(input_ids=ids).last_hidden_state  # the threshold masks run inside the encoder
-    torch.manual_seed(1)
-    assert torch.equal(out, encoder(input_ids=ids).last_hidden_state)
+    # What a training forward draws: the embeddings' and each layer's two output dropouts now take
+    # threshold masks (one random_ each); the attention probabilities' dropout runs inside PyTorch's
+    # fused attention (sdpa), which reads the module's p and draws its own Bernoulli mask per layer.
+    assert _draws(encoder) == {"aten::random_": 1 + 6 * 2, "aten::bernoulli_": 6}
     assert use_dropout_masks(model, "bernoulli") == len(before)
     assert not any(isinstance(m, ThresholdDropout) for m in model.modules())
+    assert _draws(encoder) == {"aten::bernoulli_": 1 + 6 * 3}
+
+
+def _draws(encoder) -> dict[str, int]:
+    """The random-draw operators one training forward of ``encoder`` calls, with their counts."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        encoder(input_ids=torch.tensor([[101, 2054, 103, 102]]))
+    return {e.key: e.count for e in prof.key_averages() if e.key in ("aten::random_", "aten::bernoulli_")}
 
 
 def test_the_config_refuses_an_unknown_draw():
