@@ -11,7 +11,9 @@ as ``fit --dtype bf16`` (or ``auto`` on a CPU with native bf16) trains; the cach
 either way, as the trainer does. ``--mask-rows both``: the last layer's feed-forward on every token
 against the mask rows the trainer runs, each batch both ways back to back (order alternating).
 ``--dropout-masks both``: the trainer's threshold dropout masks against PyTorch's Bernoulli draws
-(trainer/dropout.py), paired the same way.
+(trainer/dropout.py), paired the same way. ``--attention both``: with threshold masks, the trainer's
+training attention (an encoder with fused attention computes it eagerly and calls its own threshold
+dropout: ``train_attention``) against the fused attention kept (session 36), paired the same way.
 
 Writes docs/benchmarks/bench_freeze.{json,md}. Usage:
 ``.venv/bin/python benchmarks/bench_freeze.py --encoder mpnet-base --freeze 0,6,9 [--steps 6]``.
@@ -46,6 +48,13 @@ _DROPOUT_HELP = (
     "how dropout draws its masks (trainer/dropout.py): threshold (as the trainer does on a CPU), bernoulli "
     "(PyTorch's own, runs before session 36), or both, each batch both ways back to back"
 )
+# --attention, with threshold masks: keep the encoder's fused attention (True) or not (False, as the trainer)
+_ATTENTION_RUNS = {"train": [False], "fused": [True], "both": [False, True]}
+_ATTENTION_HELP = (
+    "with threshold masks, an encoder with fused attention (sdpa: MiniLM) trains with the trainer's "
+    "train_attention (train, as the trainer does), keeps its fused attention (fused, session 36), or both, each "
+    "batch both ways back to back; bernoulli masks always keep it"
+)
 
 
 def run_one(
@@ -56,19 +65,19 @@ def run_one(
     cfg,
     steps: int,
     dtype_name: str = "fp32",
-    variants=((True, "threshold"),),
+    variants=((True, "threshold", False),),
     fused_adamw: bool = True,
     profile: bool = False,
 ) -> list[dict]:
     """Timed steps of one frozen-layer count in one dtype, a result per variant: (mask rows only,
-    dropout masks), each batch stepped every way back to back."""
+    dropout masks, fused attention kept), each batch stepped every way back to back."""
     from transformers import AutoModel, AutoTokenizer
 
     from erc_stream.model import DTYPES, EmotionModel, ProjectionHead
     from erc_stream.prompt import pad_batch
     from trainer.anchors import describe_emotions
     from trainer.datasets import DATASETS
-    from trainer.dropout import use_dropout_masks
+    from trainer.dropout import TRAIN_ATTENTION, use_dropout_masks
     from trainer.frozen import FrozenPrefix, pad_hidden
     from trainer.losses import stage1_loss
     from trainer.train import _AnchorEncoder, _autocast, _FrozenStage1Net, _Stage1Net, adamw, adamw_kind
@@ -110,15 +119,18 @@ def run_one(
         fused=fused_adamw,
     )
     dtype = DTYPES[dtype_name]
-    runs = {variant: {"step_s": [], "optimizer_s": [], "samples": 0} for variant in variants}
+    runs = {variant: {"step_s": [], "optimizer_s": [], "samples": 0, "attention": ""} for variant in variants}
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
     for k, batch_idx in enumerate(used):
         if k == 1 and prof is not None:  # after the warm-up step
             prof.start()
         y = torch.tensor([train_ex[i][1] for i in batch_idx])
         for variant in variants[:: 1 if k % 2 == 0 else -1]:
-            model.mask_rows_only, masks = variant
+            model.mask_rows_only, masks, fused = variant
             use_dropout_masks(model, masks)  # anchor_enc shares the encoder and head
+            if fused and encoder.config._attn_implementation == TRAIN_ATTENTION:
+                encoder.set_attn_implementation("sdpa")  # threshold masks with the fused attention (session 36)
+            runs[variant]["attention"] = encoder.config._attn_implementation
             t0 = time.perf_counter()
             batch = pad_batch([train_ex[i][0] for i in batch_idx], pad_id)
             with _autocast(torch.device("cpu"), dtype):
@@ -152,6 +164,8 @@ def run_one(
             "adamw": adamw_kind(opt),
             "mask_rows": mask_rows,
             "dropout_masks": masks,
+            "attention": r["attention"],
+            "fused_attention_kept": fused,
             "layers": encoder.config.num_hidden_layers,
             "steps": len(r["step_s"]),
             "samples": r["samples"],
@@ -164,7 +178,7 @@ def run_one(
             "trainable_encoder_params": sum(p.numel() for p in trainable),
             "profile": table,
         }
-        for (mask_rows, masks), r in runs.items()
+        for (mask_rows, masks, fused), r in runs.items()
     ]
 
 
@@ -177,9 +191,9 @@ def _ratio(baseline: dict, r: dict) -> str:
     return f"{sum(baseline['step_s']) / sum(r['step_s']):.3f}x"
 
 
-def _variant_label(variant: tuple[bool, str]) -> str:
-    mask_rows, masks = variant
-    return f"{'mask rows' if mask_rows else 'every token'}, {masks} dropout"
+def _variant_label(variant: tuple[bool, str, bool]) -> str:
+    mask_rows, masks, fused = variant
+    return f"{'mask rows' if mask_rows else 'every token'}, {masks} dropout{', fused attention' if fused else ''}"
 
 
 def main() -> None:
@@ -191,6 +205,7 @@ def main() -> None:
     add_mask_rows_option(ap)
     add_adamw_option(ap)
     ap.add_argument("--dropout-masks", choices=tuple(_DROPOUT_RUNS), default="threshold", help=_DROPOUT_HELP)
+    ap.add_argument("--attention", choices=tuple(_ATTENTION_RUNS), default="train", help=_ATTENTION_HELP)
     ap.add_argument(
         "--profile",
         type=Path,
@@ -208,6 +223,7 @@ def main() -> None:
     from erc_stream.prompt import PromptBuilder
     from trainer.config import TrainConfig
     from trainer.datasets import DATASETS, load_split
+    from trainer.dropout import TRAIN_ATTENTION
     from trainer.encoders import resolve_encoder
     from trainer.evaluate import build_examples
     from trainer.train import _length_sorted_batches
@@ -224,7 +240,13 @@ def main() -> None:
     print(f"{args.encoder}: MELD train {len(train_ex)} prompts, {len(batches)} batches of {cfg.batch_size}", flush=True)
     modes = mask_rows_modes(args.mask_rows)
     dropouts = _DROPOUT_RUNS[args.dropout_masks]
-    variants = [(mode, masks) for mode in modes for masks in dropouts]
+    attentions = _ATTENTION_RUNS[args.attention]
+    variants = [
+        (mode, masks, fused)
+        for mode in modes
+        for masks in dropouts
+        for fused in (attentions if masks == "threshold" else [True])
+    ]
     results = [
         r
         for n in args.freeze.split(",")
@@ -245,7 +267,12 @@ def main() -> None:
     rows = []
     for r in results:
         base = next(
-            (b for b in results if b["freeze_layers"] == 0 and _same(b, r, "dtype", "mask_rows", "dropout_masks")),
+            (
+                b
+                for b in results
+                if b["freeze_layers"] == 0
+                and _same(b, r, "dtype", "mask_rows", "dropout_masks", "fused_attention_kept")
+            ),
             None,
         )
         epoch_s = len(train_ex) / r["samples_per_s"]
@@ -256,6 +283,7 @@ def main() -> None:
                 r["dtype"],
                 "mask rows" if r["mask_rows"] else "every token",
                 r["dropout_masks"],
+                r["attention"],
                 f"{r['trainable_encoder_params'] / 1e6:.1f}M",
                 r["steps"],
                 1000 * sum(r["optimizer_s"]) / r["steps"],
@@ -268,14 +296,16 @@ def main() -> None:
         )
     paired = []
     for r in results:  # each (layers, dtype) run several ways: the paired ratio over the same batches
-        same = ("freeze_layers", "dtype", "dropout_masks")
+        same = ("freeze_layers", "dtype", "dropout_masks", "fused_attention_kept")
         if r["mask_rows"] and len(modes) == 2:
             off = next(o for o in results if not o["mask_rows"] and _same(o, r, *same))
             paired.append(
-                f"- {r['freeze_layers']} frozen, {r['dtype']}, {r['dropout_masks']} dropout: mask rows "
+                f"- {r['freeze_layers']} frozen, {r['dtype']}, {r['dropout_masks']} dropout, {r['attention']} "
+                "attention: mask rows "
                 f"**{_ratio(off, r)}** the samples/s of every token (the same {r['steps']} batches, each stepped "
                 "every way back to back)."
             )
+        where = f"- {r['freeze_layers']} frozen, {r['dtype']}, {'mask rows' if r['mask_rows'] else 'every token'}"
         if r["dropout_masks"] == "threshold" and len(dropouts) == 2:
             torch_masks = next(
                 o
@@ -283,15 +313,29 @@ def main() -> None:
                 if o["dropout_masks"] == "bernoulli" and _same(o, r, "freeze_layers", "dtype", "mask_rows")
             )
             paired.append(
-                f"- {r['freeze_layers']} frozen, {r['dtype']}, {'mask rows' if r['mask_rows'] else 'every token'}: "
-                f"threshold dropout masks **{_ratio(torch_masks, r)}** the samples/s of bernoulli ones (the same "
-                f"{r['steps']} batches, each stepped every way back to back)."
+                f"{where}: threshold dropout masks ({r['attention']} attention) **{_ratio(torch_masks, r)}** the "
+                f"samples/s of bernoulli ones ({torch_masks['attention']} attention; the same {r['steps']} batches, "
+                "each stepped every way back to back)."
+            )
+        if r["dropout_masks"] == "threshold" and not r["fused_attention_kept"] and len(attentions) == 2:
+            kept = next(
+                o
+                for o in results
+                if o["dropout_masks"] == "threshold"
+                and o["fused_attention_kept"]
+                and _same(o, r, "freeze_layers", "dtype", "mask_rows")
+            )
+            paired.append(
+                f"{where}, threshold dropout masks: {r['attention']} attention **{_ratio(kept, r)}** the samples/s "
+                f"of {kept['attention']} attention (the same {r['steps']} batches, each stepped every way back to "
+                "back)."
             )
     for n in dict.fromkeys(r["freeze_layers"] for r in results):  # bf16 against fp32, the first variant
         pair = {
             r["dtype"]: r
             for r in results
-            if r["freeze_layers"] == n and (r["mask_rows"], r["dropout_masks"]) == variants[0]
+            if r["freeze_layers"] == n
+            and (r["mask_rows"], r["dropout_masks"], r["fused_attention_kept"]) == variants[0]
         }
         if len(pair) == 2:
             paired.append(
@@ -332,11 +376,12 @@ def main() -> None:
                 "dtype",
                 "last feed-forward",
                 "dropout masks",
+                "attention in training",
                 "trained encoder params",
                 "timed steps",
                 "AdamW ms/step",
                 "samples/s",
-                "vs all layers (same dtype, feed-forward, dropout)",
+                "vs all layers (same dtype, feed-forward, dropout, attention)",
                 "cache per prompt",
                 "epoch (projected)",
                 "cache + 2 epochs",
@@ -348,7 +393,10 @@ def main() -> None:
         "the same batches, so the ratios hold; the absolute times are rough). *Last feed-forward*: the last "
         "encoder layer's feed-forward on each prompt's mask token alone (as the trainer runs it) or on every token "
         "(`--mask-rows off`). *Dropout masks*: 15 random bits a value against p (threshold, as the trainer "
-        "draws them on a CPU) or PyTorch's Bernoulli draws (`--dropout-masks`).",
+        "draws them on a CPU) or PyTorch's Bernoulli draws (`--dropout-masks`). *Attention in training*: the "
+        f"encoder's attention implementation in the timed steps: {TRAIN_ATTENTION} is the trainer's "
+        "train_attention (eager, its own dropout module; trainer/dropout.py), sdpa PyTorch's fused attention "
+        "(`--attention fused`), eager the encoder's own (mpnet-base).",
         "",
         *paired,
         *([""] if paired else []),

@@ -110,8 +110,9 @@ def fit(
     ),
     dropout_masks: str = typer.Option(
         _D["dropout_masks"],
-        help="how dropout draws its masks: threshold (15 random bits a value against p), bernoulli "
-        "(PyTorch's own, as runs before session 36 drew them), auto (threshold on a CPU, where it is cheaper)",
+        help="how dropout draws its masks: threshold (15 random bits a value against p; an encoder with fused "
+        "attention computes it in training so that its dropout draws them too), bernoulli (PyTorch's own, as runs "
+        "before session 36 drew them), auto (threshold on a CPU, where it is cheaper)",
     ),
     freeze_layers: int = typer.Option(
         _D["freeze_layers"],

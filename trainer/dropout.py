@@ -9,10 +9,17 @@ project's CPU about half the time of ``bernoulli_`` forward and backward (findin
 distribution is nn.Dropout's with p rounded to a multiple of 2**-15 (0.1 drops 3277 of 32768
 levels: keeps 0.899994), kept values scaled by the inverse of the kept share in the input's dtype;
 other masks than PyTorch's from the same seed. On a GPU PyTorch's fused dropout kernel is already
-one pass, so ``auto`` keeps it there. An encoder whose attention runs in PyTorch's fused attention
-(``sdpa``: the BERT family, MiniLM among them) reads only ``p`` off its attention-probability dropout
-module and draws that mask itself, with Bernoulli draws; mpnet-base's eager attention calls the
-module, so every dropout of it draws threshold masks.
+one pass, so ``auto`` keeps it there.
+
+Attention probabilities: mpnet-base's eager attention calls its dropout module, so it draws threshold
+masks. An encoder whose attention runs in PyTorch's fused attention (``sdpa``: the BERT family,
+MiniLM among them) reads only ``p`` off that module and draws the mask itself, with Bernoulli draws;
+on a CPU that kernel cannot drop attention weights, so in training it runs its unfused fallback
+anyway, which under bf16 autocast was slower than the eager product (finding 13 in
+docs/benchmarks/README.md). With threshold masks such an encoder's attention is
+``train_attention``: in training the eager product (scores, softmax, the module's own dropout,
+values), as transformers' eager attention computes it; otherwise, in evaluation, ``sdpa`` as
+before. ``bernoulli`` puts ``sdpa`` back.
 """
 
 from __future__ import annotations
@@ -20,13 +27,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DROPOUT_MASKS", "ThresholdDropout", "resolve_dropout_masks", "use_dropout_masks"]
+__all__ = [
+    "DROPOUT_MASKS",
+    "TRAIN_ATTENTION",
+    "ThresholdDropout",
+    "resolve_dropout_masks",
+    "train_attention",
+    "use_dropout_masks",
+]
 
 # auto: threshold on a CPU, PyTorch's own elsewhere; bernoulli: PyTorch's own (every run before session 36)
 DROPOUT_MASKS = ("auto", "threshold", "bernoulli")
 _THRESHOLD_DEVICES = frozenset({"cpu"})
 _BITS = 15  # random bits per mask value
 _LEVELS = 1 << _BITS
+TRAIN_ATTENTION = "erc_train"  # the name train_attention is registered under with transformers
+_FUSED_ATTENTION = "sdpa"
 
 
 class ThresholdDropout(nn.Dropout):
@@ -54,9 +70,60 @@ def resolve_dropout_masks(setting: str, device: torch.device) -> str:
     return setting
 
 
+def train_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention of a transformers self-attention ``module`` (query, key, value: (B, heads, T, d)) that
+    calls the module's own ``dropout`` in training, where PyTorch's fused attention draws Bernoulli
+    masks; in evaluation the fused attention itself. ``attention_mask`` is what the fused attention
+    takes: (B, 1, T, T) booleans, True where a token may look, or None for no padding."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not module.training:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:  # added in float32 as transformers' eager mask is: softmax runs in float32
+        scores = scores + torch.zeros(attention_mask.shape, device=scores.device).masked_fill_(
+            attention_mask.logical_not(), torch.finfo(torch.float32).min
+        )
+    probs = scores.softmax(dim=-1)
+    drop = getattr(module, "dropout", None)
+    probs = drop(probs) if isinstance(drop, nn.Dropout) else nn.functional.dropout(probs, p=dropout)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def _register_train_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(TRAIN_ATTENTION, train_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(TRAIN_ATTENTION, sdpa_mask)  # the fused attention's masks
+
+
+def _use_attention(module: nn.Module, masks: str) -> None:
+    """Each transformers model under ``module`` whose attention is fused (``sdpa``) takes
+    ``train_attention`` for threshold masks; one that has it goes back to ``sdpa`` for bernoulli."""
+    from transformers import PreTrainedModel
+
+    have, want = (_FUSED_ATTENTION, TRAIN_ATTENTION) if masks == "threshold" else (TRAIN_ATTENTION, _FUSED_ATTENTION)
+    for model in module.modules():
+        if isinstance(model, PreTrainedModel) and model.config._attn_implementation == have:
+            if want == TRAIN_ATTENTION:
+                _register_train_attention()
+            model.set_attn_implementation(want)
+
+
 def use_dropout_masks(module: nn.Module, masks: str) -> int:
     """Make every ``nn.Dropout`` under ``module`` draw ``masks`` (``threshold`` or ``bernoulli``), in
-    place, keeping each one's ``p``. Returns how many were replaced."""
+    place, keeping each one's ``p``, and its transformers models' fused attention too (see the module's
+    text). Returns how many dropout modules were replaced."""
     cls = {"threshold": ThresholdDropout, "bernoulli": nn.Dropout}[masks]
     replaced = 0
     for parent in list(module.modules()):
@@ -64,4 +131,5 @@ def use_dropout_masks(module: nn.Module, masks: str) -> int:
             if isinstance(child, nn.Dropout) and type(child) is not cls:
                 setattr(parent, name, cls(child.p))
                 replaced += 1
+    _use_attention(module, masks)
     return replaced

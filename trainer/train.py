@@ -331,6 +331,7 @@ class _Run:
     init_from: list[dict] = field(default_factory=list)  # --init-from: the versions whose mean started the run
     adamw: str = "loop"  # what stage 1's AdamW ran, fused or loop (a resumed checkpoint's groups keep their own)
     dropout_masks: str = "bernoulli"  # how dropout drew its masks (trainer/dropout.py)
+    attention: str = "sdpa"  # the encoder's attention implementation in training (train_attention: erc_train)
 
     def predictor(self, anchors: torch.Tensor) -> Predictor | TurnPredictor:
         """The shared inference path on the live weights, for dev evaluation."""
@@ -475,7 +476,9 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
     anchor_enc.to(device)
     dropout_masks = resolve_dropout_masks(cfg.dropout_masks, device)
     use_dropout_masks(model, dropout_masks)  # the anchor encoder shares its encoder and head; an adapter has none
-    log.info("dropout draws %s masks (--dropout-masks %s)", dropout_masks, cfg.dropout_masks)
+    attention = encoder.config._attn_implementation
+    log.info("dropout draws %s masks (--dropout-masks %s); attention in training: %s", dropout_masks,
+             cfg.dropout_masks, attention)  # fmt: skip
     log.info("train %d utterances (%d conversations), dev %d", len(train_ex), len(train_convs), len(dev_ex))
     with torch.no_grad():
         anchors_before = anchor_enc().float().cpu()  # (C, D)
@@ -524,6 +527,7 @@ def _prepare(cfg: TrainConfig, ctx: DistContext, *, resume: bool) -> _Run:
         frozen=frozen,
         init_from=init_records,
         dropout_masks=dropout_masks,
+        attention=attention,
     )
 
 
@@ -895,6 +899,7 @@ def _publish(
         "backend": run.dist.backend,  # gloo, nccl, or None for one process
         "adamw": run.adamw,  # absent: trained before session 35, in the loop
         "dropout_masks": run.dropout_masks,  # absent: trained before session 36, bernoulli
+        "attention": run.attention,  # absent: trained before session 37, the encoder's own (sdpa or eager)
         "best_epoch": state.best_epoch,
         "history": state.history,
         "stage2": stage2_info,

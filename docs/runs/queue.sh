@@ -242,3 +242,10 @@ run meld-mpnet-soup-s43-s45 meld --architecture window --encoder mpnet-base --ep
 run abl1-full-bf16-threshold meld "${A[@]}" --dtype bf16 --dropout-masks threshold
 # Session 36: final dev weighted F1 0.5755, macro 0.3873 (stage 2: 0.5599 -> 0.5755), fear 0.000, disgust
 # 0.071; 704 s alone on a 2-core AMD EPYC with AVX512-BF16: within the seed spread, read as unchanged.
+# 26. Session 37. The same row again after this session's change to threshold masks: an encoder whose
+# attention is PyTorch's fused one (MiniLM) now trains with trainer/dropout.py's train_attention (the
+# eager product, calling its own dropout module: the attention probabilities take threshold masks too;
+# evaluation keeps the fused attention). An end-to-end check that a real fit learns as before. Written
+# before it started: read as unchanged if its final dev weighted F1 lies within the full row's seed spread
+# (about 2 points) of 0.5814 (section 15, bernoulli) and 0.5755 (section 25). About 12 minutes here.
+run abl1-full-bf16-trainattn meld "${A[@]}" --dtype bf16 --dropout-masks threshold
