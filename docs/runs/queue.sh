@@ -249,3 +249,6 @@ run abl1-full-bf16-threshold meld "${A[@]}" --dtype bf16 --dropout-masks thresho
 # before it started: read as unchanged if its final dev weighted F1 lies within the full row's seed spread
 # (about 2 points) of 0.5814 (section 15, bernoulli) and 0.5755 (section 25). About 12 minutes here.
 run abl1-full-bf16-trainattn meld "${A[@]}" --dtype bf16 --dropout-masks threshold
+# Session 37: final dev weighted F1 0.5731, macro 0.3904 (stage 2: 0.5656 -> 0.5731), fear 0.000, disgust
+# 0.138; stage 1 28.7 utt/s (348 s), 506 s in all, alone on a 2-core AMD EPYC with AVX512-BF16: within the
+# seed spread, read as unchanged.

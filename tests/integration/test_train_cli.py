@@ -143,6 +143,8 @@ def test_fit_report(fitted):
     )
     assert m["training"]["adamw"] == "fused"  # a CPU fit steps the fused AdamW (trainer.train.adamw)
     assert m["training"]["dropout_masks"] == "threshold"  # a CPU fit draws threshold masks (trainer/dropout.py)
+    assert m["training"]["attention"] == "erc_train"  # MiniLM's fused attention trained as train_attention
+    assert "erc_train" not in (vdir / "encoder" / "config.json").read_text()  # the worker loads it with its own
 
 
 def test_evaluate_reproduces_the_published_dev_metrics(fitted, tmp_path):

@@ -1,6 +1,8 @@
 """Threshold dropout masks: nn.Dropout's distribution with p in steps of 2**-15, kept values scaled by
 the inverse of the kept share in the input's dtype, every bit lane of the draws in use, reproducible from
-the seed, gradients through the kept values only; a fit swaps every dropout of the encoder and head."""
+the seed, gradients through the kept values only; a fit swaps every dropout of the encoder and head, and
+an encoder with fused attention trains with train_attention: transformers' eager arithmetic with its own
+dropout module in training, the fused attention in evaluation, back to fused with bernoulli masks."""
 
 from __future__ import annotations
 
@@ -11,7 +13,13 @@ from torch import nn
 from erc_stream.errors import ConfigError
 from erc_stream.model import ProjectionHead, default_encoder_path
 from trainer.config import TrainConfig
-from trainer.dropout import DROPOUT_MASKS, ThresholdDropout, resolve_dropout_masks, use_dropout_masks
+from trainer.dropout import (
+    DROPOUT_MASKS,
+    TRAIN_ATTENTION,
+    ThresholdDropout,
+    resolve_dropout_masks,
+    use_dropout_masks,
+)
 
 N = 4_000_000  # values per mask: the kept share's sd is sqrt(0.09 / N) = 0.00015 at p = 0.1
 
@@ -73,17 +81,22 @@ def test_swaps_every_dropout_of_a_real_encoder_and_back():
     model = nn.ModuleDict({"encoder": encoder, "head": ProjectionHead(384, 32, dropout=0.2)})
     before = [(n, m.p) for n, m in model.named_modules() if isinstance(m, nn.Dropout)]
     assert len(before) == 1 + 6 * 3 + 1  # embeddings, per layer: attention (its p), attention output, output; head
+    assert encoder.config._attn_implementation == "sdpa"
+    model.train()
+    # PyTorch's fused attention (sdpa) reads only p off the attention-probability dropout module and
+    # draws that mask itself: threshold masks would miss it, so with them the attention is train_attention.
+    assert _draws(encoder) == {"aten::bernoulli_": 1 + 6 * 3}
     assert use_dropout_masks(model, "threshold") == len(before)
     after = [(n, m.p) for n, m in model.named_modules() if isinstance(m, ThresholdDropout)]
     assert after == before  # same places, same p
+    assert encoder.config._attn_implementation == TRAIN_ATTENTION
     assert use_dropout_masks(model, "threshold") == 0
-    model.train()
-    # What a training forward draws: the embeddings' and each layer's two output dropouts now take
-    # threshold masks (one random_ each); the attention probabilities' dropout runs inside PyTorch's
-    # fused attention (sdpa), which reads the module's p and draws its own Bernoulli mask per layer.
-    assert _draws(encoder) == {"aten::random_": 1 + 6 * 2, "aten::bernoulli_": 6}
+    # What a training forward draws: the embeddings' dropout and each layer's three (attention
+    # probabilities, attention output, output) take threshold masks, one random_ each.
+    assert _draws(encoder) == {"aten::random_": 1 + 6 * 3}
     assert use_dropout_masks(model, "bernoulli") == len(before)
     assert not any(isinstance(m, ThresholdDropout) for m in model.modules())
+    assert encoder.config._attn_implementation == "sdpa"
     assert _draws(encoder) == {"aten::bernoulli_": 1 + 6 * 3}
 
 
@@ -92,6 +105,54 @@ def _draws(encoder) -> dict[str, int]:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         encoder(input_ids=torch.tensor([[101, 2054, 103, 102]]))
     return {e.key: e.count for e in prof.key_averages() if e.key in ("aten::random_", "aten::bernoulli_")}
+
+
+def _no_dropout(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_train_attention_is_eager_arithmetic_in_training_and_the_fused_attention_in_evaluation(bf16):
+    from transformers import AutoModel
+
+    def load(impl: str) -> nn.Module:
+        return _no_dropout(
+            AutoModel.from_pretrained(default_encoder_path(), local_files_only=True, attn_implementation=impl)
+        )
+
+    model, eager, fused = load("sdpa"), load("eager"), load("sdpa")
+    use_dropout_masks(model, "threshold")
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 30000, (4, 24))
+    pad = torch.ones_like(ids)
+    pad[2:, 16:] = 0  # two rows padded
+    for mask in (pad, None):  # None: the fused attention's masks skip a batch without padding
+        for training, reference in ((True, eager), (False, fused)):
+            outs = []
+            for m in (model, reference):
+                m.train(training)
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    outs.append(m(input_ids=ids, attention_mask=mask).last_hidden_state)
+            assert torch.equal(*outs), (training, mask is None)
+    assert not torch.equal(
+        fused.train()(input_ids=ids).last_hidden_state, eager.train()(input_ids=ids).last_hidden_state
+    )
+
+
+def test_an_encoder_without_fused_attention_keeps_its_own():
+    from transformers import AutoModel, MPNetConfig
+
+    config = MPNetConfig(
+        vocab_size=3000, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
+    encoder = AutoModel.from_config(config)  # MPNet (mpnet-base) calls its attention dropout module itself
+    assert encoder.config._attn_implementation == "eager"
+    assert use_dropout_masks(encoder, "threshold") == 1 + 2 * 3
+    assert encoder.config._attn_implementation == "eager"
+    assert _draws(encoder.train()) == {"aten::random_": 1 + 2 * 3}
 
 
 def test_the_config_refuses_an_unknown_draw():
