@@ -80,7 +80,7 @@ def run_one(
     from trainer.dropout import TRAIN_ATTENTION, use_dropout_masks
     from trainer.frozen import FrozenPrefix, pad_hidden
     from trainer.losses import stage1_loss
-    from trainer.train import _AnchorEncoder, _autocast, _FrozenStage1Net, _Stage1Net, adamw, adamw_kind
+    from trainer.train import _AnchorEncoder, _autocast, _FrozenStage1Net, _Stage1Net, adamw, adamw_kind, param_groups
 
     torch.manual_seed(cfg.seed)
     labels = list(DATASETS["meld"].labels)
@@ -110,14 +110,7 @@ def run_one(
         prefix.lower.eval()
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     params = trainable + list(head.parameters())
-    opt = adamw(
-        [
-            {"params": trainable, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-            {"params": list(head.parameters()), "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
-        ],
-        torch.device("cpu"),
-        fused=fused_adamw,
-    )
+    opt = adamw(param_groups(cfg, encoder, list(head.parameters())), torch.device("cpu"), fused=fused_adamw)
     dtype = DTYPES[dtype_name]
     runs = {variant: {"step_s": [], "optimizer_s": [], "samples": 0, "attention": ""} for variant in variants}
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None

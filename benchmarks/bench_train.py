@@ -63,8 +63,9 @@ def run_dtype(
     from erc_stream.prompt import pad_batch
     from trainer.anchors import describe_emotions
     from trainer.datasets import DATASETS
+    from trainer.dropout import resolve_dropout_masks, use_dropout_masks
     from trainer.losses import stage1_loss
-    from trainer.train import _AnchorEncoder, _autocast, adamw, adamw_kind
+    from trainer.train import _AnchorEncoder, _autocast, adamw, adamw_kind, param_groups
 
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
@@ -77,17 +78,12 @@ def run_dtype(
     head = ProjectionHead(encoder.config.hidden_size, cfg.proj_dim)
     anchor_enc = _AnchorEncoder(encoder, head, tokenizer, source.texts, None)
     model = EmotionModel(encoder, head, torch.zeros(len(labels), cfg.proj_dim))
+    masks = resolve_dropout_masks(cfg.dropout_masks, device)
+    use_dropout_masks(model, masks)  # as a fit does (the anchor encoder shares the encoder and head)
     model.train()
     anchor_enc.train()
     params = list(encoder.parameters()) + list(head.parameters())
-    opt = adamw(
-        [
-            {"params": list(encoder.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-            {"params": list(head.parameters()), "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
-        ],
-        device,
-        fused=fused_adamw,
-    )
+    opt = adamw(param_groups(cfg, encoder, list(head.parameters())), device, fused=fused_adamw)
     pad_id = tokenizer.pad_token_id or 0
 
     runs = {
@@ -95,6 +91,8 @@ def run_dtype(
             "dtype": dtype_name,
             "mask_rows": mode,
             "adamw": adamw_kind(opt),
+            "dropout_masks": masks,
+            "attention": encoder.config._attn_implementation,
             "step_s": [],
             "optimizer_s": [],
             "batches": [],
@@ -122,11 +120,11 @@ def run_dtype(
                 runs[mode]["step_s"].append(dt)
                 runs[mode]["optimizer_s"].append(opt_s)
                 runs[mode]["batches"].append(batch_idx)
-                runs[mode]["losses"].append(float(loss))
+                runs[mode]["losses"].append(loss.item())
             print(
                 f"  {dtype_name}{'' if len(runs) == 1 else ' mask rows' if mode else ' every token'} step {k}"
                 f"{' (warm-up)' if k == 0 else ''}: {dt:.2f} s, {len(batch_idx)} samples, "
-                f"width {batch['input_ids'].shape[1]}, loss {float(loss):.3f}",
+                f"width {batch['input_ids'].shape[1]}, loss {loss.item():.3f}",
                 flush=True,
             )
         if k >= 2 and time.perf_counter() - t_start >= budget_s * len(runs):
@@ -223,8 +221,10 @@ def main() -> None:
         f"{len(batches)} length-sorted batches of {cfg.batch_size} per epoch (the trainer's own batching, seed "
         f"{cfg.seed}); "
         "the same batches for every dtype. One step = pad, forward (encoder on the batch and on the 7 anchor "
-        f"descriptions), stage-1 loss, backward, clip, AdamW ({args.adamw}: `--adamw`). The first step is a warm-up "
-        "and not counted.",
+        f"descriptions), stage-1 loss, backward, clip, AdamW ({args.adamw}: `--adamw`; the trainer's parameter "
+        f"groups). Dropout draws {results[0]['dropout_masks']} masks and the encoder's attention in training is "
+        f"{results[0]['attention']}, as a fit on this device has them (trainer/dropout.py). The first step is a "
+        "warm-up and not counted.",
         "",
         md_table(
             [

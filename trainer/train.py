@@ -590,12 +590,7 @@ def _optimizer(run: _Run) -> _Optim:
     cfg = run.cfg
     adapter = run.anchor_enc.adapter
     head_params = list(run.head.parameters()) + (list(adapter.parameters()) if adapter is not None else [])
-    named = [(n, p) for n, p in run.encoder.named_parameters() if p.requires_grad]  # not --freeze-layers' ones
-    groups = [
-        {"params": [p for n, p in named if not _no_decay(n)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in named if _no_decay(n)], "lr": cfg.lr, "weight_decay": 0.0},
-        {"params": head_params, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
-    ]
+    groups = param_groups(cfg, run.encoder, head_params)
     steps_per_epoch = math.ceil(len(run.train_ex) / cfg.batch_size)
     if isinstance(run.model, TurnEmotionModel):
         assert run.turn is not None
@@ -614,10 +609,21 @@ def _optimizer(run: _Run) -> _Optim:
         opt,
         sched,
         scaler,
-        [p for _, p in named] + head_params,
+        [p for p in run.encoder.parameters() if p.requires_grad] + head_params,
         None if weights is None else weights.to(run.device),
         _train_net(run),
     )
+
+
+def param_groups(cfg: TrainConfig, encoder: torch.nn.Module, head_params: list[torch.nn.Parameter]) -> list[dict]:
+    """AdamW's groups for the encoder's trained parameters (not --freeze-layers' ones: decay off for
+    biases and norms) and the head's; the benchmarks step the same groups."""
+    named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if not _no_decay(n)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in named if _no_decay(n)], "lr": cfg.lr, "weight_decay": 0.0},
+        {"params": head_params, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+    ]
 
 
 def _no_decay(name: str) -> bool:
