@@ -108,16 +108,22 @@ def _register_train_attention() -> None:
 
 
 def _use_attention(module: nn.Module, masks: str) -> None:
-    """Each transformers model under ``module`` whose attention is fused (``sdpa``) takes
-    ``train_attention`` for threshold masks; one that has it goes back to ``sdpa`` for bernoulli."""
+    """Each transformers model under ``module`` whose attention is fused (``sdpa``) and can be switched
+    takes ``train_attention`` for threshold masks; one that has it goes back to ``sdpa`` for bernoulli.
+    A transformers release without switchable attention keeps the fused attention (and its Bernoulli
+    draws); the manifest's ``training.attention`` says which ran."""
     from transformers import PreTrainedModel
 
     have, want = (_FUSED_ATTENTION, TRAIN_ATTENTION) if masks == "threshold" else (TRAIN_ATTENTION, _FUSED_ATTENTION)
     for model in module.modules():
-        if isinstance(model, PreTrainedModel) and model.config._attn_implementation == have:
-            if want == TRAIN_ATTENTION:
-                _register_train_attention()
-            model.set_attn_implementation(want)
+        if not isinstance(model, PreTrainedModel) or getattr(model.config, "_attn_implementation", None) != have:
+            continue
+        can_switch = getattr(model, "_can_set_attn_implementation", None)
+        if can_switch is None or not can_switch():
+            continue
+        if want == TRAIN_ATTENTION:
+            _register_train_attention()
+        model.set_attn_implementation(want)
 
 
 def use_dropout_masks(module: nn.Module, masks: str) -> int:
