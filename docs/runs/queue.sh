@@ -252,3 +252,21 @@ run abl1-full-bf16-trainattn meld "${A[@]}" --dtype bf16 --dropout-masks thresho
 # Session 37: final dev weighted F1 0.5731, macro 0.3904 (stage 2: 0.5656 -> 0.5731), fear 0.000, disgust
 # 0.138; stage 1 28.7 utt/s (348 s), 506 s in all, alone on a 2-core AMD EPYC with AVX512-BF16: within the
 # seed spread, read as unchanged.
+# 27. Session 37. Seeds for the ablation's rows (section 7's table is one seed a row at one epoch, where
+# the full method's two seeds already differ by 2 points, so it could not rank EACL's parts). With
+# MiniLM training 1.2-1.3x faster, four rows get seeds 43 and 44 in bf16 with this session's code
+# (threshold masks, train_attention), in this order, one at a time, alone; any not finished by 17:50 UTC
+# is not run (said in results.md). Seed 42 of each row is the one already measured: the full row's from
+# section 26 (same code), the others' from session 11 (bf16, PyTorch's masks and fused attention).
+# Written before they started, how they will be read: each row's mean +- sd over seeds 42-44; a row
+# differs from the full method beyond seed noise when the gap between the means exceeds twice
+# sqrt(sd_row^2 / 3 + sd_full^2 / 3); otherwise it is read as within the noise. Fear and disgust means
+# are reported beside them.
+run abl1-full-bf16-s43 meld "${A[@]}" --dtype bf16 --seed 43
+run abl1-full-bf16-s44 meld "${A[@]}" --dtype bf16 --seed 44
+run abl1-no-angle-s43 meld "${A[@]}" --dtype bf16 --lambda2 0 --seed 43
+run abl1-no-ce-s43 meld "${A[@]}" --dtype bf16 --lambda1 1.0 --seed 43
+run abl1-plain-anchors-s43 meld "${A[@]}" --dtype bf16 --anchors plain --seed 43
+run abl1-no-angle-s44 meld "${A[@]}" --dtype bf16 --lambda2 0 --seed 44
+run abl1-no-ce-s44 meld "${A[@]}" --dtype bf16 --lambda1 1.0 --seed 44
+run abl1-plain-anchors-s44 meld "${A[@]}" --dtype bf16 --anchors plain --seed 44
