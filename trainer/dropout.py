@@ -83,16 +83,20 @@ def train_attention(
     """Attention of a transformers self-attention ``module`` (query, key, value: (B, heads, T, d)) that
     calls the module's own ``dropout`` in training, where PyTorch's fused attention draws Bernoulli
     masks; in evaluation the fused attention itself. ``attention_mask`` is what the fused attention
-    takes: (B, 1, T, T) booleans, True where a token may look, or None for no padding."""
+    takes: (B, 1, T, T) booleans, True where a token may look, an additive float mask, or None for no
+    padding."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if not module.training:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     scores = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
-    if attention_mask is not None:  # added in float32 as transformers' eager mask is: softmax runs in float32
-        scores = scores + torch.zeros(attention_mask.shape, device=scores.device).masked_fill_(
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        # additive and in float32, as transformers' eager mask is: the softmax then runs in float32
+        attention_mask = torch.zeros(attention_mask.shape, device=scores.device).masked_fill_(
             attention_mask.logical_not(), torch.finfo(torch.float32).min
         )
+    if attention_mask is not None:  # a caller's own additive 4D mask is added as given
+        scores = scores + attention_mask
     probs = scores.softmax(dim=-1)
     drop = getattr(module, "dropout", None)
     probs = drop(probs) if isinstance(drop, nn.Dropout) else nn.functional.dropout(probs, p=dropout)

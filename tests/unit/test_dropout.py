@@ -129,14 +129,15 @@ def test_train_attention_is_eager_arithmetic_in_training_and_the_fused_attention
     ids = torch.randint(1000, 30000, (4, 24))
     pad = torch.ones_like(ids)
     pad[2:, 16:] = 0  # two rows padded
-    for mask in (pad, None):  # None: the fused attention's masks skip a batch without padding
+    additive = (1.0 - pad[:, None, None, :].float()) * torch.finfo(torch.float32).min  # a caller's own 4D mask
+    for mask in (pad, None, additive):  # None: the fused attention's masks skip a batch without padding
         for training, reference in ((True, eager), (False, fused)):
             outs = []
             for m in (model, reference):
                 m.train(training)
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     outs.append(m(input_ids=ids, attention_mask=mask).last_hidden_state)
-            assert torch.equal(*outs), (training, mask is None)
+            assert torch.equal(*outs), (training, None if mask is None else mask.dim())
     assert not torch.equal(
         fused.train()(input_ids=ids).last_hidden_state, eager.train()(input_ids=ids).last_hidden_state
     )
