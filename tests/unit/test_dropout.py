@@ -138,6 +138,7 @@ def test_train_attention_is_eager_arithmetic_in_training_and_the_fused_attention
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     outs.append(m(input_ids=ids, attention_mask=mask).last_hidden_state)
             assert torch.equal(*outs), (training, None if mask is None else mask.dim())
+    # the two references differ (by rounding), so each equality above tells which one the model ran
     assert not torch.equal(
         fused.train()(input_ids=ids).last_hidden_state, eager.train()(input_ids=ids).last_hidden_state
     )
