@@ -270,7 +270,7 @@ run abl1-plain-anchors-s43 meld "${A[@]}" --dtype bf16 --anchors plain --seed 43
 run abl1-no-angle-s44 meld "${A[@]}" --dtype bf16 --lambda2 0 --seed 44
 run abl1-no-ce-s44 meld "${A[@]}" --dtype bf16 --lambda1 1.0 --seed 44
 run abl1-plain-anchors-s44 meld "${A[@]}" --dtype bf16 --anchors plain --seed 44
-# Session 37: all eight ran (460-575 s each, alone). Dev weighted F1 by seed 42/43/44 (seed 42 of the
+# Session 37: all eight ran (460-575 s each, alone but for about half a minute of lint and tests early in the first). Dev weighted F1 by seed 42/43/44 (seed 42 of the
 # last three rows from session 11): full 0.5731/0.5636/0.5645 (0.5671 +- 0.0052), no angle
 # 0.5717/0.5546/0.5574 (0.5613 +- 0.0091), no CE 0.5743/0.5703/0.5651 (0.5699 +- 0.0046), plain anchors
 # 0.5731/0.5655/0.5558 (0.5648 +- 0.0087): every gap to the full method within the noise
