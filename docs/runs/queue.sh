@@ -275,3 +275,18 @@ run abl1-plain-anchors-s44 meld "${A[@]}" --dtype bf16 --anchors plain --seed 44
 # 0.5717/0.5546/0.5574 (0.5613 +- 0.0091), no CE 0.5743/0.5703/0.5651 (0.5699 +- 0.0046), plain anchors
 # 0.5731/0.5655/0.5558 (0.5648 +- 0.0087): every gap to the full method within the noise
 # (docs/runs/ablation_seeds.py; results.md "Session 37").
+# 28. Session 38. Seeds for the ablation's other three rows (section 27 gave four rows seeds 43 and 44):
+# the triplet loss and the class-balanced sampler get seeds 43 and 44, and the CE-only baseline all
+# three seeds again in bf16 (its one seed of session 9 trained in fp32 with other code), with the same
+# code as section 27 (threshold masks, train_attention), in this order, one at a time, alone; any not
+# finished by 20:55 UTC is not run (said in results.md). Seed 42 of the triplet and balanced rows is
+# session 11's (bf16, PyTorch's masks and fused attention). Written before they started, how they will
+# be read: section 27's rule against section 27's full row (seeds 42-44: 0.5671 +- 0.0052), each row's
+# mean +- sd over seeds 42-44 with fear and disgust beside it (docs/runs/ablation_seeds.py).
+run abl1-triplet-s43 meld "${A[@]}" --dtype bf16 --triplet-weight 1.0 --seed 43
+run abl1-balanced-s43 meld "${A[@]}" --dtype bf16 --sampler balanced --seed 43
+run abl1-triplet-s44 meld "${A[@]}" --dtype bf16 --triplet-weight 1.0 --seed 44
+run abl1-balanced-s44 meld "${A[@]}" --dtype bf16 --sampler balanced --seed 44
+run abl1-ce-only-bf16 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2
+run abl1-ce-only-s43 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2 --seed 43
+run abl1-ce-only-s44 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2 --seed 44
