@@ -290,3 +290,11 @@ run abl1-balanced-s44 meld "${A[@]}" --dtype bf16 --sampler balanced --seed 44
 run abl1-ce-only-bf16 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2
 run abl1-ce-only-s43 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2 --seed 43
 run abl1-ce-only-s44 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2 --seed 44
+# 29. Session 38. The one lever of section 10 that kept fear above 0 (class-weighted cross-entropy, sqrt
+# of inverse frequency: issue 11 prefers a setting that lifts fear and disgust at a small cost) gets seeds
+# 43 and 44 after section 28, same code, alone; not run if section 28 has not finished by 20:40 UTC.
+# Seed 42 is session 11's (bf16, PyTorch's masks). Written before they started: section 27's rule on
+# weighted F1 against the full row, and the same rule on fear and on disgust (a lift counts only beyond
+# twice the noise of the two means).
+run abl1-sqrtw-s43 meld "${A[@]}" --dtype bf16 --class-weighting sqrt_inverse --seed 43
+run abl1-sqrtw-s44 meld "${A[@]}" --dtype bf16 --class-weighting sqrt_inverse --seed 44
