@@ -80,7 +80,16 @@ def run_one(
     from trainer.dropout import TRAIN_ATTENTION, use_dropout_masks
     from trainer.frozen import FrozenPrefix, pad_hidden
     from trainer.losses import stage1_loss
-    from trainer.train import _AnchorEncoder, _autocast, _FrozenStage1Net, _Stage1Net, adamw, adamw_kind, param_groups
+    from trainer.train import (
+        _AnchorEncoder,
+        _autocast,
+        _FrozenStage1Net,
+        _Stage1Net,
+        adamw,
+        adamw_groups,
+        adamw_kind,
+        param_groups,
+    )
 
     torch.manual_seed(cfg.seed)
     labels = list(DATASETS["meld"].labels)
@@ -155,6 +164,7 @@ def run_one(
             "freeze_layers": n_frozen,
             "dtype": dtype_name,
             "adamw": adamw_kind(opt),
+            "adamw_groups": adamw_groups(opt),  # [tensors, weight decay]: encoder, its biases and norms, head
             "mask_rows": mask_rows,
             "dropout_masks": masks,
             "attention": r["attention"],

@@ -65,7 +65,7 @@ def run_dtype(
     from trainer.datasets import DATASETS
     from trainer.dropout import resolve_dropout_masks, use_dropout_masks
     from trainer.losses import stage1_loss
-    from trainer.train import _AnchorEncoder, _autocast, adamw, adamw_kind, param_groups
+    from trainer.train import _AnchorEncoder, _autocast, adamw, adamw_groups, adamw_kind, param_groups
 
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
@@ -91,6 +91,7 @@ def run_dtype(
             "dtype": dtype_name,
             "mask_rows": mode,
             "adamw": adamw_kind(opt),
+            "adamw_groups": adamw_groups(opt),  # [tensors, weight decay]: encoder, its biases and norms, head
             "dropout_masks": masks,
             "attention": encoder.config._attn_implementation,
             "step_s": [],

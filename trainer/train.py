@@ -93,7 +93,7 @@ from trainer.init_weights import init_from_versions
 from trainer.losses import anchor_adaptation_loss, cosine_logits, distillation_loss, stage1_loss, triplet_loss
 from trainer.turn import TurnData, TurnSplits, TurnStage1Net, predict_turn_data, turn_representations
 
-__all__ = ["adamw", "adamw_kind", "fit", "FitResult", "StopFlag", "TrainingInterrupted", "run_dir_of"]
+__all__ = ["adamw", "adamw_groups", "adamw_kind", "fit", "FitResult", "StopFlag", "TrainingInterrupted", "run_dir_of"]
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,11 @@ def adamw_kind(opt: torch.optim.Optimizer) -> str:
     """What an AdamW steps, ``fused`` or ``loop``, read off its groups (a loaded state dict's groups
     bring the choice of the run that saved them)."""
     return "fused" if all(g.get("fused") for g in opt.param_groups) else "loop"
+
+
+def adamw_groups(opt: torch.optim.Optimizer) -> list[list[float]]:
+    """Each group's tensor count and weight decay, for a benchmark's results to say what it stepped."""
+    return [[len(g["params"]), g["weight_decay"]] for g in opt.param_groups]
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):

@@ -31,6 +31,11 @@ def test_each_setting_runs_both_ways_on_the_same_batches(bench_freeze, monkeypat
     ]
     assert all(r["steps"] == 1 and r["samples"] == 16 and r["samples_per_s"] > 0 for r in results)
     assert all(r["adamw"] == "fused" and len(r["optimizer_s"]) == 1 for r in results)
+    # the trainer's AdamW groups: the trained encoder tensors with decay, their biases and norms without, the
+    # head; freezing 3 of 6 layers takes their tensors out of the first two groups only
+    every, three = results[0]["adamw_groups"], results[-1]["adamw_groups"]
+    assert [wd for _, wd in every] == [0.01, 0.0, 0.01] and all(n > 0 for n, _ in every + three)
+    assert three[0][0] < every[0][0] and three[1][0] < every[1][0] and three[2] == every[2]
     frozen = [r for r in results if r["freeze_layers"] == 3]
     assert all(r["cache_prompts"] == 32 and r["trainable_encoder_params"] < results[0]["trainable_encoder_params"]
                for r in frozen)  # fmt: skip

@@ -21,6 +21,8 @@ def test_a_step_is_the_cpu_fits_own(bench_train, monkeypatch, tmp_path):
     (r,) = json.loads((tmp_path / "t.json").read_text())["results"]
     assert r["steps"] == 1 and r["samples_per_s"] > 0
     assert (r["adamw"], r["dropout_masks"], r["attention"]) == ("fused", "threshold", "erc_train")
+    # the trainer's groups (trainer.train.param_groups): decay off for the encoder's biases and norms only
+    assert [wd for _, wd in r["adamw_groups"]] == [0.01, 0.0, 0.01] and all(n > 0 for n, _ in r["adamw_groups"])
     assert (
         "Dropout draws threshold masks and the encoder's attention in training is erc_train"
         in (tmp_path / "t.md").read_text()

@@ -18,6 +18,7 @@ from trainer.dropout import (
     TRAIN_ATTENTION,
     ThresholdDropout,
     resolve_dropout_masks,
+    train_attention,
     use_dropout_masks,
 )
 
@@ -142,6 +143,25 @@ def test_train_attention_is_eager_arithmetic_in_training_and_the_fused_attention
     assert not torch.equal(
         fused.train()(input_ids=ids).last_hidden_state, eager.train()(input_ids=ids).last_hidden_state
     )
+
+
+def test_train_attention_calls_the_modules_dropout_or_else_the_rate_it_is_given():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    probs = (q @ k.transpose(2, 3) * 0.5).softmax(dim=-1)  # scaling 1/sqrt(4)
+    own = nn.Module()
+    own.dropout = ThresholdDropout(0.5)
+    bare = nn.Module()  # no dropout module: the rate transformers passes in goes to PyTorch's dropout
+    own.is_causal = bare.is_causal = False  # as an encoder's self-attention says (the fused attention reads it)
+    for module in (own, bare):
+        torch.manual_seed(1)
+        out, got = train_attention(module.train(), q, k, v, None, dropout=0.5)
+        torch.manual_seed(1)
+        want = own.dropout(probs) if module is own else nn.functional.dropout(probs, p=0.5)
+        assert torch.allclose(got, want) and torch.allclose(out, (want @ v).transpose(1, 2))
+        assert (got == 0).any() and not torch.equal(got, probs)  # something was dropped
+    out, got = train_attention(bare.eval(), q, k, v, None, dropout=0.5)  # evaluation: the fused attention
+    assert got is None and torch.allclose(out, (probs @ v).transpose(1, 2), atol=1e-6)
 
 
 def test_an_encoder_without_fused_attention_keeps_its_own():
