@@ -29,9 +29,7 @@ ROWS = {
     "plain-anchors": ("plain label-word anchors", None, ["abl1-plain-anchors-s43", "abl1-plain-anchors-s44"]),
     "triplet": ("with the triplet loss (weight 1.0)", None, ["abl1-triplet-s43", "abl1-triplet-s44"]),
     "balanced": ("with the class-balanced sampler", None, ["abl1-balanced-s43", "abl1-balanced-s44"]),
-    "ce-only": (
-        "CE-only baseline (λ1 = 0, no stage 2)", "abl1-ce-only-bf16", ["abl1-ce-only-s43", "abl1-ce-only-s44"]
-    ),
+    "ce-only": ("CE-only baseline (λ1 = 0, no stage 2)", "abl1-ce-only-bf16", ["abl1-ce-only-s43", "abl1-ce-only-s44"]),
     "sqrtw": ("lever: class-weighted CE (sqrt of inverse frequency)", None, ["abl1-sqrtw-s43", "abl1-sqrtw-s44"]),
 }
 # seed 42 of session 11 (docs/results.md, "The EACL ablation on all of MELD's training set: every row"):
