@@ -290,6 +290,11 @@ run abl1-balanced-s44 meld "${A[@]}" --dtype bf16 --sampler balanced --seed 44
 run abl1-ce-only-bf16 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2
 run abl1-ce-only-s43 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2 --seed 43
 run abl1-ce-only-s44 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2 --seed 44
+# Session 38: all seven ran by 20:21 UTC (404-586 s each, alone but for about 5 s of a second fit's start-up
+# early in the first). Dev weighted F1 by seed 42/43/44 (seed 42 of triplet and balanced from session 11):
+# triplet 0.5732/0.5496/0.5540 (0.5589 +- 0.0126, -0.81 within the noise 1.57), balanced
+# 0.5539/0.5567/0.5549 (0.5552 +- 0.0014, -1.19 beyond the noise 0.63), CE-only in bf16
+# 0.4798/0.4647/0.4803 (0.4749 +- 0.0089, -9.21 beyond the noise 1.19; session 9's fp32 seed: 0.5149).
 # 29. Session 38. The one lever of section 10 that kept fear above 0 (class-weighted cross-entropy, sqrt
 # of inverse frequency: issue 11 prefers a setting that lifts fear and disgust at a small cost) gets seeds
 # 43 and 44 after section 28, same code, alone; not run if section 28 has not finished by 20:40 UTC.
@@ -298,3 +303,15 @@ run abl1-ce-only-s44 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2 --seed 
 # twice the noise of the two means).
 run abl1-sqrtw-s43 meld "${A[@]}" --dtype bf16 --class-weighting sqrt_inverse --seed 43
 run abl1-sqrtw-s44 meld "${A[@]}" --dtype bf16 --class-weighting sqrt_inverse --seed 44
+# Session 38: both ran (530 s, 581 s, alone). Dev weighted F1 0.5752/0.5692/0.5673 (0.5706 +- 0.0041,
+# +0.35 within the noise 0.77); fear 0.045/0.197/0.097 (0.113 against 0.029: +8.41 within the noise 9.36),
+# disgust 0.138/0.115/0.238 (0.164 against 0.196: -3.22 within 9.94). Not beyond the noise on any of
+# the three, so the default stays (docs/runs/ablation_seeds.py; results.md "Session 38").
+# 30. Session 38. The table's last two lever rows (section 10: τ = 0.05, 8 past turns) get seeds 43 and
+# 44 after section 29, same code, alone, in this order; a fit not started by 21:10 UTC is not run (the
+# closing CI needs the cores after it). Seed 42 is session 11's (bf16, PyTorch's masks). Read by section
+# 27's rule on weighted F1 against the full row, fear and disgust beside it (docs/runs/ablation_seeds.py).
+run abl1-tau005-s43 meld "${A[@]}" --dtype bf16 --temperature 0.05 --seed 43
+run abl1-tau005-s44 meld "${A[@]}" --dtype bf16 --temperature 0.05 --seed 44
+run abl1-k8-s43 meld "${A[@]}" --dtype bf16 --context-turns 8 --seed 43
+run abl1-k8-s44 meld "${A[@]}" --dtype bf16 --context-turns 8 --seed 44
