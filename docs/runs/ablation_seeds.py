@@ -1,4 +1,4 @@
-"""The ablation's rows over seeds 42-44 (docs/runs/queue.sh sections 27-29), read by the rule written
+"""The ablation's rows over seeds 42-44 (docs/runs/queue.sh sections 27-30), read by the rule written
 there before the runs: a row differs from the full method beyond seed noise when the gap between the
 means exceeds twice sqrt(sd_row^2 / n_row + sd_full^2 / n_full). The first table applies it to weighted
 F1, the second to the two rare classes (fear, disgust: section 29).
@@ -31,6 +31,8 @@ ROWS = {
     "balanced": ("with the class-balanced sampler", None, ["abl1-balanced-s43", "abl1-balanced-s44"]),
     "ce-only": ("CE-only baseline (λ1 = 0, no stage 2)", "abl1-ce-only-bf16", ["abl1-ce-only-s43", "abl1-ce-only-s44"]),
     "sqrtw": ("lever: class-weighted CE (sqrt of inverse frequency)", None, ["abl1-sqrtw-s43", "abl1-sqrtw-s44"]),
+    "tau005": ("lever: τ = 0.05 instead of 0.1", None, ["abl1-tau005-s43", "abl1-tau005-s44"]),
+    "k8": ("lever: 8 past turns instead of 5", None, ["abl1-k8-s43", "abl1-k8-s44"]),
 }
 # seed 42 of session 11 (docs/results.md, "The EACL ablation on all of MELD's training set: every row"):
 # weighted F1, macro F1, fear F1, disgust F1; bf16, PyTorch's masks and fused attention
@@ -41,6 +43,8 @@ SESSION_11 = {
     "triplet": (0.5732, 0.3845, 0.000, 0.077),
     "balanced": (0.5539, 0.3881, 0.000, 0.188),
     "sqrtw": (0.5752, 0.3973, 0.045, 0.138),
+    "tau005": (0.5720, 0.3865, 0.000, 0.077),
+    "k8": (0.5594, 0.3667, 0.000, 0.077),
 }
 COLUMNS = ("weighted F1", "macro F1", "fear", "disgust")
 

@@ -315,3 +315,6 @@ run abl1-tau005-s43 meld "${A[@]}" --dtype bf16 --temperature 0.05 --seed 43
 run abl1-tau005-s44 meld "${A[@]}" --dtype bf16 --temperature 0.05 --seed 44
 run abl1-k8-s43 meld "${A[@]}" --dtype bf16 --context-turns 8 --seed 43
 run abl1-k8-s44 meld "${A[@]}" --dtype bf16 --context-turns 8 --seed 44
+# Session 38: all four started before 21:10 (tau 520 s, 511 s; k = 8 646 s, 655 s; alone). Dev weighted F1
+# by seed 42/43/44: tau 0.05 0.5720/0.5586/0.5611 (0.5639 +- 0.0071, -0.32 within the noise 1.02); 8 past
+# turns 0.5594/0.5585/0.5669 (0.5616 +- 0.0046, -0.55 within 0.81). Defaults stay (k = 5, tau = 0.1).

@@ -53,7 +53,7 @@ def test_rows_over_seeds_and_the_noise_rule(tmp_path, capsys):
     assert len([line for line in out.splitlines() if line.startswith("| CE-only")]) == 1
 
 
-def test_rare_classes_by_the_same_rule_and_rows_not_run(tmp_path, capsys):
+def test_rare_classes_by_the_same_rule_and_ce_onlys_seed_42_from_the_store(tmp_path, capsys):
     fears = {"abl1-full-bf16-trainattn": 0.00, "abl1-full-bf16-s43": 0.02, "abl1-full-bf16-s44": 0.01}
     for version, fear in fears.items():
         _publish(tmp_path, version, 0.57, fear=fear, disgust=0.2)
