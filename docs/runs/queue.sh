@@ -303,7 +303,8 @@ run abl1-ce-only-s44 meld "${A[@]}" --dtype bf16 --lambda1 0 --no-stage2 --seed 
 # twice the noise of the two means).
 run abl1-sqrtw-s43 meld "${A[@]}" --dtype bf16 --class-weighting sqrt_inverse --seed 43
 run abl1-sqrtw-s44 meld "${A[@]}" --dtype bf16 --class-weighting sqrt_inverse --seed 44
-# Session 38: both ran (530 s, 581 s, alone). Dev weighted F1 0.5752/0.5692/0.5673 (0.5706 +- 0.0041,
+# Session 38: both ran (530 s, 581 s, alone but for a second of ablation_seeds.py during s43). Dev
+# weighted F1 0.5752/0.5692/0.5673 (0.5706 +- 0.0041,
 # +0.35 within the noise 0.77); fear 0.045/0.197/0.097 (0.113 against 0.029: +8.41 within the noise 9.36),
 # disgust 0.138/0.115/0.238 (0.164 against 0.196: -3.22 within 9.94). Not beyond the noise on any of
 # the three, so the default stays (docs/runs/ablation_seeds.py; results.md "Session 38").
@@ -315,6 +316,7 @@ run abl1-tau005-s43 meld "${A[@]}" --dtype bf16 --temperature 0.05 --seed 43
 run abl1-tau005-s44 meld "${A[@]}" --dtype bf16 --temperature 0.05 --seed 44
 run abl1-k8-s43 meld "${A[@]}" --dtype bf16 --context-turns 8 --seed 43
 run abl1-k8-s44 meld "${A[@]}" --dtype bf16 --context-turns 8 --seed 44
-# Session 38: all four started before 21:10 (tau 520 s, 511 s; k = 8 646 s, 655 s; alone). Dev weighted F1
+# Session 38: all four started before 21:10 (tau 520 s, 511 s; k = 8 646 s, 655 s; alone but for a second of
+# ablation_seeds.py during k8-s44). Dev weighted F1
 # by seed 42/43/44: tau 0.05 0.5720/0.5586/0.5611 (0.5639 +- 0.0071, -0.32 within the noise 1.02); 8 past
 # turns 0.5594/0.5585/0.5669 (0.5616 +- 0.0046, -0.55 within 0.81). Defaults stay (k = 5, tau = 0.1).
