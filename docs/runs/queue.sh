@@ -337,3 +337,9 @@ run abl1-k8-s44 meld "${A[@]}" --dtype bf16 --context-turns 8 --seed 44
 #   cost) and fear and disgust both lie above the served model's (0.308, 0.400); otherwise it is a
 #   lever row in results.md and nothing in models/ changes.
 run meld-mpnet-w3-s45-sqrtw meld --architecture window --encoder mpnet-base --epochs 3 --lr 2e-5 --checkpoint-every-steps 100 --weights-dtype fp16 --seed 45 --class-weighting sqrt_inverse
+# Session 39: ran alone from 22:27 to 00:46 UTC (8,300 s; stage-1 epochs 2,131, 2,301 and 2,323 s of
+# training, 4.69, 4.34, 4.30 utterances/s in bf16; `tail` of its log every ten minutes aside). Dev
+# weighted F1 after each epoch 0.5876, 0.5973, 0.6163; stage 2 0.6163 -> 0.6282 (anchor epoch 13);
+# final 0.6282, macro 0.5167, fear 0.354, disgust 0.339. Against the recipe's four fits: weighted F1
+# -0.18 (within 1.14), fear +4.95 over their mean 0.305 (within 6.0), disgust +3.75 over 0.302 (within
+# 19.4). Not shipped: 0.6282 < 0.6340 and disgust under the served 0.400 (results.md "Session 39").
